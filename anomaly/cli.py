@@ -1,0 +1,290 @@
+"""Command line: `anomaly train|detect|models ...` (also `python -m anomaly`, `train.py`, `detect.py`)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import sys
+
+from .errors import AnomalyError
+
+SCALER_TYPES = ("standard", "minmax", "robust")
+# Subcommands that live in their own module: `add_arguments(parser)` and `run(args) -> int`.
+PLUGIN_COMMANDS = {
+    "evaluate": ("anomaly.evaluate", "measure detection quality on a labelled suite"),
+    "threshold": ("anomaly.rethreshold", "set a new threshold on an existing version (writes a new version)"),
+}
+
+
+def _csv_list(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _int_list(value: str) -> list[int]:
+    try:
+        return [int(v) for v in _csv_list(value)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {value!r}") from None
+
+
+def _window(value: str):
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--window takes a whole number or 'auto', got {value!r}") from None
+
+
+def add_artifact_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model artifacts (default: the versioned store)")
+    g.add_argument("--version", help="model version name (detect: default the latest)")
+    g.add_argument("--model-dir", default="models", help="artifact store folder")
+    g.add_argument("--model", dest="model_path", help="explicit weights file (classic layout), e.g. models/model.pth")
+    g.add_argument("--threshold", dest="threshold_path", help="explicit threshold.json path")
+    g.add_argument("--config", dest="config_path", help="explicit model_config.json path")
+    g.add_argument("--scaler", dest="scaler", help="scaler type (standard, minmax, robust; train only) or an "
+                   "explicit scaler.pkl path")
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="training CSV/TXT file (.gz ok) of mostly normal rows")
+    add_artifact_arguments(p)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --version")
+    m = p.add_argument_group("model")
+    m.add_argument("--model-type", default="dense", help="model type (see README: dense, ...)")
+    m.add_argument("--window", type=_window, default=1, help="rows per sample (1 = each row on its own; 'auto' "
+                   "estimates the dominant period)")
+    m.add_argument("--encoding-dim", type=int, help="bottleneck size (default: from the input width)")
+    m.add_argument("--hidden", type=_int_list, help="hidden layer sizes, e.g. 64,32 (default: from the input width)")
+    m.add_argument("--layers", type=int, help="recurrent/attention layers (sequence models)")
+    m.add_argument("--heads", type=int, help="attention heads (transformer)")
+    m.add_argument("--dropout", type=float, help="dropout rate")
+    m.add_argument("--error", choices=("mse", "mae"), help="forecast error (lstm)")
+    m.add_argument("--samples", type=int, help="latent samples for the reconstruction probability (vae)")
+    t = p.add_argument_group("training")
+    t.add_argument("--epochs", type=int, default=100, help="maximum epochs")
+    t.add_argument("--batch-size", type=int, default=32, help="mini-batch size")
+    t.add_argument("--learning-rate", type=float, default=0.001, help="Adam learning rate")
+    t.add_argument("--validation-split", type=float, default=0.1, help="last fraction of rows held out for early "
+                   "stopping and threshold calibration (0 = none)")
+    t.add_argument("--patience", type=int, default=10, help="epochs without validation improvement before stopping")
+    t.add_argument("--seed", type=int, default=0, help="random seed (same seed + data = same weights)")
+    h = p.add_argument_group("threshold")
+    h.add_argument("--threshold-method", default="percentile", help="percentile, meanstd, iqr, ...")
+    h.add_argument("--percentile", type=float, default=95.0, help="percentile of normal errors (percentile method)")
+    h.add_argument("--k", type=float, help="k for meanstd (mean + k*std, default 3) or iqr (Q3 + k*IQR, default 1.5)")
+    d = p.add_argument_group("data")
+    add_data_arguments(d)
+    d.add_argument("--columns", type=_csv_list, help="feature columns, comma-separated (default: all numeric)")
+    d.add_argument("--keep-constant", action="store_true", help="keep columns that are constant in training")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def add_data_arguments(g) -> None:
+    g.add_argument("--label-column", help="column of 0/1 labels (never a feature; default: a column named 'label')")
+    g.add_argument("--missing", default="interpolate", choices=("interpolate", "drop", "error"),
+                   help="missing/non-finite values: interpolate (edges filled), drop rows, or error")
+
+
+def add_detect_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="CSV/TXT file (.gz ok) to score")
+    add_artifact_arguments(p)
+    p.add_argument("--output", "-o", help="write every row with reconstruction_error and is_anomaly "
+                   "(.csv keeps the input columns; .json / .jsonl write JSON)")
+    p.add_argument("--json", action="store_true", help="print the machine-readable summary as JSON")
+    p.add_argument("--max-results", type=int, help="with --json: cap per-row results (anomalies first; default all)")
+    p.add_argument("--per-feature", action="store_true", help="add each feature's share of the error")
+    add_data_arguments(p)
+    p.add_argument("--top", type=int, default=10, help="top anomalies to print")
+
+
+def _store(args):
+    from .store import ModelStore
+    return ModelStore(args.model_dir)
+
+
+def _explicit_paths(args, training: bool):
+    from .store import ArtifactPaths
+    scaler_path = args.scaler if args.scaler and args.scaler not in SCALER_TYPES else None
+    given = [args.model_path, args.config_path, args.threshold_path, scaler_path]
+    if not any(given):
+        return None
+    return ArtifactPaths.explicit(args.model_path, args.config_path, args.threshold_path, scaler_path)
+
+
+def cmd_train(args) -> int:
+    from . import service
+
+    paths = _explicit_paths(args, training=True)
+    scaler = args.scaler if args.scaler in SCALER_TYPES else "standard"
+    bar = None if args.quiet else _progress_bar(args.epochs)
+
+    def progress(ev: dict) -> None:
+        if bar is not None:
+            bar.update(1)
+            post = {"loss": f"{ev['loss']:.4g}"}
+            if ev.get("val_loss") is not None:
+                post["val"] = f"{ev['val_loss']:.4g}"
+            bar.set_postfix(post)
+
+    try:
+        result = service.train(
+            args.data, version=args.version, overwrite=args.overwrite, store=_store(args), paths=paths,
+            model_type=args.model_type, window=args.window, epochs=args.epochs, batch_size=args.batch_size,
+            learning_rate=args.learning_rate, percentile=args.percentile, threshold_method=args.threshold_method,
+            k=args.k, scaler=scaler, columns=args.columns, label_column=args.label_column, missing=args.missing,
+            keep_constant=args.keep_constant, validation_split=args.validation_split, patience=args.patience,
+            seed=args.seed, progress=progress, encoding_dim=args.encoding_dim, hidden=args.hidden,
+            layers=args.layers, heads=args.heads, dropout=args.dropout, error=args.error, samples=args.samples,
+            threshold_options=_threshold_options(args),
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    rep = result["data_report"]
+    print(f"Trained {result['model_type']} model version {result['version']} on {result['rows']} rows, "
+          f"{len(result['features'])} feature(s): {', '.join(result['features'])}")
+    if rep.get("constant_columns") or rep.get("empty_columns") or rep.get("ignored_columns"):
+        print(f"  ignored columns: {', '.join(rep.get('ignored_columns', [])) or '-'}; constant (dropped): "
+              f"{', '.join(rep.get('constant_columns', [])) or '-'}; empty: {', '.join(rep.get('empty_columns', [])) or '-'}")
+    if rep.get("missing_values"):
+        print(f"  missing values: {rep['missing_values']} ({rep['missing_policy']})")
+    print(f"  epochs: {result['epochs_run']} (best {result['best_epoch']}{', stopped early' if result['stopped_early'] else ''}), "
+          f"loss {result['final_loss']:.5g}, {result['train_seconds']:.1f}s")
+    print(f"  threshold: {result['threshold']:.6g} ({result['threshold_method']} {result['threshold_params']}, "
+          f"from {result['threshold_source']} rows)")
+    print(f"  saved to {result['paths']['model'].rsplit('/', 1)[0]}")
+    return 0
+
+
+def _threshold_options(args) -> dict:
+    return {name: getattr(args, name) for name in ("risk",) if getattr(args, name, None) is not None}
+
+
+def _progress_bar(total: int):
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc="training", unit="epoch", file=sys.stderr, leave=False, dynamic_ncols=True)
+
+
+def cmd_detect(args) -> int:
+    from . import service
+
+    paths = _explicit_paths(args, training=False)
+    result = service.detect(
+        args.data, version=args.version, store=_store(args), paths=paths, output=args.output,
+        per_feature=args.per_feature, missing=args.missing, label_column=args.label_column,
+        max_results=args.max_results, return_details=args.json,
+    )
+    if args.json:
+        print(json.dumps(result, indent=2, allow_nan=False, default=str))
+        return 0
+    print_summary(result, args.top)
+    return 0
+
+
+def print_summary(result: dict, top: int = 10) -> None:
+    print(f"Rows: {result['total_rows']}  anomalies: {result['anomaly_count']} ({100 * result['anomaly_ratio']:.2f}%)  "
+          f"threshold: {result['threshold']:.6g} ({result['threshold_method']})  model: {result['version']}")
+    if result["scored_rows"] < result["total_rows"]:
+        print(f"  {result['total_rows'] - result['scored_rows']} row(s) have no score (window history or dropped rows)")
+    miss = result.get("missing", {})
+    if miss.get("missing_values"):
+        print(f"  missing values: {miss['missing_values']} (filled {miss['values_filled']}, rows dropped {miss['rows_dropped']})")
+    if result["top_anomalies"][:top]:
+        print("Top anomalies:")
+        for a in result["top_anomalies"][:top]:
+            feats = ", ".join(f"{f['feature']} {100 * f['share']:.0f}%" for f in a["top_features"])
+            print(f"  row {a['index']:>8}  error {a['reconstruction_error']:.6g}  ({feats})")
+    if "metrics" in result:
+        m = result["metrics"]
+        parts = [f"{k} {m[k]:.3f}" for k in ("precision", "recall", "f1", "roc_auc", "pr_auc", "vus_pr") if k in m]
+        print(f"Against labels ({m.get('label_column')}): " + ", ".join(parts))
+    if result.get("output"):
+        print(f"Results written to {result['output']}")
+
+
+def cmd_models(args) -> int:
+    from . import service
+
+    store = _store(args)
+    if args.action == "list":
+        result = service.list_models(store)
+        if args.json:
+            print(json.dumps(result, indent=2))
+            return 0
+        if not result["models"]:
+            print(f"no models in {store.root}")
+            return 0
+        print(f"{'version':<24} {'type':<12} {'features':>8} {'window':>6} {'threshold':>12}  created")
+        for m in result["models"]:
+            mark = " *" if m.get("latest") else ""
+            if m["status"] != "ok":
+                print(f"{m['version']:<24} ({m['status']}: {m.get('error')})")
+                continue
+            print(f"{m['version']:<24} {m['model_type'] or '-':<12} {len(m['features'] or []):>8} {m['window'] or '-':>6} "
+                  f"{m['threshold']:>12.6g}  {m['created']}{mark}")
+        return 0
+    if not args.name:
+        raise AnomalyError(f"'models {args.action}' needs a version name")
+    if args.action == "show":
+        print(json.dumps(service.model_info(args.name, store), indent=2))
+    elif args.action == "delete":
+        result = service.delete_model(args.name, store)
+        print(json.dumps(result) if args.json else f"deleted {result['deleted']}; latest is now {result['latest']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(prog="anomaly", description="Time-series anomaly detection on CSV/TXT data.",
+                                     formatter_class=fmt)
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_train_arguments(sub.add_parser("train", help="train a model on normal data", formatter_class=fmt))
+    add_detect_arguments(sub.add_parser("detect", help="score a file with a trained model", formatter_class=fmt))
+    m = sub.add_parser("models", help="list, show or delete model versions", formatter_class=fmt)
+    m.add_argument("action", choices=("list", "show", "delete"))
+    m.add_argument("name", nargs="?", help="version (show, delete)")
+    m.add_argument("--model-dir", default="models", help="artifact store folder")
+    m.add_argument("--json", action="store_true", help="JSON output")
+    for name, (module, help_text) in PLUGIN_COMMANDS.items():
+        if importlib.util.find_spec(module) is not None:
+            p = sub.add_parser(name, help=help_text, formatter_class=fmt)
+            importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+COMMANDS = {"train": cmd_train, "detect": cmd_detect, "models": cmd_models}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command in COMMANDS:
+            return COMMANDS[args.command](args)
+        return importlib.import_module(PLUGIN_COMMANDS[args.command][0]).run(args)
+    except AnomalyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; nothing was saved", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+
+
+def train_main() -> int:
+    return main(["train", *sys.argv[1:]])
+
+
+def detect_main() -> int:
+    return main(["detect", *sys.argv[1:]])

@@ -1,0 +1,421 @@
+"""Reading users' CSV/TXT files: one loader for training, detection, evaluation and the server.
+
+Delimiter (comma, tab, semicolon, whitespace), header row and BOM are sniffed from the first bytes; `.gz` is
+read transparently. Numeric columns are features (float32); other columns (timestamps, IDs, text) are carried
+along untouched. A `label` column is never a feature.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import os
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+
+from .errors import DataError, NotFound
+
+MISSING_POLICIES = ("interpolate", "drop", "error")
+LABEL_NAMES = ("label", "is_anomaly_label", "anomaly_label")
+# Numeric columns with these names are row identifiers or clocks, not measurements.
+NON_FEATURE_NAMES = {"id", "index", "idx", "row", "timestamp", "time", "date", "datetime", "epoch", "unnamed: 0"}
+SNIFF_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class CsvFormat:
+    """How to parse a file: everything pandas needs, decided once from the file's first bytes."""
+
+    delimiter: str  # "," "\t" ";" or "whitespace"
+    has_header: bool
+    names: tuple[str, ...]  # column names (synthesised as col_0.. when there is no header)
+    compression: str | None  # "gzip" or None
+    bom: bool
+
+    @property
+    def sep(self) -> str:
+        return r"\s+" if self.delimiter == "whitespace" else self.delimiter
+
+    @property
+    def out_delimiter(self) -> str:
+        return " " if self.delimiter == "whitespace" else self.delimiter
+
+
+@dataclass
+class Table:
+    """A loaded file: the full frame (for output), the feature matrix and what was done to get it."""
+
+    frame: pd.DataFrame
+    features: list[str]
+    X: np.ndarray  # (rows, features) float32, missing values already handled
+    labels: np.ndarray | None = None
+    time_column: str | None = None
+    row_mask: np.ndarray | None = None  # rows kept when missing="drop" (None = all rows)
+    report: dict = field(default_factory=dict)
+
+
+def _open_text_head(path: Path) -> tuple[bytes, str | None]:
+    with open(path, "rb") as raw:
+        magic = raw.read(2)
+    compression = "gzip" if magic == b"\x1f\x8b" else None
+    opener = gzip.open if compression else open
+    try:
+        with opener(path, "rb") as f:
+            head = f.read(SNIFF_BYTES)
+    except (OSError, EOFError) as exc:
+        raise DataError(f"{path}: cannot read compressed file ({exc})") from None
+    return head, compression
+
+
+def check_file(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise NotFound(f"file not found: {p}")
+    if p.is_dir():
+        raise DataError(f"{p} is a directory, not a data file")
+    if p.stat().st_size == 0:
+        raise DataError(f"{p} is empty")
+    return p
+
+
+def _is_number(token: str) -> bool:
+    token = token.strip().strip('"')
+    if token == "":
+        return True
+    try:
+        float(token)
+        return True
+    except ValueError:
+        return False
+
+
+def sniff(path: str | os.PathLike) -> CsvFormat:
+    """Decide delimiter, header and encoding from the first 64 KiB."""
+    p = check_file(path)
+    head, compression = _open_text_head(p)
+    bom = head.startswith(b"\xef\xbb\xbf")
+    if bom:
+        head = head[3:]
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 4:  # not just a multi-byte char cut at the sniff boundary
+            raise DataError(f"{p} is not UTF-8 text (byte {exc.start}); save it as UTF-8 CSV") from None
+        text = head[: exc.start].decode("utf-8")
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if len(text) == len(head.decode("utf-8", "ignore")) and len(head) == SNIFF_BYTES and len(lines) > 1:
+        lines = lines[:-1]  # the last line may be cut at the sniff boundary
+    if not lines:
+        raise DataError(f"{p} holds no data (only blank lines)")
+    sample = "\n".join(lines[:50])
+    delimiter = None
+    for cand in (",", "\t", ";"):
+        counts = {ln.count(cand) for ln in lines[:50]}
+        if len(counts) == 1 and counts != {0}:
+            delimiter = cand
+            break
+    if delimiter is None:
+        try:
+            delimiter = csv.Sniffer().sniff(sample, delimiters=",\t;").delimiter
+        except csv.Error:
+            delimiter = "whitespace"
+        if delimiter not in (",", "\t", ";") or all(delimiter not in ln for ln in lines[:50]):
+            delimiter = "whitespace"
+    split = (lambda ln: ln.split()) if delimiter == "whitespace" else (lambda ln: next(csv.reader([ln], delimiter=delimiter)))
+    first = split(lines[0])
+    has_header = not all(_is_number(t) for t in first)
+    if has_header:
+        names = tuple(_unique_names([t.strip() for t in first]))
+    else:
+        names = tuple(f"col_{i}" for i in range(len(first)))
+    if has_header and len(lines) == 1:
+        raise DataError(f"{p} has a header row but no data rows")
+    return CsvFormat(delimiter, has_header, names, compression, bom)
+
+
+def _unique_names(names: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for i, n in enumerate(names):
+        n = n or f"col_{i}"
+        if n in seen:
+            seen[n] += 1
+            n = f"{n}.{seen[n]}"
+        else:
+            seen[n] = 0
+        out.append(n)
+    return out
+
+
+def _read_kwargs(fmt: CsvFormat) -> dict:
+    return dict(
+        sep=fmt.sep,
+        header=None,
+        names=list(fmt.names),
+        skiprows=1 if fmt.has_header else 0,
+        engine="c",
+        encoding="utf-8-sig" if fmt.bom else "utf-8",
+        skip_blank_lines=True,
+        low_memory=False,
+    )
+
+
+def _parse(source, fmt: CsvFormat, dtype: dict | None, compression=None, usecols=None, nrows=None) -> pd.DataFrame:
+    try:
+        return pd.read_csv(source, compression=compression, dtype=dtype, usecols=usecols, nrows=nrows, **_read_kwargs(fmt))
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{getattr(source, 'name', source)} holds no data rows") from None
+    except pd.errors.ParserError as exc:
+        msg = " ".join(str(exc).split())
+        raise DataError(f"malformed CSV in {getattr(source, 'name', source)}: {msg}") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{getattr(source, 'name', source)} is not UTF-8 text") from None
+
+
+def find_label_column(names: list[str], label_column: str | None) -> str | None:
+    if label_column:
+        if label_column not in names:
+            raise DataError(f"label column {label_column!r} not found; columns are {', '.join(names)}")
+        return label_column
+    return next((n for n in names if n.strip().lower() in LABEL_NAMES), None)
+
+
+def numeric_columns(path: str | os.PathLike, fmt: CsvFormat) -> tuple[list[str], list[str]]:
+    """(numeric, other) column names, judged from the first rows."""
+    probe = _parse(Path(path), fmt, None, compression=fmt.compression, nrows=2000)
+    numeric = [c for c in probe.columns if pd.api.types.is_numeric_dtype(probe[c]) or probe[c].isna().all()]
+    return numeric, [c for c in probe.columns if c not in numeric]
+
+
+def choose_features(fmt: CsvFormat, numeric: list[str], columns: list[str] | None, label: str | None) -> list[str]:
+    names = list(fmt.names)
+    if columns:
+        missing = [c for c in columns if c not in names]
+        if missing:
+            raise DataError(f"column(s) {', '.join(missing)} not found; columns are {', '.join(names)}")
+        if label in columns:
+            raise DataError(f"{label!r} is the label column and cannot be a feature")
+        bad = [c for c in columns if c not in numeric]
+        if bad:
+            raise DataError(f"column(s) {', '.join(bad)} are not numeric")
+        return list(columns)
+    feats = [c for c in numeric if c != label and c.strip().lower() not in NON_FEATURE_NAMES]
+    if not feats:
+        raise DataError(f"no numeric column to use as a feature; columns are {', '.join(names)}")
+    return feats
+
+
+def guess_time_column(frame: pd.DataFrame, features: list[str]) -> str | None:
+    for c in frame.columns:
+        if c not in features and str(c).strip().lower() in ("timestamp", "time", "date", "datetime"):
+            return c
+    return None
+
+
+def handle_missing(X: np.ndarray, features: list[str], policy: str, where: str = "") -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """Apply the missing-value policy to a float32 matrix. Returns (X, kept-row mask or None, report)."""
+    if policy not in MISSING_POLICIES:
+        raise DataError(f"unknown missing-value policy {policy!r}; choose one of {', '.join(MISSING_POLICIES)}")
+    bad = ~np.isfinite(X)
+    n_bad = int(bad.sum())
+    report = {"missing_values": n_bad, "missing_policy": policy}
+    if n_bad == 0:
+        return X, None, report
+    per_col = bad.sum(axis=0)
+    detail = ", ".join(f"{features[i]}: {int(n)}" for i, n in enumerate(per_col) if n)
+    report["missing_by_column"] = {features[i]: int(n) for i, n in enumerate(per_col) if n}
+    if policy == "error":
+        first = int(np.flatnonzero(bad.any(axis=1))[0])
+        raise DataError(f"{where}missing or non-finite values ({detail}; first at row {first}); "
+                        "use --missing interpolate or --missing drop")
+    if policy == "drop":
+        keep = ~bad.any(axis=1)
+        report["rows_dropped"] = int((~keep).sum())
+        return X[keep], keep, report
+    frame = pd.DataFrame(np.where(bad, np.nan, X))
+    filled = frame.interpolate(method="linear", limit_direction="both", axis=0).to_numpy(np.float32)
+    if np.isnan(filled).any():  # a column with no value at all
+        empty = [features[i] for i in np.flatnonzero(np.isnan(filled).all(axis=0))]
+        raise DataError(f"{where}column(s) {', '.join(empty)} hold no numeric value at all")
+    report["values_filled"] = n_bad
+    return filled, None, report
+
+
+def read_table(
+    path: str | os.PathLike,
+    columns: list[str] | None = None,
+    label_column: str | None = None,
+    missing: str = "interpolate",
+    features: list[str] | None = None,
+    drop_constant: bool = True,
+) -> Table:
+    """Load a whole file. `features` (detection) demands exactly those columns; otherwise they are chosen."""
+    p = check_file(path)
+    fmt = sniff(p)
+    label = find_label_column(list(fmt.names), label_column)
+    numeric, _ = numeric_columns(p, fmt)
+    if features is not None:
+        feats = match_features(fmt, numeric, features, label)
+    else:
+        feats = choose_features(fmt, numeric, columns, label)
+    frame = _read_full(p, fmt, feats + ([label] if label else []))
+    X = frame[feats].to_numpy(dtype=np.float32, copy=True)
+    report: dict = {"rows": int(len(frame)), "columns": list(fmt.names), "delimiter": fmt.delimiter,
+                    "header": fmt.has_header, "ignored_columns": [c for c in fmt.names if c not in feats and c != label]}
+    if len(frame) == 0:
+        raise DataError(f"{p} has a header row but no data rows")
+    if features is None and not columns:
+        X, feats, dropped = _drop_unusable(X, feats, drop_constant)
+        report.update(dropped)
+    X, mask, miss = handle_missing(X, feats, missing, where=f"{p}: ")
+    report.update(miss)
+    labels = None
+    if label:
+        lab = pd.to_numeric(frame[label], errors="coerce").to_numpy()
+        if np.isnan(lab).any():
+            raise DataError(f"label column {label!r} has non-numeric or empty values")
+        labels = (lab > 0).astype(np.int8)
+        if mask is not None:
+            labels = labels[mask]
+    return Table(frame=frame, features=feats, X=X, labels=labels, time_column=guess_time_column(frame, feats),
+                 row_mask=mask, report=report)
+
+
+def _read_full(p: Path, fmt: CsvFormat, numeric_cols: list[str]) -> pd.DataFrame:
+    dtype = {c: np.float32 for c in numeric_cols}
+    try:
+        return _parse(p, fmt, dtype, compression=fmt.compression)
+    except ValueError as exc:
+        if isinstance(exc, DataError):
+            raise
+    # A numeric column holds a stray word further down: read as text, unparsable values become missing.
+    frame = _parse(p, fmt, {c: str for c in numeric_cols}, compression=fmt.compression)
+    for c in numeric_cols:
+        frame[c] = pd.to_numeric(frame[c], errors="coerce").astype(np.float32)
+    return frame
+
+
+def _drop_unusable(X: np.ndarray, feats: list[str], drop_constant: bool) -> tuple[np.ndarray, list[str], dict]:
+    finite = np.where(np.isfinite(X), X, np.nan)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        empty = np.isnan(finite).all(axis=0)
+        spread = np.nanmax(finite, axis=0) - np.nanmin(finite, axis=0)
+    constant = ~empty & (spread == 0)
+    report = {"empty_columns": [feats[i] for i in np.flatnonzero(empty)],
+              "constant_columns": [feats[i] for i in np.flatnonzero(constant)]}
+    drop = empty | (constant if drop_constant else False)
+    if drop.all():
+        raise DataError("every numeric column is empty or constant; nothing to learn from "
+                        f"(empty: {report['empty_columns']}, constant: {report['constant_columns']})")
+    if drop.any():
+        keep = np.flatnonzero(~drop)
+        return X[:, keep], [feats[i] for i in keep], report
+    return X, feats, report
+
+
+def match_features(fmt: CsvFormat, numeric: list[str], expected: list[str], label: str | None = None) -> list[str]:
+    """Map a model's feature names onto this file's columns: by name, or by position for headerless files."""
+    names = list(fmt.names)
+    if all(c in names for c in expected):
+        bad = [c for c in expected if c not in numeric]
+        if bad:
+            raise DataError(f"column(s) {', '.join(bad)} are not numeric in this file")
+        return list(expected)
+    usable = [c for c in numeric if c != label and c.strip().lower() not in NON_FEATURE_NAMES]
+    if not fmt.has_header and len(usable) == len(expected):
+        return usable
+    missing = [c for c in expected if c not in names]
+    raise DataError(f"the model expects {len(expected)} feature column(s) [{', '.join(expected)}] but the file has "
+                    f"[{', '.join(names)}] (missing: {', '.join(missing)})")
+
+
+# --- Chunked reading for detection on large files -------------------------------------------------------
+
+
+@dataclass
+class Block:
+    """A run of whole data lines: the raw bytes (for pass-through output) and the parsed frame."""
+
+    start: int  # index of the first row in the file (0-based, data rows only)
+    raw_lines: list[bytes]  # each line without its terminator
+    frame: pd.DataFrame
+
+
+def iter_blocks(path: str | os.PathLike, fmt: CsvFormat, numeric_cols: list[str], block_bytes: int = 32 << 20) -> Iterator[Block]:
+    """Yield consecutive blocks of data rows; memory stays bounded whatever the file size."""
+    p = Path(path)
+    opener = gzip.open if fmt.compression else open
+    dtype = {c: np.float32 for c in numeric_cols}
+    row = 0
+    with opener(p, "rb") as f:
+        if fmt.bom:
+            f.read(3)
+        if fmt.has_header:
+            f.readline()
+        carry = b""
+        while True:
+            chunk = f.read(block_bytes)
+            data = carry + chunk
+            if not chunk:
+                carry, body = b"", data
+            else:
+                cut = data.rfind(b"\n") + 1
+                # keep quoted fields that span lines together
+                while cut and data.count(b'"', 0, cut) % 2:
+                    cut = data.rfind(b"\n", 0, cut - 1) + 1
+                body, carry = data[:cut], data[cut:]
+            if body.strip():
+                lines = body.split(b"\n")
+                if lines and lines[-1] == b"":
+                    lines.pop()
+                if lines and lines[0].endswith(b"\r"):
+                    lines = [ln[:-1] if ln.endswith(b"\r") else ln for ln in lines]
+                lines = [ln for ln in lines if ln.strip()]  # pandas skips blank lines; so do we
+                if lines:
+                    frame = _parse_block(b"\n".join(lines), fmt, dtype, p)
+                    if len(frame) != len(lines):
+                        raise DataError(f"malformed CSV in {p}: line structure around row {row} could not be read")
+                    yield Block(row, lines, frame)
+                    row += len(lines)
+            if not chunk:
+                break
+
+
+def _parse_block(body: bytes, fmt: CsvFormat, dtype: dict, p: Path) -> pd.DataFrame:
+    kwargs = _read_kwargs(fmt) | {"skiprows": 0, "encoding": "utf-8"}
+    try:
+        return pd.read_csv(io.BytesIO(body), dtype=dtype, **kwargs)
+    except ValueError as exc:
+        if isinstance(exc, pd.errors.ParserError):
+            raise DataError(f"malformed CSV in {p}: {' '.join(str(exc).split())}") from None
+        if isinstance(exc, UnicodeDecodeError):
+            raise DataError(f"{p} is not UTF-8 text") from None
+    frame = pd.read_csv(io.BytesIO(body), dtype={c: str for c in dtype}, **kwargs)
+    for c in dtype:
+        frame[c] = pd.to_numeric(frame[c], errors="coerce").astype(np.float32)
+    return frame
+
+
+def count_rows_hint(path: str | os.PathLike) -> int | None:
+    """Approximate number of data rows from the file size (for progress bars); None when compressed."""
+    p = Path(path)
+    head, compression = _open_text_head(p)
+    if compression:
+        return None
+    lines = head.count(b"\n") or 1
+    return max(1, int(p.stat().st_size / (len(head) / lines)))
+
+
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def safe_name(name: str) -> str:
+    return _SAFE_NAME.sub("_", name).strip("_") or "col"

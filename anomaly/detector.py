@@ -1,0 +1,230 @@
+"""`Detector`: scaler + model + threshold, with scikit-learn / PyOD conventions.
+
+    det = Detector(model_type="dense", window=1).fit(X)
+    det.score_samples(X_new)   # anomaly score per row, higher = more anomalous (as PyOD's decision_function)
+    det.predict(X_new)         # 1 = anomaly, 0 = normal
+    det.decision_scores_, det.threshold_
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import platform
+from dataclasses import asdict
+from typing import Callable
+
+import joblib
+import numpy as np
+import torch
+from sklearn.preprocessing import MinMaxScaler, RobustScaler, StandardScaler
+
+from . import __version__, models, thresholds, training
+from .errors import ArtifactError, DataError
+from .scoring import SCORE_BATCH, RowScorer, row_errors, row_scores
+from .store import ArtifactPaths, atomic_write_bytes, atomic_write_text, check_complete, now_iso, read_json
+
+SCALERS = {"standard": StandardScaler, "minmax": MinMaxScaler, "robust": RobustScaler}
+CONFIG_FORMAT = 1
+
+
+def make_scaler(name: str):
+    if name not in SCALERS:
+        raise DataError(f"unknown scaler {name!r}; choose one of {', '.join(SCALERS)}")
+    return SCALERS[name]()
+
+
+class Detector:
+    def __init__(
+        self,
+        model_type: str = models.DEFAULT_MODEL,
+        window: int = 1,
+        scaler: str = "standard",
+        threshold_method: str = thresholds.DEFAULT_METHOD,
+        threshold_params: dict | None = None,
+        epochs: int = 100,
+        batch_size: int = 32,
+        learning_rate: float = 1e-3,
+        validation_split: float = 0.1,
+        patience: int = 10,
+        seed: int = 0,
+        **model_params,
+    ):
+        self.model_type = model_type
+        self.window = window
+        self.scaler = scaler
+        self.threshold_method = threshold_method
+        self.threshold_params = dict(threshold_params or {"percentile": 95.0})
+        self.epochs, self.batch_size, self.learning_rate = epochs, batch_size, learning_rate
+        self.validation_split, self.patience, self.seed = validation_split, patience, seed
+        self.model_params = model_params
+
+    # --- fitting ---------------------------------------------------------------------------------------
+
+    def fit(self, X: np.ndarray, feature_names: list[str] | None = None, labels: np.ndarray | None = None,
+            progress: training.ProgressFn | None = None, should_stop: Callable[[], bool] | None = None) -> "Detector":
+        X = np.asarray(X, np.float32)
+        if X.ndim != 2 or not np.isfinite(X).all():
+            raise DataError("training data must be a finite 2-D array (rows, features)")
+        _check_training_args(self)
+        self.feature_names_ = list(feature_names or [f"x{i}" for i in range(X.shape[1])])
+        self.window_ = int(self.window)
+        models.get(self.model_type)
+        training.seed_everything(self.seed)
+        self.model_config_ = models.make_config(self.model_type, X.shape[1], self.window_, self.model_params)
+        self.model_ = models.get(self.model_type).Model(self.model_config_)
+        if len(X) < self.model_.span + 1:
+            raise DataError(f"need at least {self.model_.span + 1} rows to train with window {self.window_}; got {len(X)}")
+        self.scaler_ = make_scaler(self.scaler).fit(X)
+        Z = self.scaler_.transform(X).astype(np.float32)
+        Z_train, Z_val = training.split_rows(Z, self.validation_split, self.model_.span + 1)
+        self.history_ = training.fit(self.model_, Z_train, Z_val, epochs=self.epochs, batch_size=self.batch_size,
+                                     learning_rate=self.learning_rate, patience=self.patience, seed=self.seed,
+                                     progress=progress, should_stop=should_stop)
+        self.decision_scores_ = row_scores(row_errors(self.model_, Z))
+        # Held-out rows calibrate the threshold when there are some: training rows' errors are optimistic.
+        n_val = 0 if Z_val is None else len(Z_val)
+        self.threshold_source_ = "validation" if n_val else "training"
+        calib = self.decision_scores_[-n_val:] if n_val else self.decision_scores_
+        calib_labels = None if labels is None else np.asarray(labels)[-n_val:] if n_val else labels
+        self.set_threshold(self.threshold_method, calib, calib_labels, **self.threshold_params)
+        self.train_stats_ = thresholds.describe(self.decision_scores_[np.isfinite(self.decision_scores_)])
+        return self
+
+    def set_threshold(self, method: str, scores: np.ndarray, labels: np.ndarray | None = None, **params) -> dict:
+        self.threshold_info_ = thresholds.compute(method, scores, labels, **params)
+        self.threshold_info_["source"] = getattr(self, "threshold_source_", "training")
+        self.threshold_ = self.threshold_info_["threshold"]
+        self.threshold_method, self.threshold_params = method, params
+        return self.threshold_info_
+
+    # --- scoring ---------------------------------------------------------------------------------------
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        return self.scaler_.transform(np.asarray(X, np.float32)).astype(np.float32, copy=False)
+
+    def row_errors(self, X: np.ndarray) -> np.ndarray:
+        """Per-row, per-feature error (rows, features); rows without a score are NaN."""
+        return row_errors(self.model_, self.transform(X))
+
+    def score_samples(self, X: np.ndarray) -> np.ndarray:
+        return row_scores(self.row_errors(X))
+
+    decision_function = score_samples
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return flag(self.score_samples(X), self.threshold_)
+
+    def stream(self, batch_size: int = SCORE_BATCH) -> "StreamScorer":
+        return StreamScorer(self, batch_size)
+
+    # --- persistence -----------------------------------------------------------------------------------
+
+    def config_dict(self, metadata: dict | None = None) -> dict:
+        return {
+            "format": CONFIG_FORMAT,
+            "model_type": self.model_type,
+            "model": asdict(self.model_config_),
+            "features": self.feature_names_,
+            "n_features": len(self.feature_names_),
+            "window": self.window_,
+            "span": self.model_.span,
+            "scaler": self.scaler,
+            "training": {"epochs": self.epochs, "batch_size": self.batch_size, "learning_rate": self.learning_rate,
+                         "validation_split": self.validation_split, "patience": self.patience, "seed": self.seed},
+            "history": getattr(self, "history_", {}),
+            "train_scores": getattr(self, "train_stats_", {}),
+            "created": now_iso(),
+            "library_versions": library_versions(),
+            **(metadata or {}),
+        }
+
+    def save(self, paths: ArtifactPaths, metadata: dict | None = None) -> None:
+        """Write the four artifact files, each atomically."""
+        buf = io.BytesIO()
+        torch.save(self.model_.state_dict(), buf)
+        atomic_write_bytes(paths.model, buf.getvalue())
+        atomic_write_text(paths.config, json.dumps(self.config_dict(metadata), indent=2, default=_json_default))
+        atomic_write_text(paths.threshold, json.dumps(self.threshold_info_, indent=2, default=_json_default))
+        buf = io.BytesIO()
+        joblib.dump(self.scaler_, buf)
+        atomic_write_bytes(paths.scaler, buf.getvalue())
+
+    @classmethod
+    def load(cls, paths: ArtifactPaths, label: str = "") -> "Detector":
+        """Load a saved version. The scaler is a pickle: only load artifacts you trust (the server confines this)."""
+        label = label or str(paths.model.parent)
+        check_complete(paths, label)
+        config = read_json(paths.config)
+        threshold = read_json(paths.threshold)
+        try:
+            det = cls(model_type=config["model_type"], window=config["window"], scaler=config["scaler"],
+                      threshold_method=threshold["method"], threshold_params=threshold.get("params", {}),
+                      **config["training"])
+            det.model_config_ = models.get(config["model_type"]).Config(**config["model"])
+            det.model_ = models.get(config["model_type"]).Model(det.model_config_)
+            det.model_.load_state_dict(torch.load(paths.model, map_location="cpu", weights_only=True))
+            det.scaler_ = joblib.load(paths.scaler)
+        except (KeyError, TypeError, RuntimeError, EOFError, ValueError, OSError, AttributeError) as exc:
+            raise ArtifactError(f"model {label} is corrupt or incomplete: {type(exc).__name__}: {exc}"[:500]) from None
+        det.model_.eval()
+        det.feature_names_ = list(config["features"])
+        det.window_ = int(config["window"])
+        det.threshold_info_ = threshold
+        det.threshold_ = float(threshold["threshold"])
+        det.history_ = config.get("history", {})
+        det.train_stats_ = config.get("train_scores", {})
+        det.config_ = config
+        return det
+
+
+class StreamScorer:
+    """Scores consecutive chunks of raw rows; each `push` returns (errors, scores) of the rows now final."""
+
+    def __init__(self, detector: Detector, batch_size: int = SCORE_BATCH):
+        self.detector = detector
+        self.rows = RowScorer(detector.model_, len(detector.feature_names_), batch_size)
+
+    def push(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if len(X) == 0:
+            return np.empty((0, len(self.detector.feature_names_)), np.float32), np.empty(0, np.float32)
+        errors = self.rows.push(self.detector.transform(X))
+        return errors, row_scores(errors)
+
+    def finish(self) -> tuple[np.ndarray, np.ndarray]:
+        errors = self.rows.finish()
+        return errors, row_scores(errors)
+
+
+def flag(scores: np.ndarray, threshold: float) -> np.ndarray:
+    """1 where the score is above the threshold; unscored rows (NaN) are never anomalies."""
+    with np.errstate(invalid="ignore"):
+        return (scores > threshold).astype(np.int8)
+
+
+def _check_training_args(det: Detector) -> None:
+    if int(det.epochs) < 1:
+        raise DataError(f"--epochs must be at least 1, got {det.epochs}")
+    if int(det.batch_size) < 1:
+        raise DataError(f"--batch-size must be at least 1, got {det.batch_size}")
+    if not det.learning_rate > 0:
+        raise DataError(f"--learning-rate must be positive, got {det.learning_rate}")
+    if not 0 <= det.validation_split < 1:
+        raise DataError(f"--validation-split must be in [0, 1), got {det.validation_split}")
+    if int(det.window) < 1:
+        raise DataError(f"--window must be at least 1, got {det.window}")
+
+
+def library_versions() -> dict:
+    import pandas
+    import sklearn
+    return {"anomaly": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "numpy": np.__version__, "pandas": pandas.__version__, "scikit-learn": sklearn.__version__}
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

@@ -1,0 +1,37 @@
+"""User-facing errors: every failure a user can cause is one of these, with a message that reads as one line."""
+
+
+class AnomalyError(Exception):
+    """Base class. The CLI prints `error: <message>` and exits 2; MCP returns isError; HTTP answers 4xx."""
+
+    http_status = 400
+
+
+class DataError(AnomalyError):
+    """The input data cannot be used (missing or empty file, no numeric column, NaN policy, wrong columns)."""
+
+    http_status = 422
+
+
+class NotFound(AnomalyError):
+    """A file or model version does not exist."""
+
+    http_status = 404
+
+
+class ArtifactError(AnomalyError):
+    """A stored model version is corrupt or incomplete."""
+
+    http_status = 409
+
+
+class VersionExists(AnomalyError):
+    """Training would overwrite an existing version."""
+
+    http_status = 409
+
+
+class PathNotAllowed(AnomalyError):
+    """A path lies outside the allowed roots (server use)."""
+
+    http_status = 403

@@ -1,0 +1,139 @@
+"""Writing per-row results: CSV (the input lines passed through byte for byte, result columns appended),
+JSON and JSON Lines. Files are written to a temporary name and renamed at the end, so a failed run never
+leaves a half-written result file.
+
+CSV output appends to the raw input lines instead of re-serialising a DataFrame: the user's timestamps,
+IDs and number formatting survive untouched, and it is ~20x faster than `DataFrame.to_csv` on 1M rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .data import CsvFormat
+from .errors import DataError
+
+_DIGITS = np.frombuffer(b"0123456789", np.uint8)
+
+
+def format_scientific(values: np.ndarray) -> list[bytes]:
+    """`%.6e`-style bytes for non-negative floats, vectorised (Python's formatting costs ~1 s per 1M values).
+    NaN becomes an empty field; negative, infinite or huge values fall back to Python formatting."""
+    v = np.asarray(values, np.float64)
+    n = len(v)
+    ok = np.isfinite(v) & (v >= 0) & (v < 1e99)
+    safe = np.where(ok & (v > 0), v, 1.0)
+    exp = np.floor(np.log10(safe)).astype(np.int64)
+    mant = np.rint(safe / np.power(10.0, exp) * 1e6).astype(np.int64)
+    carry = mant >= 10_000_000
+    mant = np.where(carry, np.rint(safe / np.power(10.0, exp + 1) * 1e6).astype(np.int64), mant)
+    exp = exp + carry
+    low = mant < 1_000_000  # float error just below a power of ten
+    mant = np.where(low, np.rint(safe / np.power(10.0, exp - 1) * 1e6).astype(np.int64), mant)
+    exp = exp - low
+    zero = ok & (v == 0)
+    mant[zero], exp[zero] = 0, 0
+    out = np.empty((n, 12), np.uint8)
+    out[:, 0] = _DIGITS[mant // 1_000_000]
+    out[:, 1] = ord(".")
+    frac = mant % 1_000_000
+    for i in range(6):
+        out[:, 7 - i] = _DIGITS[frac % 10]
+        frac //= 10
+    out[:, 8] = ord("e")
+    out[:, 9] = np.where(exp < 0, ord("-"), ord("+"))
+    a = np.abs(exp)
+    out[:, 10] = _DIGITS[a // 10]
+    out[:, 11] = _DIGITS[a % 10]
+    result = out.view("S12").ravel().tolist()
+    for i in np.flatnonzero(~ok):
+        x = v[i]
+        result[i] = b"" if np.isnan(x) else f"{x:.6e}".encode()
+    return result
+
+
+class ResultWriter:
+    """Streams result rows to `path`: .csv/.txt (pass-through), .json, or .jsonl."""
+
+    def __init__(self, path: str | os.PathLike, fmt: CsvFormat, header_line: bytes | None, extra_columns: list[str]):
+        self.path = Path(path)
+        self.kind = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl"}.get(self.path.suffix.lower(), "csv")
+        self.fmt, self.extra = fmt, extra_columns
+        self.delim = fmt.out_delimiter.encode()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+        except OSError as exc:
+            raise DataError(f"cannot write output {self.path}: {exc.strerror or exc}") from None
+        self.f = os.fdopen(fd, "wb", buffering=1 << 20)
+        self.first = True
+        if self.kind == "csv":
+            header = header_line if header_line is not None else self.delim.join(n.encode() for n in fmt.names)
+            self.f.write(header + b"".join(self.delim + c.encode() for c in extra_columns) + b"\n")
+        elif self.kind == "json":
+            self.f.write(b'{"results": [\n')
+
+    def write(self, start: int, raw_lines: list[bytes], frame: pd.DataFrame | None, columns: dict[str, np.ndarray]) -> None:
+        """Rows `start..start+len(raw_lines)` with result `columns` (name -> array, one value per row)."""
+        if self.kind == "csv":
+            self._write_csv(raw_lines, columns)
+        else:
+            self._write_json(start, frame, columns)
+
+    def _write_csv(self, raw_lines: list[bytes], columns: dict[str, np.ndarray]) -> None:
+        suffix = np.full(len(raw_lines), b"", dtype="S1")
+        for values in columns.values():
+            if values.dtype.kind in "iub":
+                text = np.where(values.astype(bool), b"1", b"0")
+            else:
+                text = np.array(format_scientific(values), dtype="S12")
+            suffix = np.strings.add(np.strings.add(suffix, self.delim), text)
+        suffix = np.strings.add(suffix, b"\n").tolist()
+        parts: list[bytes] = [b""] * (2 * len(raw_lines))
+        parts[0::2] = raw_lines
+        parts[1::2] = suffix
+        self.f.write(b"".join(parts))
+
+    def _write_json(self, start: int, frame: pd.DataFrame, columns: dict[str, np.ndarray]) -> None:
+        out = frame.copy()
+        out.insert(0, "index", np.arange(start, start + len(frame)))
+        for name, values in columns.items():
+            out[name] = values.astype(bool) if values.dtype.kind in "iub" else values.astype(np.float64)
+        if self.kind == "jsonl":
+            self.f.write(out.to_json(orient="records", lines=True, double_precision=10).encode())
+            if not out.empty:
+                self.f.write(b"\n")
+            return
+        body = out.to_json(orient="records", double_precision=10)[1:-1]
+        if body:
+            self.f.write((b"" if self.first else b",\n") + body.encode())
+            self.first = False
+
+    def close(self, summary: dict) -> None:
+        if self.kind == "json":
+            rest = json.dumps({k: v for k, v in summary.items() if k != "results"})[1:]
+            self.f.write(b"\n]" + (b", " + rest.encode() if rest != "}" else b"}"))
+        self.f.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        self.f.close()
+        Path(self.tmp).unlink(missing_ok=True)
+
+
+def raw_header(path: str | os.PathLike, fmt: CsvFormat) -> bytes | None:
+    """The input's header line as bytes (without BOM or line ending), or None when it has none."""
+    if not fmt.has_header:
+        return None
+    import gzip
+    with (gzip.open if fmt.compression else open)(path, "rb") as f:
+        line = f.readline()
+    if fmt.bom:
+        line = line[3:]
+    return line.rstrip(b"\r\n")

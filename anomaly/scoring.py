@@ -1,0 +1,80 @@
+"""Turning a model's per-sample errors into exactly one error per input row, in bounded memory.
+
+A model sees samples of `span` consecutive rows and gives an error for the last `scored` of them. Every row's
+error is the mean over all samples that scored it (overlapping windows are averaged). Rows no sample scores
+(the first `span - scored` rows of a series, e.g. a forecaster's missing history) get NaN: no score, never an
+anomaly. Rows arrive in chunks; a row is emitted once no later sample can score it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+SCORE_BATCH = 8192  # samples per forward pass when scoring
+
+
+def gather(x: torch.Tensor, starts: torch.Tensor, span: int) -> torch.Tensor:
+    """Samples (len(starts), span, features) cut from a (rows, features) tensor by slicing, not copying loops."""
+    if span == 1:
+        return x[starts].unsqueeze(1)
+    return x[starts.unsqueeze(1) + torch.arange(span)]
+
+
+class RowScorer:
+    """Streaming per-row errors: `push(chunk)` returns the rows that are final so far, `finish()` the rest."""
+
+    def __init__(self, model: torch.nn.Module, n_features: int, batch_size: int = SCORE_BATCH):
+        self.model = model
+        self.span, self.scored = model.span, model.scored
+        self.batch_size = max(1, batch_size)
+        self.rows = np.empty((0, n_features), np.float32)  # rows carried over for the next samples
+        self.sums = np.empty((0, n_features), np.float64)
+        self.counts = np.empty(0, np.int64)
+
+    def push(self, chunk: np.ndarray) -> np.ndarray:
+        rows = np.concatenate([self.rows, chunk.astype(np.float32, copy=False)])
+        sums = np.concatenate([self.sums, np.zeros((len(chunk), rows.shape[1]))])
+        counts = np.concatenate([self.counts, np.zeros(len(chunk), np.int64)])
+        n_samples = len(rows) - self.span + 1
+        if n_samples > 0:
+            self._accumulate(rows, sums, counts, n_samples)
+        # Rows before the first unprocessed sample's first scored row are final.
+        done = max(0, n_samples)
+        self.rows, self.sums, self.counts = rows[done:], sums[done:], counts[done:]
+        return _mean(sums[:done], counts[:done])
+
+    def finish(self) -> np.ndarray:
+        out = _mean(self.sums, self.counts)
+        self.rows, self.sums, self.counts = self.rows[:0], self.sums[:0], self.counts[:0]
+        return out
+
+    def _accumulate(self, rows: np.ndarray, sums: np.ndarray, counts: np.ndarray, n_samples: int) -> None:
+        x = torch.from_numpy(rows)
+        offset = self.span - self.scored  # position of the first scored row inside a sample
+        with torch.inference_mode():
+            for s in range(0, n_samples, self.batch_size):
+                starts = torch.arange(s, min(s + self.batch_size, n_samples))
+                err = self.model.errors(gather(x, starts, self.span)).double().numpy()  # (b, scored, F)
+                b = len(starts)
+                for k in range(self.scored):
+                    r0 = s + offset + k
+                    sums[r0:r0 + b] += err[:, k]
+                    counts[r0:r0 + b] += 1
+
+
+def _mean(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (sums / counts[:, None]).astype(np.float32)
+
+
+def row_errors(model: torch.nn.Module, X: np.ndarray, batch_size: int = SCORE_BATCH) -> np.ndarray:
+    """Per-row, per-feature errors of a whole in-memory matrix: shape (rows, features), NaN where unscored."""
+    scorer = RowScorer(model, X.shape[1], batch_size)
+    head = scorer.push(X)
+    return np.concatenate([head, scorer.finish()])
+
+
+def row_scores(errors: np.ndarray) -> np.ndarray:
+    """One score per row: the mean error over features (NaN stays NaN)."""
+    return errors.mean(axis=1)

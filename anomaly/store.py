@@ -1,0 +1,219 @@
+"""Versioned artifact store: `models/<version>/{model.pth, model_config.json, threshold.json, scaler.pkl}`.
+
+A version is written into a hidden temporary folder and renamed into place, so a crash or Ctrl-C never
+leaves half a version, and a rename onto an existing version fails instead of overwriting it. `latest` is a
+small text file naming the newest version, replaced atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+from .errors import AnomalyError, ArtifactError, NotFound, VersionExists
+
+FILES = {"model": "model.pth", "config": "model_config.json", "threshold": "threshold.json", "scaler": "scaler.pkl"}
+VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+DEFAULT_ROOT = "models"
+
+
+@dataclass(frozen=True)
+class ArtifactPaths:
+    model: Path
+    config: Path
+    threshold: Path
+    scaler: Path
+
+    @classmethod
+    def in_folder(cls, folder: str | os.PathLike) -> "ArtifactPaths":
+        folder = Path(folder)
+        return cls(**{k: folder / v for k, v in FILES.items()})
+
+    @classmethod
+    def explicit(cls, model=None, config=None, threshold=None, scaler=None) -> "ArtifactPaths":
+        """Classic-tool style paths; any not given sits beside the model file under its standard name."""
+        given = {"model": model, "config": config, "threshold": threshold, "scaler": scaler}
+        anchor = next(Path(p).parent for p in given.values() if p)
+        return cls(**{k: Path(v) if v else anchor / FILES[k] for k, v in given.items()})
+
+    def items(self):
+        return {"model": self.model, "config": self.config, "threshold": self.threshold, "scaler": self.scaler}.items()
+
+
+def validate_version_name(version: str) -> str:
+    if not VERSION_RE.match(version) or version in ("latest",) or ".." in version:
+        raise AnomalyError(f"invalid version name {version!r}: use letters, digits, '_', '-', '.' (not 'latest')")
+    return version
+
+
+class ModelStore:
+    def __init__(self, root: str | os.PathLike = DEFAULT_ROOT):
+        self.root = Path(root)
+
+    # --- writing -------------------------------------------------------------------------------------
+
+    def save(self, write: Callable[[ArtifactPaths], None], version: str | None = None, overwrite: bool = False) -> str:
+        """Write a new version with `write(paths)` into a temporary folder, then rename it into place."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        if version is not None:
+            validate_version_name(version)
+            if (self.root / version).exists() and not overwrite:
+                raise VersionExists(f"version {version!r} already exists in {self.root}; "
+                                    "choose another --version or pass --overwrite")
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
+        try:
+            write(ArtifactPaths.in_folder(tmp))
+            for f in FILES.values():
+                _fsync(tmp / f)
+            name = self._publish(tmp, version, overwrite)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self._set_latest(name)
+        return name
+
+    def _publish(self, tmp: Path, version: str | None, overwrite: bool) -> str:
+        if version is not None:
+            target = self.root / version
+            if overwrite and target.exists():
+                trash = self.root / f".trash-{version}-{uuid.uuid4().hex[:8]}"
+                os.rename(target, trash)
+                os.rename(tmp, target)
+                shutil.rmtree(trash, ignore_errors=True)
+                return version
+            try:
+                os.rename(tmp, target)  # fails if another process published this name meanwhile
+            except OSError:
+                raise VersionExists(f"version {version!r} already exists in {self.root}") from None
+            return version
+        base = datetime.now().strftime("%Y%m%d_%H%M%S")
+        for n in range(1, 10_000):
+            name = base if n == 1 else f"{base}_{n}"
+            try:
+                os.rename(tmp, self.root / name)
+                return name
+            except OSError:
+                continue
+        raise AnomalyError("could not find a free version name")
+
+    def _set_latest(self, version: str) -> None:
+        atomic_write_text(self.root / "latest", version + "\n")
+
+    # --- reading -------------------------------------------------------------------------------------
+
+    def versions(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        names = [p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        return sorted(names, key=lambda n: ((self.root / n / FILES["config"]).stat().st_mtime
+                                            if (self.root / n / FILES["config"]).exists() else 0, n))
+
+    def latest(self) -> str | None:
+        marker = self.root / "latest"
+        if marker.is_file():
+            name = marker.read_text().strip()
+            if name and (self.root / name).is_dir():
+                return name
+        versions = self.versions()
+        return versions[-1] if versions else None
+
+    def resolve(self, version: str | None = None) -> str:
+        if version in (None, "", "latest"):
+            name = self.latest()
+            if name is None:
+                raise NotFound(f"no trained model in {self.root}; train one first (python train.py --data FILE)")
+            return name
+        validate_version_name(version)
+        if not (self.root / version).is_dir():
+            known = ", ".join(self.versions()[-10:]) or "none"
+            raise NotFound(f"model version {version!r} not found in {self.root} (available: {known})")
+        return version
+
+    def paths(self, version: str | None = None) -> ArtifactPaths:
+        name = self.resolve(version)
+        paths = ArtifactPaths.in_folder(self.root / name)
+        check_complete(paths, name)
+        return paths
+
+    def info(self, version: str) -> dict:
+        paths = ArtifactPaths.in_folder(self.root / version)
+        try:
+            config = read_json(paths.config)
+            threshold = read_json(paths.threshold)
+        except ArtifactError as exc:
+            return {"version": version, "status": "incomplete", "error": str(exc)}
+        return {"version": version, "status": "ok", "created": config.get("created"),
+                "model_type": config.get("model_type"), "features": config.get("features"),
+                "window": config.get("window"), "threshold": threshold.get("threshold"),
+                "threshold_method": threshold.get("method"), "rows": config.get("data", {}).get("rows"),
+                "data_file": config.get("data", {}).get("file")}
+
+    def list(self) -> list[dict]:
+        latest = self.latest()
+        return [self.info(v) | {"latest": v == latest} for v in self.versions()]
+
+    def delete(self, version: str) -> None:
+        name = self.resolve(version)
+        trash = self.root / f".trash-{name}-{uuid.uuid4().hex[:8]}"
+        os.rename(self.root / name, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+        remaining = self.versions()
+        if remaining:
+            self._set_latest(remaining[-1])
+        else:
+            (self.root / "latest").unlink(missing_ok=True)
+
+
+def check_complete(paths: ArtifactPaths, label: str) -> None:
+    missing = [p.name for _, p in paths.items() if not p.is_file()]
+    if missing:
+        raise ArtifactError(f"model {label} is incomplete: missing {', '.join(missing)}")
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ArtifactError(f"missing artifact file {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"corrupt artifact file {path}: {exc}") from None
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def now_iso() -> str:
+    return datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+__all__ = ["ArtifactPaths", "ModelStore", "FILES", "read_json", "atomic_write_bytes", "atomic_write_text", "now_iso",
+           "check_complete"]

@@ -1,0 +1,102 @@
+"""The training loop: random mini-batches sliced from in-memory tensors, Adam, early stopping on validation."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .scoring import gather
+
+ProgressFn = Callable[[dict], None]
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    return torch.Generator().manual_seed(seed)
+
+
+def split_rows(X: np.ndarray, validation_split: float, span: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Time-ordered split: the last fraction of rows validates (more honest than a shuffle for series)."""
+    n_val = int(round(len(X) * validation_split)) if validation_split > 0 else 0
+    if n_val < span or len(X) - n_val < span:
+        return X, None
+    return X[:-n_val], X[-n_val:]
+
+
+def fit(
+    model: torch.nn.Module,
+    X_train: np.ndarray,
+    X_val: np.ndarray | None,
+    *,
+    epochs: int = 100,
+    batch_size: int = 32,
+    learning_rate: float = 1e-3,
+    patience: int = 10,
+    seed: int = 0,
+    progress: ProgressFn | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> dict:
+    """Train in place; the weights of the best validation epoch are kept. Returns the training history."""
+    generator = seed_everything(seed)
+    span = model.span
+    x_train = torch.from_numpy(np.ascontiguousarray(X_train, dtype=np.float32))
+    x_val = torch.from_numpy(np.ascontiguousarray(X_val, dtype=np.float32)) if X_val is not None else None
+    n_samples = len(x_train) - span + 1
+    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    history: dict = {"loss": [], "val_loss": [], "best_epoch": None, "stopped_early": False, "seconds": 0.0}
+    best, best_state, waited = math.inf, None, 0
+    started = time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        model.train()
+        order = torch.randperm(n_samples, generator=generator)
+        total = 0.0
+        for i in range(0, n_samples, batch_size):
+            batch = gather(x_train, order[i:i + batch_size], span)
+            loss = model.loss(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(batch)
+        train_loss = total / n_samples
+        history["loss"].append(train_loss)
+        val_loss = evaluate_loss(model, x_val) if x_val is not None else None
+        history["val_loss"].append(val_loss)
+        monitored = val_loss if val_loss is not None else train_loss
+        if monitored < best - 1e-7:
+            best, waited, history["best_epoch"] = monitored, 0, epoch
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            waited += 1
+        if progress:
+            progress({"epoch": epoch, "epochs": epochs, "loss": train_loss, "val_loss": val_loss})
+        if not math.isfinite(train_loss):
+            raise FloatingPointError(f"training diverged at epoch {epoch} (loss {train_loss}); lower --learning-rate")
+        if x_val is not None and patience and waited >= patience:
+            history["stopped_early"] = True
+            break
+        if should_stop and should_stop():
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    history["epochs_run"] = len(history["loss"])
+    history["seconds"] = round(time.perf_counter() - started, 3)
+    return history
+
+
+def evaluate_loss(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 8192) -> float:
+    model.eval()
+    n = len(x) - model.span + 1
+    total = 0.0
+    with torch.inference_mode():
+        for i in range(0, n, batch_size):
+            starts = torch.arange(i, min(i + batch_size, n))
+            total += model.loss(gather(x, starts, model.span)).item() * len(starts)
+    model.train()
+    return total / max(n, 1)
