@@ -8,6 +8,7 @@ import importlib.util
 import json
 import sys
 
+from . import defaults
 from .errors import AnomalyError
 
 SCALER_TYPES = ("standard", "minmax", "robust")
@@ -54,8 +55,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     add_artifact_arguments(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing --version")
     m = p.add_argument_group("model")
-    m.add_argument("--model-type", default="dense", help="model type (see README: dense, ...)")
-    m.add_argument("--window", type=_window, default=1, help="rows per sample (1 = each row on its own; 'auto' "
+    m.add_argument("--model-type", default=defaults.MODEL_TYPE, help="model type (see README: dense, ...)")
+    m.add_argument("--window", type=_window, default=defaults.WINDOW, help="rows per sample (1 = each row on its own; 'auto' "
                    "estimates the dominant period)")
     m.add_argument("--encoding-dim", type=int, help="bottleneck size (default: from the input width)")
     m.add_argument("--hidden", type=_int_list, help="hidden layer sizes, e.g. 64,32 (default: from the input width)")
@@ -65,16 +66,16 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--error", choices=("mse", "mae"), help="forecast error (lstm)")
     m.add_argument("--samples", type=int, help="latent samples for the reconstruction probability (vae)")
     t = p.add_argument_group("training")
-    t.add_argument("--epochs", type=int, default=100, help="maximum epochs")
-    t.add_argument("--batch-size", type=int, default=32, help="mini-batch size")
-    t.add_argument("--learning-rate", type=float, default=0.001, help="Adam learning rate")
-    t.add_argument("--validation-split", type=float, default=0.1, help="last fraction of rows held out for early "
+    t.add_argument("--epochs", type=int, default=defaults.EPOCHS, help="maximum epochs")
+    t.add_argument("--batch-size", type=int, default=defaults.BATCH_SIZE, help="mini-batch size")
+    t.add_argument("--learning-rate", type=float, default=defaults.LEARNING_RATE, help="Adam learning rate")
+    t.add_argument("--validation-split", type=float, default=defaults.VALIDATION_SPLIT, help="last fraction of rows held out for early "
                    "stopping and threshold calibration (0 = none)")
-    t.add_argument("--patience", type=int, default=10, help="epochs without validation improvement before stopping")
-    t.add_argument("--seed", type=int, default=0, help="random seed (same seed + data = same weights)")
+    t.add_argument("--patience", type=int, default=defaults.PATIENCE, help="epochs without validation improvement before stopping")
+    t.add_argument("--seed", type=int, default=defaults.SEED, help="random seed (same seed + data = same weights)")
     h = p.add_argument_group("threshold")
-    h.add_argument("--threshold-method", default="percentile", help="percentile, meanstd, iqr, ...")
-    h.add_argument("--percentile", type=float, default=95.0, help="percentile of normal errors (percentile method)")
+    h.add_argument("--threshold-method", default=defaults.THRESHOLD_METHOD, help="percentile, meanstd, iqr, ...")
+    h.add_argument("--percentile", type=float, default=defaults.PERCENTILE, help="percentile of normal errors (percentile method)")
     h.add_argument("--k", type=float, help="k for meanstd (mean + k*std, default 3) or iqr (Q3 + k*IQR, default 1.5)")
     d = p.add_argument_group("data")
     add_data_arguments(d)
@@ -86,7 +87,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_data_arguments(g) -> None:
     g.add_argument("--label-column", help="column of 0/1 labels (never a feature; default: a column named 'label')")
-    g.add_argument("--missing", default="interpolate", choices=("interpolate", "drop", "error"),
+    g.add_argument("--missing", default=defaults.MISSING, choices=("interpolate", "drop", "error"),
                    help="missing/non-finite values: interpolate (edges filled), drop rows, or error")
 
 
@@ -120,7 +121,7 @@ def cmd_train(args) -> int:
     from . import service
 
     paths = _explicit_paths(args, training=True)
-    scaler = args.scaler if args.scaler in SCALER_TYPES else "standard"
+    scaler = args.scaler if args.scaler in SCALER_TYPES else defaults.SCALER
     bar = None if args.quiet else _progress_bar(args.epochs)
 
     def progress(ev: dict) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from sklearn.preprocessing import MinMaxScaler, RobustScaler, StandardScaler
 
-from . import __version__, models, thresholds, training
+from . import __version__, defaults, models, thresholds, training
 from .errors import ArtifactError, DataError
 from .scoring import SCORE_BATCH, RowScorer, row_errors, row_scores
 from .store import ArtifactPaths, atomic_write_bytes, atomic_write_text, check_complete, now_iso, read_json
@@ -37,24 +37,24 @@ def make_scaler(name: str):
 class Detector:
     def __init__(
         self,
-        model_type: str = models.DEFAULT_MODEL,
-        window: int = 1,
-        scaler: str = "standard",
-        threshold_method: str = thresholds.DEFAULT_METHOD,
+        model_type: str = defaults.MODEL_TYPE,
+        window: int | str = defaults.WINDOW,
+        scaler: str = defaults.SCALER,
+        threshold_method: str = defaults.THRESHOLD_METHOD,
         threshold_params: dict | None = None,
-        epochs: int = 100,
-        batch_size: int = 32,
-        learning_rate: float = 1e-3,
-        validation_split: float = 0.1,
-        patience: int = 10,
-        seed: int = 0,
+        epochs: int = defaults.EPOCHS,
+        batch_size: int = defaults.BATCH_SIZE,
+        learning_rate: float = defaults.LEARNING_RATE,
+        validation_split: float = defaults.VALIDATION_SPLIT,
+        patience: int = defaults.PATIENCE,
+        seed: int = defaults.SEED,
         **model_params,
     ):
         self.model_type = model_type
         self.window = window
         self.scaler = scaler
         self.threshold_method = threshold_method
-        self.threshold_params = dict(threshold_params or {"percentile": 95.0})
+        self.threshold_params = dict(threshold_params or {"percentile": defaults.PERCENTILE})
         self.epochs, self.batch_size, self.learning_rate = epochs, batch_size, learning_rate
         self.validation_split, self.patience, self.seed = validation_split, patience, seed
         self.model_params = model_params

@@ -17,11 +17,11 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from . import data, thresholds
+from . import data, defaults, thresholds
 from .errors import AnomalyError, DataError
 from .store import DEFAULT_ROOT, ArtifactPaths, ModelStore
 
-DEFAULT_MAX_RESULTS = 1000
+DEFAULT_MAX_RESULTS = defaults.MAX_RESULTS
 TOP_ANOMALIES = 10
 TOP_FEATURES = 3
 
@@ -84,22 +84,22 @@ def train(
     overwrite: bool = False,
     store: ModelStore | None = None,
     paths: ArtifactPaths | None = None,
-    model_type: str = "dense",
-    window: int | str = 1,
-    epochs: int = 100,
-    batch_size: int = 32,
-    learning_rate: float = 0.001,
-    percentile: float = 95.0,
-    threshold_method: str = thresholds.DEFAULT_METHOD,
+    model_type: str = defaults.MODEL_TYPE,
+    window: int | str = defaults.WINDOW,
+    epochs: int = defaults.EPOCHS,
+    batch_size: int = defaults.BATCH_SIZE,
+    learning_rate: float = defaults.LEARNING_RATE,
+    percentile: float = defaults.PERCENTILE,
+    threshold_method: str = defaults.THRESHOLD_METHOD,
     k: float | None = None,
-    scaler: str = "standard",
+    scaler: str = defaults.SCALER,
     columns: list[str] | None = None,
     label_column: str | None = None,
-    missing: str = "interpolate",
+    missing: str = defaults.MISSING,
     keep_constant: bool = False,
-    validation_split: float = 0.1,
-    patience: int = 10,
-    seed: int = 0,
+    validation_split: float = defaults.VALIDATION_SPLIT,
+    patience: int = defaults.PATIENCE,
+    seed: int = defaults.SEED,
     progress: Callable[[dict], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     threshold_options: dict | None = None,
@@ -206,7 +206,7 @@ def iter_detect(
     paths: ArtifactPaths | None = None,
     output: str | None = None,
     per_feature: bool = False,
-    missing: str = "interpolate",
+    missing: str = defaults.MISSING,
     label_column: str | None = None,
     max_results: int | None = DEFAULT_MAX_RESULTS,
     return_details: bool = True,

@@ -38,7 +38,6 @@ METHODS: dict[str, Callable[..., float]] = {
     "iqr": iqr,
 }
 NEEDS_LABELS: set[str] = set()
-DEFAULT_METHOD = "percentile"
 
 
 def compute(method: str, scores: np.ndarray, labels: np.ndarray | None = None, **params) -> dict:

@@ -26,7 +26,6 @@ from ..errors import DataError
 MODEL_TYPES: dict[str, str] = {
     "dense": "anomaly.models.dense",
 }
-DEFAULT_MODEL = "dense"
 
 
 def get(model_type: str) -> ModuleType:
