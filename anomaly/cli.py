@@ -74,9 +74,13 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--patience", type=int, default=defaults.PATIENCE, help="epochs without validation improvement before stopping")
     t.add_argument("--seed", type=int, default=defaults.SEED, help="random seed (same seed + data = same weights)")
     h = p.add_argument_group("threshold")
-    h.add_argument("--threshold-method", default=defaults.THRESHOLD_METHOD, help="percentile, meanstd, iqr, ...")
+    h.add_argument("--threshold-method", default=defaults.THRESHOLD_METHOD, help="percentile, meanstd, iqr, pot; "
+                   "with labels: best-f1, midpoint")
     h.add_argument("--percentile", type=float, default=defaults.PERCENTILE, help="percentile of normal errors (percentile method)")
     h.add_argument("--k", type=float, help="k for meanstd (mean + k*std, default 3) or iqr (Q3 + k*IQR, default 1.5)")
+    h.add_argument("--risk", type=float, help="pot: probability that a normal row exceeds the threshold (default 1e-3)")
+    h.add_argument("--labels", dest="labels_file", help="0/1 labels, one per training row (a 'label' column or a "
+                   "single-column file), for best-f1 / midpoint; or give the data a --label-column")
     d = p.add_argument_group("data")
     add_data_arguments(d)
     d.add_argument("--columns", type=_csv_list, help="feature columns, comma-separated (default: all numeric)")
@@ -101,6 +105,7 @@ def add_detect_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--per-feature", action="store_true", help="add each feature's share of the error")
     add_data_arguments(p)
     p.add_argument("--top", type=int, default=10, help="top anomalies to print")
+    p.add_argument("--plot", help="write a PNG: features over time, anomalies, labelled windows, score vs threshold")
 
 
 def _store(args):
@@ -122,9 +127,12 @@ def cmd_train(args) -> int:
 
     paths = _explicit_paths(args, training=True)
     scaler = args.scaler if args.scaler in SCALER_TYPES else defaults.SCALER
-    bar = None if args.quiet else _progress_bar(args.epochs)
+    bar = None  # opened after the first epoch: bad input then prints nothing but its one error line
 
     def progress(ev: dict) -> None:
+        nonlocal bar
+        if bar is None and not args.quiet:
+            bar = _progress_bar(args.epochs)
         if bar is not None:
             bar.update(1)
             post = {"loss": f"{ev['loss']:.4g}"}
@@ -141,7 +149,7 @@ def cmd_train(args) -> int:
             keep_constant=args.keep_constant, validation_split=args.validation_split, patience=args.patience,
             seed=args.seed, progress=progress, encoding_dim=args.encoding_dim, hidden=args.hidden,
             layers=args.layers, heads=args.heads, dropout=args.dropout, error=args.error, samples=args.samples,
-            threshold_options=_threshold_options(args),
+            threshold_options=_threshold_options(args), labels_file=args.labels_file,
         )
     finally:
         if bar is not None:
@@ -184,7 +192,7 @@ def cmd_detect(args) -> int:
     result = service.detect(
         args.data, version=args.version, store=_store(args), paths=paths, output=args.output,
         per_feature=args.per_feature, missing=args.missing, label_column=args.label_column,
-        max_results=args.max_results, return_details=args.json,
+        max_results=args.max_results, return_details=args.json, plot=args.plot,
     )
     if args.json:
         print(json.dumps(result, indent=2, allow_nan=False, default=str))
@@ -208,10 +216,14 @@ def print_summary(result: dict, top: int = 10) -> None:
             print(f"  row {a['index']:>8}  error {a['reconstruction_error']:.6g}  ({feats})")
     if "metrics" in result:
         m = result["metrics"]
-        parts = [f"{k} {m[k]:.3f}" for k in ("precision", "recall", "f1", "roc_auc", "pr_auc", "vus_pr") if k in m]
+        parts = [f"{k} {m[k]:.3f}" for k in ("precision", "recall", "f1", "roc_auc", "pr_auc", "vus_pr", "best_f1") if k in m]
+        if "pa_f1" in m:  # never alone: point adjustment flatters even a random score
+            parts.append(f"point-adjusted F1 {m['pa_f1']:.3f} (uniform random score: {m['pa_f1_random']:.3f})")
         print(f"Against labels ({m.get('label_column')}): " + ", ".join(parts))
     if result.get("output"):
         print(f"Results written to {result['output']}")
+    if result.get("plot"):
+        print(f"Plot written to {result['plot']}")
 
 
 def cmd_models(args) -> int:

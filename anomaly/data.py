@@ -96,6 +96,11 @@ def _is_number(token: str) -> bool:
         return False
 
 
+def _spaces_inside_numbers(line: str) -> bool:
+    """True when a tab-separated field holds several numbers: the spaces separate columns too."""
+    return all(_is_number(t) for t in line.split()) and any(len(f.split()) > 1 for f in line.split("\t"))
+
+
 def sniff(path: str | os.PathLike) -> CsvFormat:
     """Decide delimiter, header and encoding from the first 64 KiB."""
     p = check_file(path)
@@ -121,6 +126,8 @@ def sniff(path: str | os.PathLike) -> CsvFormat:
         if len(counts) == 1 and counts != {0}:
             delimiter = cand
             break
+    if delimiter == "\t" and any(_spaces_inside_numbers(ln) for ln in lines[1:50]):
+        delimiter = "whitespace"  # columns aligned with a mix of spaces and tabs: "1  10\t 100"
     if delimiter is None:
         try:
             delimiter = csv.Sniffer().sniff(sample, delimiters=",\t;").delimiter
@@ -128,6 +135,11 @@ def sniff(path: str | os.PathLike) -> CsvFormat:
             delimiter = "whitespace"
         if delimiter not in (",", "\t", ";") or all(delimiter not in ln for ln in lines[:50]):
             delimiter = "whitespace"
+        # One delimiter on every line but in varying numbers is a malformed CSV (pandas says which line),
+        # not a one-column whitespace file.
+        present = [c for c in (",", "\t", ";") if all(c in ln for ln in lines[:50])]
+        if delimiter == "whitespace" and len(present) == 1:
+            delimiter = present[0]
     split = (lambda ln: ln.split()) if delimiter == "whitespace" else (lambda ln: next(csv.reader([ln], delimiter=delimiter)))
     first = split(lines[0])
     has_header = not all(_is_number(t) for t in first)
@@ -378,7 +390,8 @@ def iter_blocks(path: str | os.PathLike, fmt: CsvFormat, numeric_cols: list[str]
                     lines.pop()
                 if lines and lines[0].endswith(b"\r"):
                     lines = [ln[:-1] if ln.endswith(b"\r") else ln for ln in lines]
-                lines = [ln for ln in lines if ln.strip()]  # pandas skips blank lines; so do we
+                if b"" in lines:  # pandas skips blank lines; so do we
+                    lines = [ln for ln in lines if ln]
                 if lines:
                     frame = _parse_block(b"\n".join(lines), fmt, dtype, p)
                     if len(frame) != len(lines):
@@ -387,6 +400,45 @@ def iter_blocks(path: str | os.PathLike, fmt: CsvFormat, numeric_cols: list[str]
                     row += len(lines)
             if not chunk:
                 break
+
+
+def prefetch(items: Iterator, depth: int = 1) -> Iterator:
+    """Produce `items` in a background thread, `depth` ahead: pandas parses the next block (without the GIL)
+    while the caller scores and writes the current one."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce():
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((done, None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            q.put((done, exc))
+
+    worker = threading.Thread(target=produce, daemon=True, name="prefetch")
+    worker.start()
+    try:
+        while True:
+            item, exc = q.get()
+            if item is done:
+                if exc is not None:
+                    raise exc
+                return
+            yield item
+    finally:
+        stop.set()
 
 
 def _parse_block(body: bytes, fmt: CsvFormat, dtype: dict, p: Path) -> pd.DataFrame:

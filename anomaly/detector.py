@@ -14,24 +14,46 @@ import platform
 from dataclasses import asdict
 from typing import Callable
 
-import joblib
 import numpy as np
 import torch
-from sklearn.preprocessing import MinMaxScaler, RobustScaler, StandardScaler
 
-from . import __version__, defaults, models, thresholds, training
+from . import __version__, defaults, models, period, thresholds, training
 from .errors import ArtifactError, DataError
 from .scoring import SCORE_BATCH, RowScorer, row_errors, row_scores
 from .store import ArtifactPaths, atomic_write_bytes, atomic_write_text, check_complete, now_iso, read_json
 
-SCALERS = {"standard": StandardScaler, "minmax": MinMaxScaler, "robust": RobustScaler}
+SCALERS = ("standard", "minmax", "robust")
 CONFIG_FORMAT = 1
 
 
 def make_scaler(name: str):
+    """A scikit-learn scaler (imported only when training: it costs ~1 s of start-up)."""
+    from sklearn.preprocessing import MinMaxScaler, RobustScaler, StandardScaler
+
     if name not in SCALERS:
         raise DataError(f"unknown scaler {name!r}; choose one of {', '.join(SCALERS)}")
-    return SCALERS[name]()
+    return {"standard": StandardScaler, "minmax": MinMaxScaler, "robust": RobustScaler}[name]()
+
+
+class AffineScaler:
+    """Every supported scaler is per-feature affine, z = x * mul + add. model_config.json stores mul and add, so
+    detection needs neither scikit-learn nor unpickling scaler.pkl (which is kept for users and classic paths)."""
+
+    def __init__(self, mul, add):
+        self.mul = np.asarray(mul, np.float32)
+        self.add = np.asarray(add, np.float32)
+
+    @classmethod
+    def from_sklearn(cls, scaler, n_features: int) -> "AffineScaler":
+        zero = scaler.transform(np.zeros((1, n_features), np.float32))[0]
+        one = scaler.transform(np.ones((1, n_features), np.float32))[0]
+        return cls(one - zero, zero)
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        return X * self.mul + self.add
+
+    def to_dict(self) -> dict:
+        return {"mul": self.mul.tolist(), "add": self.add.tolist()}
 
 
 class Detector:
@@ -54,7 +76,7 @@ class Detector:
         self.window = window
         self.scaler = scaler
         self.threshold_method = threshold_method
-        self.threshold_params = dict(threshold_params or {"percentile": defaults.PERCENTILE})
+        self.threshold_params = dict({"percentile": defaults.PERCENTILE} if threshold_params is None else threshold_params)
         self.epochs, self.batch_size, self.learning_rate = epochs, batch_size, learning_rate
         self.validation_split, self.patience, self.seed = validation_split, patience, seed
         self.model_params = model_params
@@ -68,7 +90,8 @@ class Detector:
             raise DataError("training data must be a finite 2-D array (rows, features)")
         _check_training_args(self)
         self.feature_names_ = list(feature_names or [f"x{i}" for i in range(X.shape[1])])
-        self.window_ = int(self.window)
+        self.window_auto_ = self.window == "auto"  # estimate one dominant period from the training rows
+        self.window_ = period.auto_window(X) if self.window_auto_ else int(self.window)
         models.get(self.model_type)
         training.seed_everything(self.seed)
         self.model_config_ = models.make_config(self.model_type, X.shape[1], self.window_, self.model_params)
@@ -76,7 +99,8 @@ class Detector:
         if len(X) < self.model_.span + 1:
             raise DataError(f"need at least {self.model_.span + 1} rows to train with window {self.window_}; got {len(X)}")
         self.scaler_ = make_scaler(self.scaler).fit(X)
-        Z = self.scaler_.transform(X).astype(np.float32)
+        self.affine_ = AffineScaler.from_sklearn(self.scaler_, X.shape[1])
+        Z = self.affine_.transform(X)
         Z_train, Z_val = training.split_rows(Z, self.validation_split, self.model_.span + 1)
         self.history_ = training.fit(self.model_, Z_train, Z_val, epochs=self.epochs, batch_size=self.batch_size,
                                      learning_rate=self.learning_rate, patience=self.patience, seed=self.seed,
@@ -84,6 +108,8 @@ class Detector:
         self.decision_scores_ = row_scores(row_errors(self.model_, Z))
         # Held-out rows calibrate the threshold when there are some: training rows' errors are optimistic.
         n_val = 0 if Z_val is None else len(Z_val)
+        if self.threshold_method in thresholds.NEEDS_LABELS:
+            n_val = 0  # label-based methods use every labelled row: the held-out tail may hold no anomaly
         self.threshold_source_ = "validation" if n_val else "training"
         calib = self.decision_scores_[-n_val:] if n_val else self.decision_scores_
         calib_labels = None if labels is None else np.asarray(labels)[-n_val:] if n_val else labels
@@ -101,7 +127,7 @@ class Detector:
     # --- scoring ---------------------------------------------------------------------------------------
 
     def transform(self, X: np.ndarray) -> np.ndarray:
-        return self.scaler_.transform(np.asarray(X, np.float32)).astype(np.float32, copy=False)
+        return self.affine_.transform(np.asarray(X, np.float32))
 
     def row_errors(self, X: np.ndarray) -> np.ndarray:
         """Per-row, per-feature error (rows, features); rows without a score are NaN."""
@@ -128,8 +154,10 @@ class Detector:
             "features": self.feature_names_,
             "n_features": len(self.feature_names_),
             "window": self.window_,
+            **({"window_auto": True} if getattr(self, "window_auto_", False) else {}),
             "span": self.model_.span,
             "scaler": self.scaler,
+            "scaler_affine": self.affine_.to_dict(),
             "training": {"epochs": self.epochs, "batch_size": self.batch_size, "learning_rate": self.learning_rate,
                          "validation_split": self.validation_split, "patience": self.patience, "seed": self.seed},
             "history": getattr(self, "history_", {}),
@@ -146,9 +174,15 @@ class Detector:
         atomic_write_bytes(paths.model, buf.getvalue())
         atomic_write_text(paths.config, json.dumps(self.config_dict(metadata), indent=2, default=_json_default))
         atomic_write_text(paths.threshold, json.dumps(self.threshold_info_, indent=2, default=_json_default))
-        buf = io.BytesIO()
-        joblib.dump(self.scaler_, buf)
-        atomic_write_bytes(paths.scaler, buf.getvalue())
+        if hasattr(self, "scaler_"):
+            import joblib
+
+            buf = io.BytesIO()
+            joblib.dump(self.scaler_, buf)
+            scaler_bytes = buf.getvalue()
+        else:  # a loaded detector: copy the original pickle rather than unpickling it
+            scaler_bytes = self.source_paths_.scaler.read_bytes()
+        atomic_write_bytes(paths.scaler, scaler_bytes)
 
     @classmethod
     def load(cls, paths: ArtifactPaths, label: str = "") -> "Detector":
@@ -164,17 +198,24 @@ class Detector:
             det.model_config_ = models.get(config["model_type"]).Config(**config["model"])
             det.model_ = models.get(config["model_type"]).Model(det.model_config_)
             det.model_.load_state_dict(torch.load(paths.model, map_location="cpu", weights_only=True))
-            det.scaler_ = joblib.load(paths.scaler)
+            if "scaler_affine" in config:
+                det.affine_ = AffineScaler(**config["scaler_affine"])
+            else:  # artifacts from elsewhere: only the pickle knows the scaling
+                import joblib
+                det.scaler_ = joblib.load(paths.scaler)
+                det.affine_ = AffineScaler.from_sklearn(det.scaler_, len(config["features"]))
         except (KeyError, TypeError, RuntimeError, EOFError, ValueError, OSError, AttributeError) as exc:
             raise ArtifactError(f"model {label} is corrupt or incomplete: {type(exc).__name__}: {exc}"[:500]) from None
         det.model_.eval()
         det.feature_names_ = list(config["features"])
         det.window_ = int(config["window"])
+        det.window_auto_ = bool(config.get("window_auto", False))
         det.threshold_info_ = threshold
         det.threshold_ = float(threshold["threshold"])
         det.history_ = config.get("history", {})
         det.train_stats_ = config.get("train_scores", {})
         det.config_ = config
+        det.source_paths_ = paths
         return det
 
 
@@ -211,7 +252,7 @@ def _check_training_args(det: Detector) -> None:
         raise DataError(f"--learning-rate must be positive, got {det.learning_rate}")
     if not 0 <= det.validation_split < 1:
         raise DataError(f"--validation-split must be in [0, 1), got {det.validation_split}")
-    if int(det.window) < 1:
+    if det.window != "auto" and int(det.window) < 1:
         raise DataError(f"--window must be at least 1, got {det.window}")
 
 

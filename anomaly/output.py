@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +73,9 @@ class ResultWriter:
         except OSError as exc:
             raise DataError(f"cannot write output {self.path}: {exc.strerror or exc}") from None
         self.f = os.fdopen(fd, "wb", buffering=1 << 20)
+        # one write in flight on a helper thread: writing releases the GIL, so the next block is scored meanwhile
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="result-writer")
+        self.in_flight = None
         self.first = True
         if self.kind == "csv":
             header = header_line if header_line is not None else self.delim.join(n.encode() for n in fmt.names)
@@ -98,7 +102,18 @@ class ResultWriter:
         parts: list[bytes] = [b""] * (2 * len(raw_lines))
         parts[0::2] = raw_lines
         parts[1::2] = suffix
-        self.f.write(b"".join(parts))
+        self._write_async(b"".join(parts))
+
+    def _write_async(self, data: bytes) -> None:
+        if self.in_flight is not None:
+            self.in_flight.result()
+        self.in_flight = self.pool.submit(self.f.write, data)
+
+    def _drain(self) -> None:
+        if self.in_flight is not None:
+            self.in_flight.result()
+            self.in_flight = None
+        self.pool.shutdown()
 
     def _write_json(self, start: int, frame: pd.DataFrame, columns: dict[str, np.ndarray]) -> None:
         out = frame.copy()
@@ -116,6 +131,7 @@ class ResultWriter:
             self.first = False
 
     def close(self, summary: dict) -> None:
+        self._drain()
         if self.kind == "json":
             rest = json.dumps({k: v for k, v in summary.items() if k != "results"})[1:]
             self.f.write(b"\n]" + (b", " + rest.encode() if rest != "}" else b"}"))
@@ -123,6 +139,10 @@ class ResultWriter:
         os.replace(self.tmp, self.path)
 
     def abort(self) -> None:
+        try:
+            self._drain()
+        except OSError:
+            pass
         self.f.close()
         Path(self.tmp).unlink(missing_ok=True)
 

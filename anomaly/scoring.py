@@ -8,10 +8,24 @@ anomaly. Rows arrive in chunks; a row is emitted once no later sample can score 
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 import torch
 
 SCORE_BATCH = 8192  # samples per forward pass when scoring
+
+
+@contextmanager
+def single_thread():
+    """Run torch on one thread: small models lose more to thread hand-offs than they gain, and it leaves the
+    other core free (detection parses the next block meanwhile)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def gather(x: torch.Tensor, starts: torch.Tensor, span: int) -> torch.Tensor:
@@ -19,6 +33,13 @@ def gather(x: torch.Tensor, starts: torch.Tensor, span: int) -> torch.Tensor:
     if span == 1:
         return x[starts].unsqueeze(1)
     return x[starts.unsqueeze(1) + torch.arange(span)]
+
+
+def window_range(x: torch.Tensor, start: int, stop: int, span: int) -> torch.Tensor:
+    """Samples starting at rows start..stop-1, shape (stop-start, span, features), as a view when possible."""
+    if span == 1:
+        return x[start:stop].unsqueeze(1)
+    return x.unfold(0, span, 1)[start:stop].transpose(1, 2)
 
 
 class RowScorer:
@@ -29,12 +50,14 @@ class RowScorer:
         self.span, self.scored = model.span, model.scored
         self.batch_size = max(1, batch_size)
         self.rows = np.empty((0, n_features), np.float32)  # rows carried over for the next samples
-        self.sums = np.empty((0, n_features), np.float64)
+        self.sums = np.empty((0, n_features), np.float32)
         self.counts = np.empty(0, np.int64)
 
     def push(self, chunk: np.ndarray) -> np.ndarray:
+        if self.span == 1:  # one row per sample: every row is final at once, nothing to average
+            return self._row_by_row(chunk)
         rows = np.concatenate([self.rows, chunk.astype(np.float32, copy=False)])
-        sums = np.concatenate([self.sums, np.zeros((len(chunk), rows.shape[1]))])
+        sums = np.concatenate([self.sums, np.zeros((len(chunk), rows.shape[1]), np.float32)])
         counts = np.concatenate([self.counts, np.zeros(len(chunk), np.int64)])
         n_samples = len(rows) - self.span + 1
         if n_samples > 0:
@@ -49,14 +72,21 @@ class RowScorer:
         self.rows, self.sums, self.counts = self.rows[:0], self.sums[:0], self.counts[:0]
         return out
 
+    def _row_by_row(self, chunk: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(chunk, dtype=np.float32))
+        out = np.empty(chunk.shape, np.float32)
+        with torch.inference_mode(), single_thread():
+            for s in range(0, len(x), self.batch_size):
+                out[s:s + self.batch_size] = self.model.errors(x[s:s + self.batch_size].unsqueeze(1))[:, 0].numpy()
+        return out
+
     def _accumulate(self, rows: np.ndarray, sums: np.ndarray, counts: np.ndarray, n_samples: int) -> None:
         x = torch.from_numpy(rows)
         offset = self.span - self.scored  # position of the first scored row inside a sample
-        with torch.inference_mode():
+        with torch.inference_mode(), single_thread():
             for s in range(0, n_samples, self.batch_size):
-                starts = torch.arange(s, min(s + self.batch_size, n_samples))
-                err = self.model.errors(gather(x, starts, self.span)).double().numpy()  # (b, scored, F)
-                b = len(starts)
+                b = min(self.batch_size, n_samples - s)
+                err = self.model.errors(window_range(x, s, s + b, self.span)).numpy()  # (b, scored, F)
                 for k in range(self.scored):
                     r0 = s + offset + k
                     sums[r0:r0 + b] += err[:, k]
@@ -65,7 +95,7 @@ class RowScorer:
 
 def _mean(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
-        return (sums / counts[:, None]).astype(np.float32)
+        return sums / counts[:, None].astype(np.float32)
 
 
 def row_errors(model: torch.nn.Module, X: np.ndarray, batch_size: int = SCORE_BATCH) -> np.ndarray:

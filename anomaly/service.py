@@ -46,7 +46,6 @@ _cache_lock = threading.Lock()
 
 def load_detector(paths: ArtifactPaths, label: str = ""):
     """Load a saved detector, cached in memory; a changed or replaced version is reloaded."""
-    from .detector import Detector
     from .store import check_complete
 
     check_complete(paths, label or str(paths.model.parent))
@@ -56,6 +55,8 @@ def load_detector(paths: ArtifactPaths, label: str = ""):
         hit = _cache.get(key)
         if hit and hit[0] == stamp:
             return hit[1]
+    from .detector import Detector  # torch: imported only once there is a model to load
+
     det = Detector.load(paths, label)
     with _cache_lock:
         if len(_cache) >= 16:
@@ -103,11 +104,11 @@ def train(
     progress: Callable[[dict], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     threshold_options: dict | None = None,
+    labels_file: str | None = None,
     **model_params,
 ) -> dict:
-    """Train a detector on `data_file` and save it as a new version (or to explicit `paths`)."""
-    from .detector import Detector
-
+    """Train a detector on `data_file` and save it as a new version (or to explicit `paths`).
+    `labels_file` (one 0/1 label per data row) feeds the label-based threshold methods (best-f1, midpoint)."""
     store = store or ModelStore()
     if version is not None and paths is None:
         from .store import validate_version_name
@@ -117,7 +118,12 @@ def train(
             raise VersionExists(f"version {version!r} already exists in {store.root}; choose another or pass overwrite")
     table = data.read_table(data_file, columns=columns, label_column=label_column, missing=missing,
                             drop_constant=not keep_constant)
+    if labels_file:
+        file_labels = thresholds.load_labels(labels_file, len(table.frame))
+        table.labels = file_labels if table.row_mask is None else file_labels[table.row_mask]
     t_params = threshold_params(threshold_method, percentile, k, **(threshold_options or {}))
+    from .detector import Detector  # torch: imported after the cheap checks, so bad input fails fast
+
     det = Detector(model_type=model_type, window=window, scaler=scaler, threshold_method=threshold_method,
                    threshold_params=t_params, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                    validation_split=validation_split, patience=patience, seed=seed, **model_params)
@@ -210,19 +216,21 @@ def iter_detect(
     label_column: str | None = None,
     max_results: int | None = DEFAULT_MAX_RESULTS,
     return_details: bool = True,
+    anomaly_events: bool = True,
     block_bytes: int = 32 << 20,
+    plot: str | None = None,
 ) -> Iterator[dict]:
     """Score a file block by block. Yields events: `progress`, `anomaly` (one per anomalous row, as soon as
     its block is scored) and finally `summary` (the same dict `detect` returns)."""
     started = time.perf_counter()
+    p = data.check_file(file_path)  # before loading the model: a typo in the file name fails at once
+    fmt = data.sniff(p)
     if paths is None:
         paths, label = artifact_paths(version, store)
     else:
         label = str(paths.model.parent)
     det = load_detector(paths, label)
     features = det.feature_names_
-    p = data.check_file(file_path)
-    fmt = data.sniff(p)
     numeric, _ = data.numeric_columns(p, fmt)
     label_col = data.find_label_column(list(fmt.names), label_column)
     used = data.match_features(fmt, numeric, features, label_col)
@@ -235,21 +243,25 @@ def iter_detect(
     stream = det.stream()
     pending = _Pending()
     acc = _Summary(det.threshold_, features, max_results if return_details else 0, keep_all=label_col is not None)
-    prev_row = None
     missing_report = {"missing_values": 0, "values_filled": 0, "rows_dropped": 0}
+    plotter = _plotter(plot, det, fmt, used, label_col)
+    filler = _MissingFiller(features, missing, missing_report)
     try:
-        for block in data.iter_blocks(p, fmt, used + ([label_col] if label_col else []), block_bytes):
+        blocks = data.prefetch(data.iter_blocks(p, fmt, used + ([label_col] if label_col else []), block_bytes))
+        for block in blocks:
             X = block.frame[used].to_numpy(np.float32)
-            X, mask, prev_row = _fill_missing(X, features, missing, prev_row, block.start, missing_report)
+            X, mask = filler.push(X, block.start)
             if label_col:
                 acc.add_labels(block.frame[label_col].to_numpy(), label_col)
+                acc.add_period_sample(block.frame[used[0]].to_numpy())
             pending.add_block(block, mask)
             pending.add_errors(stream.push(X)[0])
-            yield from _emit(pending, False, det, acc, writer, per_feature)
+            yield from _emit(pending, False, det, acc, writer, per_feature, anomaly_events, plotter)
             yield {"event": "progress", "rows_done": acc.rows, "bytes_total": total_bytes,
                    "rows_read": block.start + len(block.raw_lines)}
+        pending.add_errors(stream.push(filler.finish())[0])
         pending.add_errors(stream.finish()[0])
-        yield from _emit(pending, True, det, acc, writer, per_feature)
+        yield from _emit(pending, True, det, acc, writer, per_feature, anomaly_events, plotter)
         if acc.rows == 0:
             raise DataError(f"{p} has a header row but no data rows")
         summary = acc.summary() | {
@@ -261,6 +273,8 @@ def iter_detect(
             summary["output"] = str(Path(output))
         if label_col:
             summary["metrics"] = acc.metrics()
+        if plotter:
+            summary["plot"] = str(plotter.render(plot, f"{p.name}: model {label}"))
         if writer:
             writer.close(summary)
             writer = None
@@ -270,30 +284,72 @@ def iter_detect(
             writer.abort()
 
 
-def _fill_missing(X, features, policy, prev_row, start, report):
-    """Per-block missing-value handling; the last row of the previous block anchors interpolation."""
-    bad = ~np.isfinite(X)
-    if not bad.any():
-        return X, np.ones(len(X), bool), (X[-1] if len(X) else prev_row)
-    if policy == "error":
-        data.handle_missing(X, features, "error", where=f"rows {start}..{start + len(X) - 1}: ")
-    n_bad = int(bad.sum())
-    report["missing_values"] += n_bad
-    if policy == "drop":
-        keep = ~bad.any(axis=1)
-        report["rows_dropped"] += int((~keep).sum())
-        kept = X[keep]
-        return kept, keep, (kept[-1] if len(kept) else prev_row)
-    if prev_row is not None:
-        filled, _, _ = data.handle_missing(np.vstack([prev_row, X]), features, "interpolate")
-        filled = filled[1:]
-    else:
-        filled, _, _ = data.handle_missing(X, features, "interpolate")
-    report["values_filled"] += n_bad
-    return filled, np.ones(len(X), bool), filled[-1]
+class _MissingFiller:
+    """Per-block missing-value handling that gives the same values as filling the whole file at once: rows
+    whose gap is still open at the end of a block wait for the next block (interpolation needs the value
+    after the gap); the last row handed on anchors the next interpolation."""
+
+    def __init__(self, features: list[str], policy: str, report: dict):
+        self.features, self.policy, self.report = features, policy, report
+        self.anchor: np.ndarray | None = None  # last row handed on (finite)
+        self.held = np.empty((0, len(features)), np.float32)  # raw rows waiting for a gap to close
+
+    def push(self, X: np.ndarray, start: int) -> tuple[np.ndarray, np.ndarray]:
+        """(rows ready for scoring, this block's kept-row mask)."""
+        bad = ~np.isfinite(X)
+        if bad.any():
+            if self.policy == "error":
+                data.handle_missing(X, self.features, "error", where=f"rows {start}..{start + len(X) - 1}: ")
+            self.report["missing_values"] += int(bad.sum())
+            if self.policy == "drop":
+                keep = ~bad.any(axis=1)
+                self.report["rows_dropped"] += int((~keep).sum())
+                return X[keep], keep
+            data.handle_missing(X[:0], self.features, self.policy)  # rejects an unknown policy
+            self.report["values_filled"] += int(bad.sum())
+        mask = np.ones(len(X), bool)
+        rows = np.concatenate([self.held, X]) if len(self.held) else X
+        finite = np.isfinite(rows)
+        if finite.all():
+            self.held = rows[:0]
+            self.anchor = rows[-1] if len(rows) else self.anchor
+            return rows, mask
+        # Rows up to each column's last value can be filled now; the ones after wait for the next block.
+        last = np.where(finite.any(axis=0), len(rows) - 1 - np.argmax(finite[::-1], axis=0), -1)
+        cut = int(last.min()) + 1
+        if cut == 0:
+            self.held = rows
+            return rows[:0], mask
+        ready = self._fill(rows)[:cut]
+        self.held, self.anchor = rows[cut:], ready[-1]
+        return ready, mask
+
+    def finish(self) -> np.ndarray:
+        """The rows still waiting at the end of the file: their gaps are filled from the last value."""
+        if not len(self.held):
+            return self.held
+        rows, self.held = self._fill(self.held), self.held[:0]
+        return rows
+
+    def _fill(self, rows: np.ndarray) -> np.ndarray:
+        if self.anchor is None:
+            return data.handle_missing(rows, self.features, "interpolate")[0]
+        return data.handle_missing(np.vstack([self.anchor, rows]), self.features, "interpolate")[0][1:]
 
 
-def _emit(pending: _Pending, final: bool, det, acc: "_Summary", writer, per_feature: bool) -> Iterator[dict]:
+def _plotter(plot: str | None, det, fmt, used: list[str], label_col: str | None):
+    """A bounded-memory plot collector for `detect --plot`, or None."""
+    if not plot:
+        return None
+    import pandas as pd
+
+    from .plotting import PlotCollector
+    time_col = data.guess_time_column(pd.DataFrame(columns=list(fmt.names)), used)
+    return PlotCollector(det.feature_names_, det.threshold_, columns=used, label_column=label_col, time_column=time_col)
+
+
+def _emit(pending: _Pending, final: bool, det, acc: "_Summary", writer, per_feature: bool,
+          events: bool, plot=None) -> Iterator[dict]:
     from .detector import flag
 
     for block, mask, errs in pending.ready(final):
@@ -305,15 +361,19 @@ def _emit(pending: _Pending, final: bool, det, acc: "_Summary", writer, per_feat
             scores = row_err.mean(axis=1) if row_err.shape[1] else np.full(n, np.nan, np.float32)
         flags = flag(scores, det.threshold_)
         acc.add(block.start, scores, flags, row_err)
+        if plot is not None:
+            plot.add_frame(block.start, block.frame, scores, flags, row_err)
         if writer:
             cols = {"reconstruction_error": scores, "is_anomaly": flags}
             if per_feature:
                 share = contributions(row_err)
                 cols |= {f"{f}_contribution": share[:, i] for i, f in enumerate(det.feature_names_)}
             writer.write(block.start, block.raw_lines, block.frame, cols)
-        for i in np.flatnonzero(flags):
-            yield {"event": "anomaly", "index": int(block.start + i), "reconstruction_error": float(scores[i]),
-                   "top_features": top_features(row_err[i], det.feature_names_)}
+        if events:
+            idx = np.flatnonzero(flags)
+            for i, feats in zip(idx, top_features_rows(row_err[idx], det.feature_names_)):
+                yield {"event": "anomaly", "index": int(block.start + i), "reconstruction_error": float(scores[i]),
+                       "top_features": feats}
 
 
 def contributions(row_err: np.ndarray) -> np.ndarray:
@@ -323,11 +383,19 @@ def contributions(row_err: np.ndarray) -> np.ndarray:
 
 
 def top_features(err: np.ndarray, names: list[str], k: int = TOP_FEATURES) -> list[dict]:
-    total = float(np.nansum(err))
-    if not total > 0:
+    """The features with the largest share of one row's error."""
+    return top_features_rows(err[None, :], names, k)[0]
+
+
+def top_features_rows(errs: np.ndarray, names: list[str], k: int = TOP_FEATURES) -> list[list[dict]]:
+    """`top_features` for many rows at once (vectorised: detection can flag tens of thousands of rows)."""
+    if len(errs) == 0:
         return []
-    order = np.argsort(-np.nan_to_num(err))[:k]
-    return [{"feature": names[i], "share": round(float(err[i]) / total, 4)} for i in order]
+    share = np.nan_to_num(contributions(errs), nan=0.0)
+    order = np.argsort(-share, axis=1)[:, :k]
+    picked = np.round(np.take_along_axis(share, order, axis=1).astype(np.float64), 4)
+    return [[{"feature": names[j], "share": float(v)} for j, v in zip(o, sh) if v > 0]
+            for o, sh in zip(order.tolist(), picked.tolist())]
 
 
 class _Summary:
@@ -350,12 +418,14 @@ class _Summary:
         self.scored += int(np.isfinite(scores).sum())
         idx = np.flatnonzero(flags)
         self.anomalies += len(idx)
-        for i in idx:
-            item = (float(scores[i]), start + int(i))
+        # only this block's strongest anomalies can enter the running top list
+        best = idx[np.argsort(-scores[idx])[:TOP_ANOMALIES]]
+        for i, feats in zip(best, top_features_rows(row_err[best], self.features)):
+            item = (float(scores[i]), start + int(i), feats)
             if len(self.top) < TOP_ANOMALIES:
-                heapq.heappush(self.top, (*item, top_features(row_err[i], self.features)))
+                heapq.heappush(self.top, item)
             elif item[0] > self.top[0][0]:
-                heapq.heapreplace(self.top, (*item, top_features(row_err[i], self.features)))
+                heapq.heapreplace(self.top, item)
         cap = self.max_results
         if cap is None or len(self.anom_rows) < cap:
             take = idx if cap is None else idx[: cap - len(self.anom_rows)]
@@ -366,6 +436,12 @@ class _Summary:
             self.normal_rows += [(start + int(i), _num(scores[i])) for i in take]
         if self.keep_all:
             self.all_scores.append(scores)
+
+    def add_period_sample(self, values: np.ndarray) -> None:
+        """The first feature's leading values: VUS-PR's buffer range comes from the series' period."""
+        kept = getattr(self, "period_sample", [])
+        if sum(len(v) for v in kept) < 20000:
+            self.period_sample = kept + [values[:20000]]
 
     def add_labels(self, labels, column: str) -> None:
         self.label_column = column
@@ -398,7 +474,10 @@ class _Summary:
 
         scores = np.concatenate(self.all_scores)
         labels = np.concatenate(self.labels)[: len(scores)]
-        return threshold_report(labels, scores, self.threshold) | {"label_column": self.label_column}
+        from .metrics import max_buffer_for
+        sample = getattr(self, "period_sample", None)
+        max_buffer = max_buffer_for(np.concatenate(sample)) if sample else None
+        return threshold_report(labels, scores, self.threshold, max_buffer=max_buffer) | {"label_column": self.label_column}
 
 
 def _num(x) -> float | None:
@@ -408,11 +487,85 @@ def _num(x) -> float | None:
 
 def detect(file_path: str, **kwargs) -> dict:
     """Score every row of `file_path`; returns the summary dict (see `iter_detect` for the arguments)."""
-    for event in iter_detect(file_path, **kwargs):
+    for event in iter_detect(file_path, anomaly_events=False, **kwargs):
         if event["event"] == "summary":
             event.pop("event")
             return event
     raise AnomalyError("detection ended without a summary")  # unreachable: iter_detect always ends with one
+
+
+class LiveScorer:
+    """Scores points one by one as they arrive (the HTTP live stream), keeping the last `span` rows.
+
+    A point's score is the error of the newest row of the newest window ending at it, so it is known the
+    moment the point arrives. Batch detection instead averages a row's error over every window that covers
+    it, so for window models (window > 1) live and batch scores of the same row can differ slightly.
+    Points before a full window of history get `reconstruction_error: None` and are never anomalies.
+    """
+
+    def __init__(self, version: str | None = None, store: ModelStore | None = None,
+                 paths: ArtifactPaths | None = None):
+        if paths is None:
+            paths, self.version = artifact_paths(version, store)
+        else:
+            self.version = str(paths.model.parent)
+        self.detector = load_detector(paths, self.version)
+        self.features = list(self.detector.feature_names_)
+        self.span = int(self.detector.model_.span)
+        self.threshold = float(self.detector.threshold_)
+        self.history = np.empty((0, len(self.features)), np.float32)  # scaled rows, at most span - 1
+        self.count = 0
+
+    def _matrix(self, points: list) -> np.ndarray:
+        rows = []
+        for i, p in enumerate(points):
+            if isinstance(p, dict):
+                missing = [f for f in self.features if f not in p]
+                if missing:
+                    raise DataError(f"point {i} lacks feature(s) {', '.join(missing)}; the model uses "
+                                    f"{', '.join(self.features)}")
+                p = [p[f] for f in self.features]
+            elif len(p) != len(self.features):
+                raise DataError(f"point {i} has {len(p)} values; the model uses {len(self.features)} "
+                                f"({', '.join(self.features)})")
+            try:
+                rows.append([float(v) for v in p])
+            except (TypeError, ValueError):
+                raise DataError(f"point {i} has a non-numeric value") from None
+        X = np.asarray(rows, np.float32).reshape(len(rows), len(self.features))
+        if not np.isfinite(X).all():
+            raise DataError("points must be finite numbers (no NaN, inf or empty values)")
+        return X
+
+    def push(self, points: list) -> list[dict]:
+        """Score new points (lists of values in feature order, or dicts keyed by feature name)."""
+        import torch
+
+        from .detector import flag
+        from .scoring import gather
+
+        Z = self.detector.transform(self._matrix(points))
+        rows = np.concatenate([self.history, Z])
+        ends = np.arange(len(self.history), len(rows))  # positions of the new points in `rows`
+        ends = ends[ends >= self.span - 1]
+        errors = np.full((len(Z), len(self.features)), np.nan)
+        if len(ends):
+            starts = torch.from_numpy(ends - self.span + 1)
+            with torch.inference_mode():
+                err = self.detector.model_.errors(gather(torch.from_numpy(rows), starts, self.span))[:, -1]
+            errors[ends - len(self.history)] = err.double().numpy()
+        with np.errstate(invalid="ignore"):
+            scores = errors.mean(axis=1)
+        flags = flag(scores, self.threshold)
+        self.history = rows[max(0, len(rows) - (self.span - 1)):] if self.span > 1 else rows[:0]
+        out = []
+        for i in range(len(Z)):
+            scored = bool(np.isfinite(scores[i]))
+            out.append({"index": self.count + i, "reconstruction_error": float(scores[i]) if scored else None,
+                        "is_anomaly": bool(flags[i]),
+                        "top_features": top_features(errors[i], self.features) if scored else []})
+        self.count += len(Z)
+        return out
 
 
 # --- models ------------------------------------------------------------------------------------------------
@@ -459,4 +612,4 @@ def delete_model(version: str, store: ModelStore | None = None) -> dict:
 
 
 __all__ = ["train", "detect", "iter_detect", "model_info", "list_models", "delete_model", "artifact_paths",
-           "load_detector", "DEFAULT_ROOT"]
+           "load_detector", "LiveScorer", "DEFAULT_ROOT"]

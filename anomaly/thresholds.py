@@ -32,12 +32,95 @@ def iqr(scores: np.ndarray, labels=None, *, k: float = 1.5, **_) -> float:
     return float(q3 + k * (q3 - q1))
 
 
+def pot(scores: np.ndarray, labels=None, *, risk: float = 1e-3, level: float = 0.98, **_) -> float:
+    """Peaks over threshold (extreme value theory, as in SPOT, Siffer et al. KDD 2017): fit a generalized
+    Pareto distribution to the excesses over the `level` quantile and return the score exceeded by normal
+    rows with probability `risk`. Needs no contamination guess, and extrapolates beyond the largest score seen."""
+    from scipy import stats
+
+    if not 0 < risk < 1:
+        raise DataError(f"--risk must be between 0 and 1, got {risk}")
+    if not 0 < level < 1:
+        raise DataError(f"POT level must be between 0 and 1, got {level}")
+    scores = np.sort(np.asarray(scores, np.float64))
+    n = len(scores)
+    # At least 10 excesses (fewer rows than 500 would leave too few for a fit at level 0.98).
+    n_exc = min(n - 1, max(10, int(np.ceil((1 - level) * n))))
+    if n_exc < 5:
+        return float(scores[-1])
+    t = scores[n - n_exc - 1]
+    excess = scores[scores > t] - t
+    if len(excess) < 5 or np.ptp(excess) == 0:
+        return float(scores[-1])
+    if risk * n >= len(excess):  # the target quantile lies below the initial threshold: read it off directly
+        return float(np.quantile(scores, 1 - risk))
+    shape, scale = _gpd_fit(excess, stats)
+    ratio = risk * n / len(excess)
+    if abs(shape) < 1e-8:
+        return float(t - scale * np.log(ratio))
+    return float(t + scale / shape * (ratio ** -shape - 1))
+
+
+def _gpd_fit(excess: np.ndarray, stats) -> tuple[float, float]:
+    """Maximum-likelihood GPD (shape, scale) with the location fixed at 0; the method of moments when the
+    likelihood fit fails or lands on an implausible shape (a very short or degenerate tail)."""
+    mean, var = excess.mean(), excess.var()
+    mom_shape = 0.5 * (1 - mean ** 2 / var)
+    mom = (mom_shape, 0.5 * mean * (mean ** 2 / var + 1))
+    try:
+        shape, _, scale = stats.genpareto.fit(excess, floc=0)
+    except (ValueError, RuntimeError, FloatingPointError):
+        return mom
+    if not (np.isfinite(shape) and np.isfinite(scale) and scale > 0 and -0.5 <= shape < 1):
+        return mom
+    return float(shape), float(scale)
+
+
+def best_f1(scores: np.ndarray, labels=None, **_) -> float:
+    """The threshold that maximises F1 on labelled rows (between the best-separated scores)."""
+    from .metrics import best_f1 as _best
+
+    return _best(labels, scores)[1]
+
+
+def midpoint(scores: np.ndarray, labels=None, **_) -> float:
+    """Halfway between the typical (median) score of normal rows and that of anomalous rows."""
+    labels = np.asarray(labels).astype(bool)
+    if labels.all():
+        raise DataError("threshold method 'midpoint' needs labelled normal rows too")
+    return float((np.median(scores[~labels]) + np.median(scores[labels])) / 2)
+
+
 METHODS: dict[str, Callable[..., float]] = {
     "percentile": percentile,
     "meanstd": meanstd,
     "iqr": iqr,
+    "pot": pot,
+    "best-f1": best_f1,
+    "midpoint": midpoint,
 }
-NEEDS_LABELS: set[str] = set()
+NEEDS_LABELS: set[str] = {"best-f1", "midpoint"}
+
+
+def load_labels(path: str, n_rows: int, column: str | None = None) -> np.ndarray:
+    """0/1 labels, one per data row, from a file: its label column (`label`, or `column`), or its only column.
+    Must have exactly `n_rows` rows."""
+    from . import data
+
+    p = data.check_file(path)
+    fmt = data.sniff(p)
+    names = list(fmt.names)
+    col = data.find_label_column(names, column) or (names[0] if len(names) == 1 else None)
+    if col is None:
+        raise DataError(f"{p}: no label column (name it 'label' or give a single-column file)")
+    frame = data._read_full(p, fmt, [col])
+    import pandas as pd
+    lab = pd.to_numeric(frame[col], errors="coerce").to_numpy()
+    if np.isnan(lab).any():
+        raise DataError(f"{p}: label column {col!r} has non-numeric or empty values")
+    if len(lab) != n_rows:
+        raise DataError(f"{p} has {len(lab)} label rows but the data has {n_rows} rows; they must match row for row")
+    return (lab > 0).astype(np.int8)
 
 
 def compute(method: str, scores: np.ndarray, labels: np.ndarray | None = None, **params) -> dict:

@@ -25,6 +25,9 @@ from ..errors import DataError
 
 MODEL_TYPES: dict[str, str] = {
     "dense": "anomaly.models.dense",
+    "lstm": "anomaly.models.lstm",
+    "transformer": "anomaly.models.transformer",
+    "vae": "anomaly.models.vae",
 }
 
 

@@ -1,0 +1,332 @@
+"""`anomaly evaluate`: detection quality on labelled suites, next to classic baselines on the same windows.
+
+A suite is a folder of `<series>.train.csv` (mostly normal rows) and `<series>.test.csv` (the same columns plus
+a 0/1 `label` column). For every series and every detector variant (model type x window) this trains through
+`service.train` (the one training path), scores the test file with the saved `Detector`, and reports ROC-AUC,
+PR-AUC, VUS-PR, best F1, precision / recall / F1 at the detector's own threshold (and at each compared
+threshold method), point-adjusted F1 next to the same for a uniform random score, and train / score time.
+IsolationForest, PCA reconstruction and |z| are fitted on the same training rows and windows. Series without
+any anomaly report the false positive rate only.
+
+    anomaly evaluate --suite /work/shared/data/nab --json nab.json --plots plots/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import defaults, metrics, thresholds
+from .errors import DataError, NotFound
+
+RANKING = ("roc_auc", "pr_auc", "vus_pr", "best_f1")
+AT_THRESHOLD = ("precision", "recall", "f1")
+# Evaluation defaults: enough training to converge on these small series, cheap enough for 2 shared cores.
+EVAL_EPOCHS = 30
+EVAL_BATCH_SIZE = 64
+EVAL_PATIENCE = 5
+EVAL_MAX_TRAIN_ROWS = 20000
+COMPARE_THRESHOLDS = ("percentile", "pot", "meanstd", "iqr")
+
+
+def _list(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _windows(value: str) -> list:
+    out = []
+    for v in _list(value):
+        try:
+            out.append(v if v == "auto" else int(v))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--window takes comma-separated whole numbers, got {value!r}") from None
+    return out
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--suite", required=True, nargs="+", help="suite folder(s) of <series>.train.csv / <series>.test.csv")
+    p.add_argument("--model-type", type=_list, default=[defaults.MODEL_TYPE], help="model types, comma-separated")
+    p.add_argument("--window", type=_windows, default=[defaults.WINDOW], help="windows to compare, comma-separated")
+    p.add_argument("--threshold-method", default=defaults.THRESHOLD_METHOD, help="the detector's own threshold method")
+    p.add_argument("--percentile", type=float, default=defaults.PERCENTILE, help="percentile (percentile method)")
+    p.add_argument("--risk", type=float, help="target risk (pot method, default 1e-3)")
+    p.add_argument("--compare-thresholds", type=_list, default=list(COMPARE_THRESHOLDS),
+                   help="also report F1 at these label-free threshold methods (same model, no retraining)")
+    p.add_argument("--baselines", type=_list, default=["iforest", "pca", "zscore"],
+                   help="baselines on the same windows (iforest, pca, zscore; 'none' for none)")
+    p.add_argument("--series", type=_list, help="only series whose name contains one of these substrings")
+    p.add_argument("--epochs", type=int, default=EVAL_EPOCHS, help="maximum epochs per model")
+    p.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE, help="mini-batch size")
+    p.add_argument("--patience", type=int, default=EVAL_PATIENCE, help="early-stopping patience")
+    p.add_argument("--max-train-rows", type=int, default=EVAL_MAX_TRAIN_ROWS, help="train on at most the first N rows")
+    p.add_argument("--seed", type=int, default=defaults.SEED, help="seed for models, baselines and the random score")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    p.add_argument("--json", dest="json_path", help="write the full report here (rewritten after every series)")
+    p.add_argument("--plots", help="write one plot per series and detector variant into this folder")
+    p.add_argument("--quiet", "-q", action="store_true", help="print only the suite summary")
+
+
+def run(args) -> int:
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    report = {"command": "anomaly evaluate " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["evaluate"] else None,
+              "config": _config(args), "suites": {}}
+    for suite in args.suite:
+        print(format_summary(evaluate_suite(suite, args, report=report)), flush=True)
+    return 0
+
+
+def _config(args) -> dict:
+    return {k: getattr(args, k) for k in ("model_type", "window", "threshold_method", "percentile", "risk",
+                                          "compare_thresholds", "baselines", "series", "epochs", "batch_size",
+                                          "patience", "max_train_rows", "seed")}
+
+
+def find_series(suite: str | Path, only: list[str] | None = None) -> list[tuple[str, Path, Path]]:
+    folder = Path(suite)
+    if not folder.is_dir():
+        raise NotFound(f"suite folder not found: {folder}")
+    out = []
+    for train in sorted(folder.glob("*.train.csv")):
+        name = train.name[: -len(".train.csv")]
+        test = folder / f"{name}.test.csv"
+        if test.exists() and (not only or any(s in name for s in only)):
+            out.append((name, train, test))
+    if not out:
+        raise DataError(f"no <series>.train.csv / <series>.test.csv pairs in {folder}"
+                        + (f" matching {', '.join(only)}" if only else ""))
+    return out
+
+
+def evaluate_suite(suite: str | Path, args, report: dict | None = None) -> dict:
+    report = report if report is not None else {"config": _config(args), "suites": {}}
+    name = Path(suite).name
+    result = {"suite": str(suite), "series": [], "summary": {}}
+    report["suites"][name] = result
+    with tempfile.TemporaryDirectory(prefix="anomaly-eval-") as tmp:
+        for series, train, test in find_series(suite, args.series):
+            try:
+                row = evaluate_series(series, train, test, args, Path(tmp), plot_prefix=f"{name}__{series}")
+            except DataError as exc:  # one unusable series must not sink the suite
+                row = {"series": series, "error": str(exc)}
+            result["series"].append(row)
+            result["summary"] = summarize(result["series"])
+            if not args.quiet:
+                print(format_series(row), flush=True)
+            if args.json_path:
+                _write_json(args.json_path, report)
+    return result
+
+
+def _write_json(path: str, report: dict) -> None:
+    from .store import atomic_write_text
+    atomic_write_text(Path(path), json.dumps(report, indent=1, default=_json_default, allow_nan=True))
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    raise TypeError(type(o).__name__)
+
+
+def _capped(path: Path, max_rows: int | None, tmp: Path) -> Path:
+    """The file itself, or a copy of its header and first `max_rows` data rows."""
+    if not max_rows:
+        return path
+    with open(path, "rb") as f:
+        lines = []
+        for i, line in enumerate(f):
+            if i > max_rows:
+                break
+            lines.append(line)
+        else:
+            return path
+    out = tmp / f"capped-{path.name}"
+    out.write_bytes(b"".join(lines))
+    return out
+
+
+def evaluate_series(series: str, train: Path, test: Path, args, tmp: Path, plot_prefix: str = "") -> dict:
+    from . import data, service
+    from .store import ModelStore
+
+    store = ModelStore(tmp / "models")
+    train_file = _capped(train, args.max_train_rows, tmp)
+    table = data.read_table(test)
+    if table.labels is None:
+        raise DataError(f"{test} has no label column")
+    labels = table.labels
+    row = {"series": series, "rows_train": None, "rows_test": int(len(labels)),
+           "anomalous_rows": int(labels.sum()), "segments": int(len(metrics.segments(labels))),
+           "max_buffer": None, "detectors": {}}
+    max_buffer = None
+    train_X = None
+    t_opts = {"risk": args.risk} if args.risk is not None else {}
+    for model_type in args.model_type:
+        for window in args.window:
+            key = f"{model_type} w={window}"
+            started = time.perf_counter()
+            res = service.train(str(train_file), store=store, model_type=model_type, window=window,
+                                epochs=args.epochs, batch_size=args.batch_size, patience=args.patience,
+                                seed=args.seed, threshold_method=args.threshold_method,
+                                percentile=args.percentile, threshold_options=t_opts)
+            train_seconds = time.perf_counter() - started
+            det = service.load_detector(store.paths(res["version"]), res["version"])
+            test_table = data.read_table(test, features=det.feature_names_)
+            if max_buffer is None:
+                # One VUS buffer range per series, from the period of its first feature (as TSB-AD does, and as
+                # `detect --label-column` does), shared by every detector.
+                max_buffer = row["max_buffer"] = metrics.max_buffer_for(test_table.X[:, 0])
+            started = time.perf_counter()
+            scores = det.score_samples(test_table.X)
+            score_seconds = time.perf_counter() - started
+            rep = _report(labels, scores, det.threshold_, max_buffer)
+            rep |= {"threshold": det.threshold_, "train_seconds": round(train_seconds, 3),
+                    "score_seconds": round(score_seconds, 3), "epochs_run": res["epochs_run"]}
+            # The same model under other label-free threshold methods, calibrated like training does.
+            train_table = data.read_table(train_file, features=det.feature_names_)
+            train_X = train_table.X
+            row["rows_train"] = int(len(train_X))
+            calib = _calibration(det.score_samples(train_X), args)
+            rep["f1_at"] = {}
+            for method in args.compare_thresholds:
+                params = service.threshold_params(method, args.percentile, None, **t_opts)
+                thr = thresholds.compute(method, calib, **params)["threshold"]
+                rep["f1_at"][method] = _at_threshold(labels, scores, thr)
+            row["detectors"][key] = rep
+            if args.plots:
+                _plot(Path(args.plots) / f"{plot_prefix}__{key.replace(' ', '_').replace('=', '')}.png",
+                      det, test_table, scores, labels, f"{series}: {key}")
+            if args.baselines and args.baselines != ["none"]:
+                for name in args.baselines:
+                    bkey = name if name == "zscore" else f"{name} w={window}"
+                    if bkey not in row["detectors"]:
+                        row["detectors"][bkey] = _baseline(name, det.window_, train_X, test_table.X, labels,
+                                                           max_buffer, args)
+    return row
+
+
+def _calibration(train_scores: np.ndarray, args) -> np.ndarray:
+    """The held-out tail of the training rows (the rows the detector's own threshold came from)."""
+    n_val = int(round(len(train_scores) * defaults.VALIDATION_SPLIT))
+    tail = train_scores[-n_val:] if n_val >= 2 else train_scores
+    return tail[np.isfinite(tail)]
+
+
+def _at_threshold(labels, scores, threshold) -> dict:
+    with np.errstate(invalid="ignore"):
+        pred = scores > threshold
+    p, r, f = metrics.prf(labels, pred)
+    fp = int((pred & ~labels.astype(bool)).sum())
+    return {"threshold": float(threshold), "precision": p, "recall": r, "f1": f,
+            "false_positive_rate": fp / max(1, int((~labels.astype(bool)).sum()))}
+
+
+def _report(labels, scores, threshold, max_buffer) -> dict:
+    if labels.any():
+        return metrics.threshold_report(labels, scores, threshold, max_buffer=max_buffer)
+    # No anomaly: only the false alarms mean anything.
+    return {k: v for k, v in metrics.threshold_report(labels, scores, threshold).items()
+            if k in ("rows", "anomalous_rows", "flagged_rows", "false_positive_rate")}
+
+
+def _baseline(name: str, window: int, train_X, test_X, labels, max_buffer, args) -> dict:
+    from .baselines import BASELINES
+
+    if name not in BASELINES:
+        raise DataError(f"unknown baseline {name!r}; choose from {', '.join(BASELINES)}")
+    started = time.perf_counter()
+    model = BASELINES[name](window=window, seed=args.seed).fit(train_X)
+    train_scores = model.score_samples(train_X)
+    train_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    scores = model.score_samples(test_X)
+    score_seconds = time.perf_counter() - started
+    params = {"percentile": args.percentile} if args.threshold_method == "percentile" else {}
+    if args.threshold_method == "pot" and args.risk is not None:
+        params["risk"] = args.risk
+    thr = thresholds.compute(args.threshold_method, _calibration(train_scores, args), **params)["threshold"] \
+        if args.threshold_method not in thresholds.NEEDS_LABELS else float(np.nanpercentile(train_scores, 95))
+    rep = _report(labels, scores, thr, max_buffer)
+    return rep | {"threshold": thr, "train_seconds": round(train_seconds, 3), "score_seconds": round(score_seconds, 3)}
+
+
+def _plot(path: Path, det, table, scores, labels, title: str) -> None:
+    from .plotting import plot_detection
+
+    row_err = det.row_errors(table.X)
+    times = table.frame[table.time_column].to_numpy() if table.time_column else None
+    plot_detection(path, table.X, det.feature_names_, scores, det.threshold_, labels=labels, times=times,
+                   row_errors=row_err, title=title)
+
+
+# --- summaries ---------------------------------------------------------------------------------------------
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Per detector: means over series with anomalies, mean false positive rate over series without."""
+    out: dict = {}
+    keys = []
+    for r in rows:
+        for k in r.get("detectors", {}):
+            if k not in keys:
+                keys.append(k)
+    for k in keys:
+        reps = [r["detectors"][k] for r in rows if k in r.get("detectors", {})]
+        anom = [x for x in reps if x.get("anomalous_rows")]
+        clean = [x for x in reps if not x.get("anomalous_rows")]
+        s = {"series_with_anomalies": len(anom), "series_without": len(clean)}
+        for m in RANKING + AT_THRESHOLD + ("pa_f1", "pa_f1_random"):
+            vals = [x[m] for x in anom if m in x and np.isfinite(x[m])]
+            if vals:
+                s[m] = float(np.mean(vals))
+        methods = {m for x in anom for m in x.get("f1_at", {})}
+        if methods:
+            s["f1_at"] = {m: float(np.mean([x["f1_at"][m]["f1"] for x in anom if m in x.get("f1_at", {})]))
+                          for m in sorted(methods)}
+        if clean:
+            s["false_positive_rate_clean"] = float(np.mean([x["false_positive_rate"] for x in clean]))
+        s["train_seconds"] = round(float(sum(x.get("train_seconds", 0) for x in reps)), 2)
+        s["score_seconds"] = round(float(sum(x.get("score_seconds", 0) for x in reps)), 2)
+        out[k] = s
+    return out
+
+
+def _fmt(v) -> str:
+    return f"{v:.3f}" if isinstance(v, (int, float)) and np.isfinite(v) else "-"
+
+
+def format_series(row: dict) -> str:
+    if "error" in row:
+        return f"{row['series']}: skipped ({row['error']})"
+    parts = []
+    for k, r in row["detectors"].items():
+        if row["anomalous_rows"]:
+            parts.append(f"{k}: vus {_fmt(r.get('vus_pr'))} roc {_fmt(r.get('roc_auc'))} f1 {_fmt(r.get('f1'))}")
+        else:
+            parts.append(f"{k}: fpr {_fmt(r.get('false_positive_rate'))}")
+    return f"{row['series']} ({row['rows_test']} rows, {row['anomalous_rows']} anomalous): " + "; ".join(parts)
+
+
+def format_summary(result: dict) -> str:
+    summ = result["summary"]
+    head = (f"{'detector':<22} {'ROC-AUC':>7} {'PR-AUC':>7} {'VUS-PR':>7} {'F1':>6} {'bestF1':>6} "
+            f"{'PA-F1':>6} {'(rand)':>6} {'FPR0':>6} {'train s':>8} {'score s':>8}")
+    lines = [f"suite {result['suite']}: {len(result['series'])} series", head]
+    for k, s in summ.items():
+        lines.append(f"{k:<22} {_fmt(s.get('roc_auc')):>7} {_fmt(s.get('pr_auc')):>7} {_fmt(s.get('vus_pr')):>7} "
+                     f"{_fmt(s.get('f1')):>6} {_fmt(s.get('best_f1')):>6} {_fmt(s.get('pa_f1')):>6} "
+                     f"{_fmt(s.get('pa_f1_random')):>6} {_fmt(s.get('false_positive_rate_clean')):>6} "
+                     f"{s['train_seconds']:>8.1f} {s['score_seconds']:>8.1f}")
+        if s.get("f1_at"):
+            lines.append(" " * 4 + "F1 by threshold method: " + ", ".join(f"{m} {_fmt(v)}" for m, v in s["f1_at"].items()))
+    lines.append("Means over series with anomalies; FPR0 = false positive rate on series without any. "
+                 "PA-F1 (point-adjusted) is shown only beside the same metric for a uniform random score.")
+    return "\n".join(lines)

@@ -1,0 +1,99 @@
+"""What the MCP tools and the HTTP routes share: settings, the toolbox, worker threads and JSON cleaning.
+
+Torch work never runs on the event loop: it goes to worker threads through capacity limiters (one for
+training, one for scoring), so while a model trains, other clients' detections, `/health` and SSE streams
+keep answering.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import anyio
+import anyio.from_thread
+import anyio.to_thread
+import numpy as np
+
+from .. import __version__
+from .security import Access
+from .tools import Toolbox
+
+
+@dataclass
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 3001
+    data_roots: list[str] = field(default_factory=lambda: [os.getcwd()])
+    model_dir: str = "models"
+    results_dir: str = "results"
+    token: str | None = None
+    allowed_hosts: list[str] = field(default_factory=list)
+    allowed_origins: list[str] = field(default_factory=list)
+    max_upload_mb: float = 64
+    workers: int = 2  # concurrent scoring threads
+    train_workers: int = 1  # concurrent trainings
+
+    def access(self) -> Access:
+        return Access(host=self.host, token=self.token, allowed_hosts=self.allowed_hosts,
+                      allowed_origins=self.allowed_origins, max_body=int(self.max_upload_mb * (1 << 20)))
+
+
+class Runtime:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.toolbox = Toolbox(settings.model_dir, settings.results_dir, settings.data_roots)
+        self.score_limiter = anyio.CapacityLimiter(settings.workers)
+        self.train_limiter = anyio.CapacityLimiter(settings.train_workers)
+        self.started = time.time()
+        self.task_group = None  # set by the app's lifespan: background jobs that outlive a request
+        self.uploads = Path(settings.results_dir) / ".uploads"
+
+    async def score(self, fn: Callable, *args, **kwargs) -> Any:
+        """Run scoring / loading work in a worker thread."""
+        return await anyio.to_thread.run_sync(partial(fn, *args, **kwargs), limiter=self.score_limiter)
+
+    async def train(self, on_epoch: Callable[[dict], Awaitable[None]] | None = None, **kwargs) -> dict:
+        """Train in a worker thread; `on_epoch` (async) runs on the event loop after every epoch."""
+
+        def progress(event: dict) -> None:
+            if on_epoch is None:
+                return
+            try:
+                anyio.from_thread.run(on_epoch, event)
+            except Exception:  # a listener that went away must not kill the training
+                pass
+
+        return await anyio.to_thread.run_sync(partial(self.toolbox.train_model, progress=progress, **kwargs),
+                                              limiter=self.train_limiter)
+
+    def health(self) -> dict:
+        return {"status": "ok", "version": __version__, "uptime_s": round(time.time() - self.started, 1),
+                "model_dir": str(self.toolbox.store.root.resolve()),
+                "training_running": self.train_limiter.borrowed_tokens,
+                "scoring_running": self.score_limiter.borrowed_tokens}
+
+
+def clean(obj: Any) -> Any:
+    """JSON-safe copy: NaN/inf become None, numpy scalars and paths become plain values."""
+    if isinstance(obj, dict):
+        return {str(k): clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [clean(v) for v in obj]
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        x = float(obj)
+        return x if math.isfinite(x) else None
+    if obj is None or isinstance(obj, str):
+        return obj
+    if isinstance(obj, np.ndarray):
+        return clean(obj.tolist())
+    return str(obj)

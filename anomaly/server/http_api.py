@@ -1,0 +1,250 @@
+"""The HTTP API (FastAPI; OpenAPI docs at /docs), with Server-Sent Events for results pushed as computed.
+
+    GET  /health                        liveness, never waits for torch work
+    GET  /api/models                    list versions          GET /api/models/{version}   one version
+    POST /api/train                     train (JSON)           POST /api/train/stream      epoch/loss events
+    POST /api/detect                    detect a file (JSON)   POST /api/detect/upload     detect a CSV body
+    GET|POST /api/detect/stream         events: progress, anomaly (per anomalous row), summary
+    POST /api/live/{channel}            push points; GET /api/live/{channel}/events  subscribers' events
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any, AsyncIterator, Callable, Iterator
+
+import anyio
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, Field
+
+from .. import defaults
+from ..errors import AnomalyError, DataError
+from ..models import MODEL_TYPES
+from .core import Runtime, clean
+from .live import LiveHub
+from .security import BodyTooLarge
+from .tools import MAX_RESULTS_LIMIT
+
+STREAM_BLOCK_BYTES = 1 << 20  # the streaming endpoint scores in 1 MiB blocks, so events flow early
+HEARTBEAT_S = 15.0
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+# --- request bodies ----------------------------------------------------------------------------------------
+
+
+class ArtifactArgs(BaseModel):
+    version: str | None = Field(None, description="model version (default: the latest)")
+    model_path: str | None = Field(None, description="explicit model.pth inside the model store")
+    threshold_path: str | None = None
+    scaler_path: str | None = None
+    config_path: str | None = None
+
+
+class DetectRequest(ArtifactArgs):
+    file_path: str = Field(description="CSV/TXT file on the server, inside an allowed data root")
+    return_details: bool = True
+    max_results: int | None = Field(None, ge=0, le=MAX_RESULTS_LIMIT,
+                                    description=f"per-row results cap (default {defaults.MAX_RESULTS})")
+
+
+class TrainRequest(ArtifactArgs):
+    data_file: str = Field(description="CSV/TXT file of mostly normal rows, inside an allowed data root")
+    epochs: int = Field(defaults.EPOCHS, ge=1, le=100_000)
+    batch_size: int = Field(defaults.BATCH_SIZE, ge=1, le=1_000_000)
+    learning_rate: float = Field(defaults.LEARNING_RATE, gt=0, le=10)
+    encoding_dim: int | None = Field(None, ge=1, le=10_000)
+    percentile: float = Field(defaults.PERCENTILE, gt=0, le=100)
+    model_type: str = Field(defaults.MODEL_TYPE, description=f"one of {', '.join(MODEL_TYPES)}")
+    window: int = Field(defaults.WINDOW, ge=1, le=10_000)
+
+
+class LivePoints(BaseModel):
+    points: list[list[float] | dict[str, float]] = Field(min_length=1, max_length=100_000, description=(
+        "new rows, oldest first: value lists in the model's feature order, or {feature: value} objects"))
+    version: str | None = Field(None, description="model version (default: the latest)")
+
+
+def detect_query(file_path: str, version: str | None = None, model_path: str | None = None,
+                 threshold_path: str | None = None, scaler_path: str | None = None, config_path: str | None = None,
+                 return_details: bool = True,
+                 max_results: int | None = Query(None, ge=0, le=MAX_RESULTS_LIMIT)) -> DetectRequest:
+    return DetectRequest(file_path=file_path, version=version, model_path=model_path, threshold_path=threshold_path,
+                         scaler_path=scaler_path, config_path=config_path, return_details=return_details,
+                         max_results=max_results)
+
+
+# --- SSE helpers -------------------------------------------------------------------------------------------
+
+
+def sse(event: str, data: Any) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(clean(data), separators=(',', ':'))}\n\n".encode()
+
+
+def error_body(exc: AnomalyError) -> dict:
+    return {"error": str(exc), "type": type(exc).__name__}
+
+
+async def event_stream(runtime: Runtime, make: Callable[[], Iterator[dict]]) -> StreamingResponse:
+    """Stream a service generator's events. The first event is computed before answering, so a bad request
+    (unknown version, missing file, wrong columns) is a plain 4xx, not an error inside a 200 stream."""
+    events = make()
+    done = object()
+    first = await runtime.score(next, events, done)
+
+    async def body() -> AsyncIterator[bytes]:
+        event = first
+        try:
+            while event is not done:
+                yield sse(event.pop("event"), event)
+                event = await runtime.score(next, events, done)
+        except AnomalyError as exc:
+            yield sse("error", error_body(exc))
+        finally:
+            with anyio.CancelScope(shield=True):  # a client that left: close the generator (drops its CSV)
+                await anyio.to_thread.run_sync(events.close)
+
+    return StreamingResponse(body(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+# --- routes ------------------------------------------------------------------------------------------------
+
+
+def build_router(runtime: Runtime, hub: LiveHub) -> APIRouter:
+    router = APIRouter()
+    toolbox = runtime.toolbox
+
+    @router.get("/health", tags=["service"])
+    async def health() -> dict:
+        return runtime.health()
+
+    @router.get("/api/models", tags=["models"])
+    async def list_models() -> dict:
+        return clean(await runtime.score(toolbox.list_models))
+
+    @router.get("/api/models/{version}", tags=["models"])
+    async def model_info(version: str) -> dict:
+        return clean(await runtime.score(toolbox.get_model_info, version=version))
+
+    @router.post("/api/train", tags=["training"])
+    async def train(req: TrainRequest) -> dict:
+        return clean(await runtime.train(**req.model_dump()))
+
+    @router.post("/api/train/stream", tags=["training"],
+                 description="Server-Sent Events: `epoch` {epoch, epochs, loss, val_loss} after every epoch, "
+                             "then `result` (the train result) or `error`.")
+    async def train_stream(req: TrainRequest) -> StreamingResponse:
+        toolbox.policy.data_file(req.data_file)  # a path outside the roots is a 403 before the stream starts
+        send, receive = anyio.create_memory_object_stream[tuple[str, dict]](1000)
+
+        async def on_epoch(event: dict) -> None:
+            send.send_nowait(("epoch", event))
+
+        async def job() -> None:
+            with send:
+                try:
+                    result = await runtime.train(on_epoch, **req.model_dump())
+                    send.send_nowait(("result", result))
+                except AnomalyError as exc:
+                    send.send_nowait(("error", error_body(exc)))
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    pass
+
+        # The training outlives the request: a client that disconnects still gets its model saved.
+        runtime.task_group.start_soon(job)
+
+        async def body() -> AsyncIterator[bytes]:
+            with receive:
+                async for name, event in receive:
+                    yield sse(name, event)
+
+        return StreamingResponse(body(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+    @router.post("/api/detect", tags=["detection"])
+    async def detect(req: DetectRequest) -> dict:
+        return clean(await runtime.score(toolbox.run_detection, **req.model_dump()))
+
+    @router.post("/api/detect/upload", tags=["detection"],
+                 description="Detect on the request body: a CSV/TXT file (gzip ok), e.g. "
+                             "`curl --data-binary @new.csv -H 'Content-Type: text/csv' .../api/detect/upload`.")
+    async def detect_upload(request: Request, version: str | None = None, return_details: bool = True,
+                            max_results: int | None = Query(None, ge=0, le=MAX_RESULTS_LIMIT)) -> dict:
+        runtime.uploads.mkdir(parents=True, exist_ok=True)
+        path = runtime.uploads / f"upload-{uuid.uuid4().hex[:12]}.csv"
+        try:
+            with open(path, "wb") as f:
+                async for chunk in request.stream():
+                    f.write(chunk)
+            if path.stat().st_size == 0:
+                raise DataError("the request body is empty; send the CSV as the body")
+            return clean(await runtime.score(toolbox.run_detection, str(path), version=version, trusted=True,
+                                             return_details=return_details, max_results=max_results))
+        finally:
+            path.unlink(missing_ok=True)
+
+    async def detect_stream(req: DetectRequest) -> StreamingResponse:
+        return await event_stream(runtime, lambda: toolbox.detect_events(**req.model_dump(),
+                                                                          block_bytes=STREAM_BLOCK_BYTES))
+
+    stream_doc = ("Server-Sent Events: `progress` {rows_done, rows_read, bytes_total} after each block, `anomaly` "
+                  "{index, reconstruction_error, top_features} for each anomalous row as soon as its block is "
+                  "scored, and a final `summary` (the /api/detect result); `error` if it fails midway.")
+
+    @router.get("/api/detect/stream", tags=["detection"], description=stream_doc)
+    async def detect_stream_get(req: DetectRequest = Depends(detect_query)) -> StreamingResponse:
+        return await detect_stream(req)
+
+    @router.post("/api/detect/stream", tags=["detection"], description=stream_doc)
+    async def detect_stream_post(req: DetectRequest) -> StreamingResponse:
+        return await detect_stream(req)
+
+    @router.post("/api/live/{channel}", tags=["live"],
+                 description="Score new points at once; every subscriber of the channel gets a `score` event "
+                             "per point. Live scores use the newest window ending at each point (batch detection "
+                             "averages overlapping windows, so window models can differ slightly).")
+    async def live_push(channel: str, body: LivePoints) -> dict:
+        return clean(await hub.push(channel, body.points, body.version))
+
+    @router.get("/api/live/{channel}/events", tags=["live"],
+                description="Server-Sent Events: `score` {channel, version, index, reconstruction_error, "
+                            "is_anomaly, top_features, threshold} for every point posted to the channel.")
+    async def live_events(channel: str) -> StreamingResponse:
+        send, receive = hub.subscribe(channel)
+
+        async def body() -> AsyncIterator[bytes]:
+            try:
+                yield sse("subscribed", {"channel": channel})
+                while True:
+                    with anyio.move_on_after(HEARTBEAT_S) as timeout:
+                        event = await receive.receive()
+                    if timeout.cancelled_caught:
+                        yield b": keep-alive\n\n"
+                        continue
+                    yield sse("score", event)
+            except (anyio.EndOfStream, anyio.ClosedResourceError):
+                yield sse("error", {"error": "this subscriber fell too far behind and was dropped"})
+            finally:
+                hub.unsubscribe(channel, send, receive)
+
+        return StreamingResponse(body(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+    return router
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(AnomalyError)
+    async def anomaly_error(request: Request, exc: AnomalyError) -> JSONResponse:
+        return JSONResponse(error_body(exc), status_code=exc.http_status)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}" for e in exc.errors()]
+        return JSONResponse({"error": "invalid request: " + "; ".join(problems),
+                             "detail": clean(json.loads(json.dumps(exc.errors(), default=str)))}, status_code=422)
+
+    @app.exception_handler(BodyTooLarge)
+    async def too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
+        return JSONResponse({"error": str(exc) or "request body too large"}, status_code=413)

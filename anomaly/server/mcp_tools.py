@@ -1,0 +1,199 @@
+"""The MCP tools: `run_detection`, `get_model_info`, `train_model`, `list_models`, on the SDK's `MCPServer`.
+
+Each tool validates its typed arguments, runs the shared `Toolbox` call in a worker thread and returns a
+structured (pydantic) result. A user error (`AnomalyError`) becomes an MCP error result (`isError`) with
+its one-line message; the connection stays up.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import anyio.from_thread
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp_types import CallToolResult, TextContent, ToolAnnotations
+from pydantic import BaseModel, ConfigDict, Field
+
+from .. import __version__, defaults
+from ..errors import AnomalyError
+from ..models import MODEL_TYPES
+from .core import Runtime, clean
+from .tools import MAX_RESULTS_LIMIT
+
+INSTRUCTIONS = """Time-series anomaly detection on CSV/TXT files with PyTorch models.
+Train a model on mostly-normal data with train_model, then score new files with run_detection.
+File paths are on the server's machine, inside its allowed data folders; relative paths start there."""
+
+
+# --- structured results ------------------------------------------------------------------------------------
+
+
+class _Result(BaseModel):
+    model_config = ConfigDict(extra="allow")  # the service may add fields; clients see them all
+
+
+class RowResult(BaseModel):
+    index: int = Field(description="0-based data row (header not counted)")
+    reconstruction_error: float | None = Field(description="anomaly score; null when the row has no score")
+    is_anomaly: bool
+
+
+class DetectionResult(_Result):
+    status: str
+    total_rows: int
+    anomaly_count: int
+    anomaly_ratio: float
+    threshold: float
+    results: list[RowResult] | None = Field(None, description="per-row results, anomalies first, capped")
+    results_truncated: bool | None = Field(None, description="true when results hold fewer rows than the file")
+    output: str | None = Field(None, description="CSV with every row's reconstruction_error and is_anomaly")
+    version: str | None = None
+
+
+class ModelInfo(_Result):
+    status: str
+    version: str
+    model_type: str
+    features: list[str]
+    window: int
+    threshold: float
+    threshold_method: str | None = None
+    created: str | None = None
+
+
+class TrainResult(_Result):
+    status: str
+    version: str
+    model_type: str
+    features: list[str]
+    window: int
+    threshold: float
+    epochs_run: int
+    final_loss: float | None = None
+
+
+class ModelList(_Result):
+    status: str
+    store: str
+    latest: str | None = None
+    models: list[dict[str, Any]]
+
+
+def _reply(result: dict, model: type[BaseModel]) -> CallToolResult:
+    """Compact JSON text (older clients read only this) plus the structured content."""
+    data = clean(result)
+    structured = model.model_validate(data).model_dump(mode="json", exclude_none=False)
+    return CallToolResult(content=[TextContent(type="text", text=json.dumps(data, separators=(",", ":")))],
+                          structured_content=structured)
+
+
+# --- argument types ----------------------------------------------------------------------------------------
+
+FilePath = Annotated[str, Field(description="CSV/TXT file on the server (relative to its data folder)")]
+ModelPath = Annotated[str | None, Field(description="explicit model.pth inside the model store "
+                                                     "(classic layout); default: the versioned store")]
+ThresholdPath = Annotated[str | None, Field(description="explicit threshold.json inside the model store")]
+ScalerPath = Annotated[str | None, Field(description="explicit scaler.pkl inside the model store")]
+ConfigPath = Annotated[str | None, Field(description="explicit model_config.json inside the model store")]
+Version = Annotated[str | None, Field(description="model version name (default: the latest)")]
+
+
+def build_mcp(runtime: Runtime) -> MCPServer:
+    mcp = MCPServer("anomaly-detection", instructions=INSTRUCTIONS, version=__version__, log_level="WARNING")
+    toolbox = runtime.toolbox
+
+    async def call(fn, *args, **kwargs):
+        try:
+            return await runtime.score(fn, *args, **kwargs)
+        except AnomalyError as exc:
+            raise ToolError(str(exc)) from None
+
+    @mcp.tool(annotations=ToolAnnotations(read_only_hint=False, idempotent_hint=True))
+    async def run_detection(
+        file_path: FilePath,
+        ctx: Context,
+        model_path: ModelPath = None,
+        threshold_path: ThresholdPath = None,
+        scaler_path: ScalerPath = None,
+        config_path: ConfigPath = None,
+        version: Version = None,
+        return_details: Annotated[bool, Field(description="include per-row results")] = True,
+        max_results: Annotated[int | None, Field(ge=0, le=MAX_RESULTS_LIMIT, description=(
+            f"cap on per-row results, anomalies first (default {defaults.MAX_RESULTS}); "
+            "every row is in the CSV named by `output`"))] = None,
+    ) -> DetectionResult:
+        """Score every row of a CSV/TXT file with a trained model: counts, threshold, the strongest
+        anomalies with the features that drove them, per-row results (capped) and a CSV with all rows."""
+
+        def progress(event: dict) -> None:
+            try:
+                anyio.from_thread.run(ctx.report_progress, event["rows_read"], None,
+                                      f"{event['rows_read']} rows scored")
+            except Exception:
+                pass
+
+        result = await call(toolbox.run_detection, file_path, model_path, threshold_path, scaler_path, config_path,
+                            version, return_details, max_results, progress)
+        return _reply(result, DetectionResult)
+
+    @mcp.tool(annotations=ToolAnnotations(read_only_hint=True))
+    async def get_model_info(
+        model_path: ModelPath = None,
+        threshold_path: ThresholdPath = None,
+        scaler_path: ScalerPath = None,
+        config_path: ConfigPath = None,
+        version: Version = None,
+    ) -> ModelInfo:
+        """Describe a trained model: architecture, features, window, threshold and its method, training data
+        summary and loss history, creation time."""
+        result = await call(toolbox.get_model_info, model_path, threshold_path, scaler_path, config_path, version)
+        return _reply(result, ModelInfo)
+
+    @mcp.tool(annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False))
+    async def train_model(
+        data_file: Annotated[str, Field(description="CSV/TXT file of mostly normal rows (relative to the "
+                                                     "server's data folder)")],
+        ctx: Context,
+        version: Annotated[str | None, Field(description="name of the new version (default: a timestamp); "
+                                                          "an existing one is never overwritten")] = None,
+        model_path: ModelPath = None,
+        threshold_path: ThresholdPath = None,
+        scaler_path: ScalerPath = None,
+        config_path: ConfigPath = None,
+        epochs: Annotated[int, Field(ge=1, le=100_000, description="maximum epochs")] = defaults.EPOCHS,
+        batch_size: Annotated[int, Field(ge=1, le=1_000_000)] = defaults.BATCH_SIZE,
+        learning_rate: Annotated[float, Field(gt=0, le=10)] = defaults.LEARNING_RATE,
+        encoding_dim: Annotated[int | None, Field(ge=1, le=10_000, description="bottleneck size (default: "
+                                                                               "from the input width)")] = None,
+        percentile: Annotated[float, Field(gt=0, le=100, description="threshold percentile of normal "
+                                                                      "errors")] = defaults.PERCENTILE,
+        model_type: Annotated[str, Field(description=f"model type: {', '.join(MODEL_TYPES)}")] = defaults.MODEL_TYPE,
+        window: Annotated[int, Field(ge=1, le=10_000, description="rows per sample (1 = each row on its "
+                                                                  "own)")] = defaults.WINDOW,
+    ) -> TrainResult:
+        """Train an anomaly detector on a file of normal data and save it as a new model version. Reports
+        progress (epoch and loss) while it runs."""
+
+        async def on_epoch(event: dict) -> None:
+            loss = f"loss {event['loss']:.5g}" + (f", val_loss {event['val_loss']:.5g}"
+                                                  if event.get("val_loss") is not None else "")
+            await ctx.report_progress(event["epoch"], event["epochs"], f"epoch {event['epoch']}/{event['epochs']}: {loss}")
+
+        try:
+            result = await runtime.train(on_epoch, data_file=data_file, version=version, model_path=model_path,
+                                         threshold_path=threshold_path, scaler_path=scaler_path,
+                                         config_path=config_path, epochs=epochs, batch_size=batch_size,
+                                         learning_rate=learning_rate, encoding_dim=encoding_dim,
+                                         percentile=percentile, model_type=model_type, window=window)
+        except AnomalyError as exc:
+            raise ToolError(str(exc)) from None
+        return _reply(result, TrainResult)
+
+    @mcp.tool(annotations=ToolAnnotations(read_only_hint=True))
+    async def list_models() -> ModelList:
+        """List the trained model versions with their key facts (type, features, window, threshold)."""
+        return _reply(await call(toolbox.list_models), ModelList)
+
+    return mcp

@@ -1,0 +1,188 @@
+"""What the server lets a client touch, and who may talk to it.
+
+- `PathPolicy`: data files only under the allowed data roots, model artifacts only inside the model store
+  (the scaler is a pickle: loading one from anywhere else would run a stranger's code). Paths are resolved
+  first (`..` and symlinks followed), then checked, so neither can lead out of a root.
+- `Guard`: one ASGI middleware in front of every route, MCP and HTTP alike: DNS-rebinding protection
+  (`Host` must name this server, a browser `Origin` must be local or explicitly allowed), the optional
+  bearer token, and request size limits answered with a clear 413.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..errors import PathNotAllowed
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+MCP_PATHS = ("/sse", "/messages", "/mcp")
+MCP_MAX_BODY = 4 << 20  # one JSON-RPC message; the SDK's own default
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+# --- file access -------------------------------------------------------------------------------------------
+
+
+class PathPolicy:
+    """Confines client-given paths. `data_roots=None` allows any data file (in-process use by `mcp_tool`)."""
+
+    def __init__(self, data_roots: list[str | os.PathLike] | None, model_root: str | os.PathLike):
+        self.data_roots = None if data_roots is None else [Path(r).resolve() for r in data_roots]
+        self.model_root = Path(model_root).resolve()
+
+    def data_file(self, path: str) -> Path:
+        """A data file to read: relative paths are taken from the first data root."""
+        if self.data_roots is None:
+            return Path(path)
+        p = Path(path)
+        resolved = (p if p.is_absolute() else self.data_roots[0] / p).resolve()
+        if not any(resolved.is_relative_to(root) for root in self.data_roots):
+            roots = ", ".join(str(r) for r in self.data_roots)
+            raise PathNotAllowed(f"{path} is outside the allowed data roots ({roots})")
+        return resolved
+
+    def artifact(self, path: str) -> Path:
+        """A model artifact file: it must lie inside the model store (relative paths: from the working
+        directory, as in `models/model.pth`, or from the store itself, as in `v1/model.pth`)."""
+        p = Path(path)
+        candidates = [p] if p.is_absolute() else [Path.cwd() / p, self.model_root / p]
+        for c in candidates:
+            resolved = c.resolve()
+            if resolved.is_relative_to(self.model_root) and resolved != self.model_root:
+                return resolved
+        raise PathNotAllowed(f"{path} is outside the model store {self.model_root}; "
+                             "model files are only loaded from there")
+
+
+# --- the ASGI guard ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Access:
+    """Who may connect: Host/Origin allow-lists, the bearer token and body size limits."""
+
+    host: str = "127.0.0.1"
+    token: str | None = None
+    allowed_hosts: list[str] = field(default_factory=list)  # extra Host values (e.g. a DNS name)
+    allowed_origins: list[str] = field(default_factory=list)  # extra browser origins
+    max_body: int = 64 << 20  # HTTP API uploads
+    mcp_max_body: int = MCP_MAX_BODY
+
+    def hosts(self) -> list[str] | None:
+        """Host header patterns; None = not checked (a wildcard bind with no names given: the token guards)."""
+        names = list(LOOPBACK_HOSTS)
+        if self.host not in ("0.0.0.0", "::"):
+            names.append(f"[{self.host}]" if ":" in self.host else self.host)
+        elif not self.allowed_hosts:
+            return None
+        return [f"{n}:*" for n in names] + names + list(self.allowed_hosts)
+
+    def origins(self) -> list[str]:
+        return [f"http://{h}:*" for h in LOOPBACK_HOSTS] + [f"http://{h}" for h in LOOPBACK_HOSTS] + \
+            list(self.allowed_origins)
+
+    def transport_security(self) -> TransportSecuritySettings:
+        """The same rules for the MCP SDK's own transport check (the guard already applied them)."""
+        hosts = self.hosts()
+        return TransportSecuritySettings(enable_dns_rebinding_protection=hosts is not None,
+                                         allowed_hosts=hosts or [], allowed_origins=self.origins())
+
+
+def _matches(value: str, patterns: list[str]) -> bool:
+    for pattern in patterns:
+        if value == pattern:
+            return True
+        if pattern.endswith(":*") and value.startswith(pattern[:-1]) and value[len(pattern) - 1:].isdigit():
+            return True
+    return False
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class Guard:
+    """Host/Origin checks, bearer token and body size limit for every HTTP request."""
+
+    def __init__(self, app: ASGIApp, access: Access):
+        self.app = app
+        self.access = access
+        self.hosts = access.hosts()
+        self.origins = access.origins()
+        self.token = access.token.encode() if access.token else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        host = headers.get("host", "")
+        if self.hosts is not None and not _matches(host, self.hosts):
+            return await _reply(send, 421, f"host {host!r} is not allowed (DNS-rebinding protection); "
+                                           "start the server with --allowed-host to add it")
+        origin = headers.get("origin")
+        if origin and not _matches(origin, self.origins):
+            return await _reply(send, 403, f"origin {origin!r} is not allowed; start the server with "
+                                           "--allowed-origin to add it")
+        if self.token is not None:
+            auth = headers.get("authorization", "")
+            given = auth[7:].strip().encode() if auth[:7].lower() == "bearer " else b""
+            if not hmac.compare_digest(given, self.token):
+                return await _reply(send, 401, "missing or wrong bearer token (Authorization: Bearer <token>)",
+                                    [(b"www-authenticate", b'Bearer realm="anomaly"')])
+        path = scope.get("path", "")
+        limit = self.access.mcp_max_body if path.startswith(MCP_PATHS) else self.access.max_body
+        declared = headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            return await _reply(send, 413, _too_large(limit))
+        seen = 0
+        started = False
+
+        async def counted_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise BodyTooLarge(_too_large(limit))
+            return message
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, tracked_send)
+        except BodyTooLarge:
+            if not started:
+                await _reply(send, 413, _too_large(limit))
+
+
+def _too_large(limit: int) -> str:
+    return f"request body too large (limit {limit / (1 << 20):.0f} MiB)"
+
+
+async def _reply(send: Send, status: int, message: str, extra_headers: list | None = None) -> None:
+    body = json.dumps({"error": message}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *(extra_headers or [])]})
+    await send({"type": "http.response.body", "body": body})

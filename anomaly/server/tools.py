@@ -1,0 +1,150 @@
+"""The classic tool calls (`run_detection`, `get_model_info`, `train_model`, `list_models`) on top of the
+service layer, shared by the MCP tools, the HTTP API and `mcp_tool.py` so all three return the same dicts.
+
+What this adds to `anomaly.service`: the path policy (confinement), a results CSV for every detection, and
+results small enough for an MCP message (clients drop a message of 1 MiB or more).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from pathlib import Path
+from typing import Callable, Iterator
+
+from .. import defaults, service
+from ..errors import DataError, VersionExists
+from ..store import ArtifactPaths, ModelStore
+from .security import PathPolicy
+
+MAX_RESULTS_LIMIT = 5000  # per-row results in one reply at most; the CSV always has every row
+RESULTS_BYTES = 400_000  # the rows of a reply serialise to at most this (the reply carries them twice)
+KEEP_RESULT_FILES = 200  # older result CSVs in the results folder are removed
+
+
+class Toolbox:
+    def __init__(self, model_dir: str | Path = "models", results_dir: str | Path = "results",
+                 data_roots: list | None = None, keep_results: int = KEEP_RESULT_FILES):
+        self.store = ModelStore(model_dir)
+        self.policy = PathPolicy(data_roots, model_dir)
+        self.results_dir = Path(results_dir)
+        self.keep_results = keep_results
+
+    # --- artifacts -----------------------------------------------------------------------------------
+
+    def explicit_paths(self, model_path=None, threshold_path=None, scaler_path=None,
+                       config_path=None) -> ArtifactPaths | None:
+        """Classic explicit artifact paths, each confined to the model store; None when none is given."""
+        given = {"model": model_path, "config": config_path, "threshold": threshold_path, "scaler": scaler_path}
+        if not any(given.values()):
+            return None
+        checked = {k: str(self.policy.artifact(v)) if v else None for k, v in given.items()}
+        paths = ArtifactPaths.explicit(**checked)
+        for _, p in paths.items():  # the defaulted siblings too
+            self.policy.artifact(str(p))
+        return paths
+
+    def _locate(self, version, model_path, threshold_path, scaler_path, config_path) -> tuple[ArtifactPaths, str]:
+        paths = self.explicit_paths(model_path, threshold_path, scaler_path, config_path)
+        if paths is not None:
+            return paths, str(paths.model.parent)
+        return service.artifact_paths(version, self.store)
+
+    # --- detection -----------------------------------------------------------------------------------
+
+    def detect_events(self, file_path: str, model_path: str | None = None, threshold_path: str | None = None,
+                      scaler_path: str | None = None, config_path: str | None = None, version: str | None = None,
+                      return_details: bool = True, max_results: int | None = None,
+                      block_bytes: int = 32 << 20, trusted: bool = False) -> Iterator[dict]:
+        """`service.iter_detect` with confined paths and the full per-row results written to a CSV.
+        `trusted`: a file the server wrote itself (an upload), exempt from the data roots."""
+        data_file = Path(file_path) if trusted else self.policy.data_file(file_path)
+        paths, label = self._locate(version, model_path, threshold_path, scaler_path, config_path)
+        cap = defaults.MAX_RESULTS if max_results is None else max_results
+        if not 0 <= cap <= MAX_RESULTS_LIMIT:
+            raise DataError(f"max_results must be between 0 and {MAX_RESULTS_LIMIT}, got {max_results}")
+        output = self._new_result_path(data_file, label)
+        events = service.iter_detect(str(data_file), paths=paths, output=str(output), max_results=cap,
+                                     return_details=return_details, block_bytes=block_bytes)
+        for event in events:
+            if event["event"] == "summary":
+                event["version"] = label  # the version name, not its folder
+                event = fit_reply(event)
+                self._prune_results()
+            yield event
+
+    def run_detection(self, file_path: str, model_path: str | None = None, threshold_path: str | None = None,
+                      scaler_path: str | None = None, config_path: str | None = None, version: str | None = None,
+                      return_details: bool = True, max_results: int | None = None,
+                      progress: Callable[[dict], None] | None = None, trusted: bool = False) -> dict:
+        for event in self.detect_events(file_path, model_path, threshold_path, scaler_path, config_path, version,
+                                        return_details, max_results, trusted=trusted):
+            if event["event"] == "summary":
+                event.pop("event")
+                return event
+            if progress and event["event"] == "progress":
+                progress(event)
+        raise DataError("detection ended without a summary")  # unreachable
+
+    def _new_result_path(self, data_file: Path, label: str) -> Path:
+        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", data_file.name.split(".")[0])[:60] or "data"
+        tag = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(label).name)[:40]
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        name = f"{stem}-{tag}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}.csv"
+        return (self.results_dir / name).resolve()
+
+    def _prune_results(self) -> None:
+        try:
+            files = sorted(self.results_dir.glob("*.csv"), key=lambda p: p.stat().st_mtime)
+            for old in files[:-self.keep_results] if len(files) > self.keep_results else []:
+                old.unlink(missing_ok=True)
+        except OSError:
+            pass  # a file removed by a concurrent prune
+
+    # --- models --------------------------------------------------------------------------------------
+
+    def get_model_info(self, model_path: str | None = None, threshold_path: str | None = None,
+                       scaler_path: str | None = None, config_path: str | None = None,
+                       version: str | None = None) -> dict:
+        paths = self.explicit_paths(model_path, threshold_path, scaler_path, config_path)
+        if paths is None:
+            return service.model_info(version, self.store)
+        return service.model_info(store=self.store, model_path=paths.model, config_path=paths.config,
+                                  threshold_path=paths.threshold, scaler_path=paths.scaler)
+
+    def list_models(self) -> dict:
+        return service.list_models(self.store)
+
+    def train_model(self, data_file: str, version: str | None = None, model_path: str | None = None,
+                    threshold_path: str | None = None, scaler_path: str | None = None,
+                    config_path: str | None = None, epochs: int = defaults.EPOCHS,
+                    batch_size: int = defaults.BATCH_SIZE, learning_rate: float = defaults.LEARNING_RATE,
+                    encoding_dim: int | None = None, percentile: float = defaults.PERCENTILE,
+                    model_type: str = defaults.MODEL_TYPE, window: int = defaults.WINDOW,
+                    progress: Callable[[dict], None] | None = None) -> dict:
+        """Train a new version (never overwriting one, nor explicit artifact files that exist)."""
+        data = self.policy.data_file(data_file)
+        paths = self.explicit_paths(model_path, threshold_path, scaler_path, config_path)
+        if paths is not None:
+            existing = [str(p) for _, p in paths.items() if p.exists()]
+            if existing:
+                raise VersionExists(f"{', '.join(existing)} already exist(s); training never overwrites a model")
+        return service.train(str(data), version=version, store=self.store, paths=paths, model_type=model_type,
+                             window=window, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+                             percentile=percentile, encoding_dim=encoding_dim, progress=progress)
+
+    def live_scorer(self, version: str | None = None) -> service.LiveScorer:
+        return service.LiveScorer(version, self.store)
+
+
+def fit_reply(summary: dict, limit: int = RESULTS_BYTES) -> dict:
+    """Cut per-row results further if they would make the reply too large for an MCP client."""
+    rows = summary.get("results")
+    if rows:
+        size = len(json.dumps(rows))
+        if size > limit:
+            summary["results"] = rows[: max(0, int(len(rows) * limit / size) - 1)]
+            summary["results_truncated"] = True
+    return summary

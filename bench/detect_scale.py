@@ -1,0 +1,100 @@
+"""End-to-end `detect.py` on 1,000,000 rows x 20 float columns + a timestamp, against the floor measured in the same
+run: a Python process that imports pandas and torch and only reads the same CSV. Also peak RSS, and peak RSS on a
+10,000,000-row file to show memory does not grow with rows.
+
+    .venv/bin/python bench/detect_scale.py [--rows 1000000] [--repeat 3] [--skip-10m]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "out"
+PY = sys.executable
+
+
+def write_csv(path: Path, rows: int, seed: int = 0) -> None:
+    """20 correlated float columns + timestamp, written in blocks (fast, bounded memory)."""
+    rng = np.random.default_rng(seed)
+    with open(path, "w") as f:
+        f.write("timestamp," + ",".join(f"f{i}" for i in range(20)) + "\n")
+        t0 = np.datetime64("2026-01-01T00:00:00")
+        for start in range(0, rows, 100_000):
+            n = min(100_000, rows - start)
+            t = np.arange(start, start + n)
+            base = np.sin(2 * np.pi * t / 500)[:, None]
+            X = base * np.linspace(0.5, 2, 20) + 0.1 * rng.normal(size=(n, 20))
+            stamps = (t0 + t.astype("timedelta64[s]")).astype(str)
+            body = np.char.add(stamps, ",")
+            lines = [s + ",".join(f"{v:.5f}" for v in row) for s, row in zip(body.tolist(), X.tolist())]
+            f.write("\n".join(lines) + "\n")
+
+
+def run(cmd: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (GiB) of a child process."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"failed: {' '.join(cmd)}\n{proc.stderr.read().decode()}")
+    return wall, usage.ru_maxrss / 2**20
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--skip-10m", action="store_true", help="skip the 10M-row memory check")
+    args = ap.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    data = OUT / f"scale_{args.rows}.csv"
+    if not data.exists():
+        print(f"writing {data} ...", flush=True)
+        write_csv(data, args.rows)
+    train = OUT / "scale_train.csv"
+    if not train.exists():
+        write_csv(train, 20_000, seed=1)
+    models = OUT / "models"
+    if not (models / "scale").exists():
+        run([PY, "train.py", "--data", str(train), "--model-dir", str(models), "--version", "scale",
+             "--epochs", "5", "--batch-size", "256", "--quiet"])
+    floor_cmd = [PY, "-c", f"import pandas, torch; pandas.read_csv({str(data)!r})"]
+    detect_cmd = [PY, "detect.py", "--data", str(data), "--model-dir", str(models), "--version", "scale",
+                  "--output", str(OUT / "scale_results.csv")]
+    floors, detects = [], []
+    for _ in range(args.repeat):  # interleaved, so load changes hit both alike
+        floors.append(run(floor_cmd))
+        detects.append(run(detect_cmd))
+    f_wall = statistics.median(w for w, _ in floors)
+    d_wall = statistics.median(w for w, _ in detects)
+    print(f"rows: {args.rows:,} x 20 floats + timestamp ({data.stat().st_size / 2**20:.0f} MiB)")
+    print(f"floor (import pandas+torch, read_csv): {f_wall:.2f} s, peak RSS {max(r for _, r in floors):.2f} GiB")
+    print(f"detect.py --output results.csv:        {d_wall:.2f} s, peak RSS {max(r for _, r in detects):.2f} GiB")
+    print(f"ratio detect / floor: {d_wall / f_wall:.2f}  (target <= 1.5)")
+    if not args.skip_10m:
+        big = OUT / "scale_10x.csv"
+        if not big.exists():
+            with open(big, "wb") as out, open(data, "rb") as src:
+                header = src.readline()
+                body = src.read()
+                out.write(header)
+                for _ in range(10):
+                    out.write(body)
+        wall, rss = run([PY, "detect.py", "--data", str(big), "--model-dir", str(models), "--version", "scale",
+                         "--output", str(OUT / "scale_10x_results.csv")])
+        print(f"10x rows ({10 * args.rows:,}): detect {wall:.1f} s, peak RSS {rss:.2f} GiB")
+        (OUT / "scale_10x_results.csv").unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    main()
