@@ -10,6 +10,7 @@ import sys
 
 from . import defaults
 from .errors import AnomalyError
+from .models import MODEL_TYPES
 
 SCALER_TYPES = ("standard", "minmax", "robust")
 # Subcommands that live in their own module: `add_arguments(parser)` and `run(args) -> int`.
@@ -17,6 +18,15 @@ PLUGIN_COMMANDS = {
     "evaluate": ("anomaly.evaluate", "measure detection quality on a labelled suite"),
     "threshold": ("anomaly.rethreshold", "set a new threshold on an existing version (writes a new version)"),
 }
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, but not the empty ones ("default: None" says nothing)."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _csv_list(value: str) -> list[str]:
@@ -55,7 +65,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     add_artifact_arguments(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing --version")
     m = p.add_argument_group("model")
-    m.add_argument("--model-type", default=defaults.MODEL_TYPE, help="model type (see README: dense, ...)")
+    m.add_argument("--model-type", default=defaults.MODEL_TYPE, help=f"model type: {', '.join(MODEL_TYPES)}")
     m.add_argument("--window", type=_window, default=defaults.WINDOW, help="rows per sample (1 = each row on its own; 'auto' "
                    "estimates the dominant period)")
     m.add_argument("--encoding-dim", type=int, help="bottleneck size (default: from the input width)")
@@ -116,6 +126,10 @@ def _store(args):
 def _explicit_paths(args, training: bool):
     from .store import ArtifactPaths
     scaler_path = args.scaler if args.scaler and args.scaler not in SCALER_TYPES else None
+    if training and scaler_path and not scaler_path.endswith((".pkl", ".joblib")) and "/" not in scaler_path:
+        # a mistyped scaler type must not become a file name (and put the whole model in the current folder)
+        raise AnomalyError(f"unknown scaler {scaler_path!r}; choose one of {', '.join(SCALER_TYPES)} "
+                           "(or give a scaler.pkl path)")
     given = [args.model_path, args.config_path, args.threshold_path, scaler_path]
     if not any(given):
         return None
@@ -258,7 +272,7 @@ def cmd_models(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = HelpFormatter
     parser = argparse.ArgumentParser(prog="anomaly", description="Time-series anomaly detection on CSV/TXT data.",
                                      formatter_class=fmt)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -286,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
             return COMMANDS[args.command](args)
         return importlib.import_module(PLUGIN_COMMANDS[args.command][0]).run(args)
     except AnomalyError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print("error: " + " ".join(str(exc).split()), file=sys.stderr)  # always one line, whatever the cause
         return 2
     except KeyboardInterrupt:
         print("interrupted; nothing was saved", file=sys.stderr)

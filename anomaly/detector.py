@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import io
 import json
+import pickle
 import platform
+import struct
+import warnings
 from dataclasses import asdict
 from typing import Callable
 
@@ -197,21 +200,29 @@ class Detector:
                       **config["training"])
             det.model_config_ = models.get(config["model_type"]).Config(**config["model"])
             det.model_ = models.get(config["model_type"]).Model(det.model_config_)
-            det.model_.load_state_dict(torch.load(paths.model, map_location="cpu", weights_only=True))
+            with warnings.catch_warnings():  # a garbage file makes torch warn before it fails: one error line
+                warnings.simplefilter("ignore")
+                state = torch.load(paths.model, map_location="cpu", weights_only=True)
+            det.model_.load_state_dict(state)
             if "scaler_affine" in config:
                 det.affine_ = AffineScaler(**config["scaler_affine"])
             else:  # artifacts from elsewhere: only the pickle knows the scaling
                 import joblib
                 det.scaler_ = joblib.load(paths.scaler)
                 det.affine_ = AffineScaler.from_sklearn(det.scaler_, len(config["features"]))
-        except (KeyError, TypeError, RuntimeError, EOFError, ValueError, OSError, AttributeError) as exc:
-            raise ArtifactError(f"model {label} is corrupt or incomplete: {type(exc).__name__}: {exc}"[:500]) from None
+            det.feature_names_ = list(config["features"])
+            det.window_ = int(config["window"])
+            det.threshold_ = float(threshold["threshold"])
+            if det.affine_.mul.shape != (len(det.feature_names_),):
+                raise ValueError(f"the scaling is for {det.affine_.mul.size} features, not {len(det.feature_names_)}")
+        except (KeyError, TypeError, RuntimeError, EOFError, ValueError, OSError, AttributeError, IndexError,
+                ImportError, pickle.UnpicklingError, struct.error) as exc:
+            # torch and pickle errors run over several lines; the user gets one
+            detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+            raise ArtifactError(f"model {label} is corrupt or incomplete: {detail}"[:500]) from None
         det.model_.eval()
-        det.feature_names_ = list(config["features"])
-        det.window_ = int(config["window"])
         det.window_auto_ = bool(config.get("window_auto", False))
         det.threshold_info_ = threshold
-        det.threshold_ = float(threshold["threshold"])
         det.history_ = config.get("history", {})
         det.train_stats_ = config.get("train_scores", {})
         det.config_ = config

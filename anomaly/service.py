@@ -75,7 +75,10 @@ def threshold_params(method: str, percentile: float | None = None, k: float | No
         raise DataError(f"unknown threshold method {method!r}; choose one of {', '.join(thresholds.METHODS)}")
     accepted = {p.name for p in inspect.signature(fn).parameters.values() if p.kind == p.KEYWORD_ONLY}
     given = {"percentile": percentile, "k": k, **options}
-    return {name: value for name, value in given.items() if name in accepted and value is not None}
+    params = {name: value for name, value in given.items() if name in accepted and value is not None}
+    if "percentile" in params and not 0 < params["percentile"] < 100:  # say so before training, not after
+        raise DataError(f"--percentile must be between 0 and 100, got {params['percentile']}")
+    return params
 
 
 def train(

@@ -7,7 +7,6 @@ every test that needs one shares it. Tests must not modify the shared stores; co
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -85,13 +84,18 @@ def dataset(tmp_path_factory) -> dict:
     column), as CSV paths, plus the frames and the anomalous row indices."""
     folder = tmp_path_factory.mktemp("data")
     train = synthetic.make_series(TRAIN_ROWS, seed=0)
-    test = synthetic.inject(synthetic.make_series(TEST_ROWS, seed=2, start="2026-02-01"), n_anomalies=N_ANOMALIES,
-                            magnitude=6.0, seed=1)
+    clean = synthetic.make_series(TEST_ROWS, seed=2, start="2026-02-01")
+    test = synthetic.inject(clean, n_anomalies=N_ANOMALIES, magnitude=6.0, seed=1)
     train.to_csv(folder / "train.csv", index=False, float_format="%.5f")
+    train.iloc[:300].to_csv(folder / "train_small.csv", index=False, float_format="%.5f")
     test.to_csv(folder / "test.csv", index=False, float_format="%.5f")
-    return {"dir": folder, "train": folder / "train.csv", "test": folder / "test.csv",
-            "train_frame": train, "test_frame": pd.read_csv(folder / "test.csv"),
-            "anomalies": np.flatnonzero(test["label"].to_numpy() == 1), "features": FEATURES}
+    anomalies = np.flatnonzero(test["label"].to_numpy() == 1)
+    moved = (test[FEATURES] - clean[FEATURES]).abs().to_numpy()
+    return {"dir": folder, "train": folder / "train.csv", "train_small": folder / "train_small.csv",
+            "test": folder / "test.csv", "train_frame": train, "test_frame": pd.read_csv(folder / "test.csv"),
+            "anomalies": anomalies, "features": FEATURES,
+            # the column that was perturbed in each anomalous row
+            "anomaly_columns": {int(r): FEATURES[int(np.argmax(moved[r]))] for r in anomalies}}
 
 
 def _train(data_file, root: Path, version: str, **kwargs) -> dict:
@@ -128,7 +132,3 @@ def copy_store(tmp_path):
         shutil.copytree(fixture["root"], dest)
         return dest
     return copy
-
-
-def read_json_output(text: str) -> dict:
-    return json.loads(text)

@@ -175,7 +175,7 @@ def test_models_list_show_delete_cli(trained, copy_store):
 
 def test_two_trainings_started_at_the_same_moment(dataset, tmp_path):
     root = tmp_path / "models"
-    args = ["--data", dataset["train"], "--model-dir", root, "--epochs", "2", "--quiet", "--json"]
+    args = ["--data", dataset["train_small"], "--model-dir", root, "--epochs", "2", "--quiet", "--json"]
     procs = [subprocess.Popen(cli_command("train.py", *args), env=cli_env(), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=240) for p in procs]

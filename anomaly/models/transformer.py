@@ -3,8 +3,8 @@
 Each time step is projected to `d_model`, a learned positional embedding is added, `layers` encoder blocks mix
 the steps, and a linear head maps back to the features. A plain reconstruction transformer can learn to copy
 its input (no bottleneck), and copying scores anomalies as normal. So a step is always reconstructed while it is
-hidden: the window is cut into `blocks` contiguous blocks, and a hidden block's steps are replaced by a learned
-mask token. Training hides one random block per window; scoring runs one pass per block, so every step gets the
+hidden: the window is cut into `segments` contiguous segments, and a hidden segment's steps are replaced by a learned
+mask token. Training hides one random segment per window; scoring runs one pass per segment, so every step gets the
 error of a reconstruction made from the rest of its window. With window 1 the step is reconstructed from
 nothing: the model learns the training mean and the error becomes a squared z-score.
 """
@@ -28,8 +28,8 @@ class Config:
     layers: int = 2
     heads: int = 4
     ff_width: int | None = None  # feed-forward width of each block
-    dropout: float = 0.1
-    blocks: int | None = None  # contiguous blocks a window is cut into for masked reconstruction
+    dropout: float = 0.0  # hiding segments already regularises; dropout mostly slows training on CPU
+    segments: int | None = None  # contiguous segments a window is cut into; each is hidden in turn
     hidden: list[int] | int | None = None  # the CLI's --hidden D[,FF]: taken as d_model and ff_width
 
     def __post_init__(self):
@@ -42,10 +42,31 @@ class Config:
         if self.heads < 1 or self.layers < 1:
             raise DataError("--heads and --layers must be at least 1")
         if self.d_model is None:
-            self.d_model = min(64, max(32, 2 * self.n_features))
+            self.d_model = min(64, max(16, self.n_features))
         self.d_model = self.heads * math.ceil(int(self.d_model) / self.heads)  # attention needs d_model % heads == 0
         self.ff_width = int(self.ff_width or 2 * self.d_model)
-        self.blocks = max(1, min(int(self.blocks or 4), self.window))
+        self.segments = max(1, min(int(self.segments or 4), self.window))
+
+
+class Block(nn.Module):
+    """Pre-norm encoder block: self-attention over all steps of the window, then a feed-forward layer."""
+
+    def __init__(self, config: Config):
+        super().__init__()
+        self.heads, self.dropout = config.heads, config.dropout
+        self.norm1, self.norm2 = nn.LayerNorm(config.d_model), nn.LayerNorm(config.d_model)
+        self.qkv = nn.Linear(config.d_model, 3 * config.d_model)
+        self.proj = nn.Linear(config.d_model, config.d_model)
+        self.ff = nn.Sequential(nn.Linear(config.d_model, config.ff_width), nn.GELU(),
+                                nn.Linear(config.ff_width, config.d_model), nn.Dropout(config.dropout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = (part.view(b, t, self.heads, d // self.heads).transpose(1, 2)
+                   for part in self.qkv(self.norm1(x)).split(d, dim=2))
+        att = nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        x = x + nn.functional.dropout(self.proj(att.transpose(1, 2).reshape(b, t, d)), self.dropout, self.training)
+        return x + self.ff(self.norm2(x))
 
 
 class Model(nn.Module):
@@ -56,26 +77,26 @@ class Model(nn.Module):
         self.embed = nn.Linear(config.n_features, config.d_model)
         self.position = nn.Parameter(0.02 * torch.randn(1, config.window, config.d_model))
         self.mask_token = nn.Parameter(0.02 * torch.randn(config.d_model))
-        block = nn.TransformerEncoderLayer(config.d_model, config.heads, config.ff_width, config.dropout,
-                                           batch_first=True, norm_first=True)
-        self.encoder = nn.TransformerEncoder(block, config.layers, enable_nested_tensor=False)
+        self.blocks = nn.Sequential(*[Block(config) for _ in range(config.layers)])
         self.norm = nn.LayerNorm(config.d_model)
         self.head = nn.Linear(config.d_model, config.n_features)
-        # block_of[t]: which block time step t belongs to (fixed, so not saved with the weights)
-        self.register_buffer("block_of", torch.arange(config.window) * config.blocks // config.window, persistent=False)
+        # segment_of[t]: the segment time step t belongs to (fixed, so not saved with the weights)
+        self.register_buffer("segment_of", torch.arange(config.window) * config.segments // config.window,
+                             persistent=False)
 
-    def forward(self, x: torch.Tensor, hidden_block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reconstruct (batch, window, features) with block `hidden_block[i]` of window i masked out.
+    def forward(self, x: torch.Tensor, hidden_segment: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reconstruct (batch, window, features) with segment `hidden_segment[i]` of window i masked out.
         Returns the reconstruction and the (batch, window) mask of hidden steps."""
-        hide = self.block_of[None, :] == hidden_block[:, None]
+        hide = self.segment_of[None, :] == hidden_segment[:, None]
         tokens = torch.where(hide[..., None], self.mask_token, self.embed(x)) + self.position
-        return self.head(self.norm(self.encoder(tokens))), hide
+        return self.head(self.norm(self.blocks(tokens))), hide
 
     def loss(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training:  # validation: every block in turn, as scoring does (no noise for early stopping)
+        if not self.training:  # validation: every segment in turn, as scoring does (no noise for early stopping)
             return self.errors(x).mean()
-        recon, hide = self(x, torch.randint(self.config.blocks, (len(x),), device=x.device))
-        return (recon - x).square()[hide].mean()
+        recon, hide = self(x, torch.randint(self.config.segments, (len(x),), device=x.device))
+        hidden = hide[..., None].to(x.dtype)
+        return ((recon - x).square() * hidden).sum() / (hidden.sum() * x.shape[2])
 
     def errors(self, x: torch.Tensor) -> torch.Tensor:
         err = torch.zeros_like(x)
@@ -83,7 +104,7 @@ class Model(nn.Module):
         rows = max(1, 2**24 // (self.config.heads * self.span * self.span))
         for start in range(0, len(x), rows):
             part = x[start:start + rows]
-            for b in range(self.config.blocks):
-                recon, hide = self(part, torch.full((len(part),), b, device=x.device))
+            for segment in range(self.config.segments):
+                recon, hide = self(part, torch.full((len(part),), segment, device=x.device))
                 err[start:start + rows] += torch.where(hide[..., None], (recon - part).square(), 0.0)
         return err
