@@ -202,8 +202,16 @@ def find_label_column(names: list[str], label_column: str | None) -> str | None:
 def numeric_columns(path: str | os.PathLike, fmt: CsvFormat) -> tuple[list[str], list[str]]:
     """(numeric, other) column names, judged from the first rows."""
     probe = _parse(Path(path), fmt, None, compression=fmt.compression, nrows=2000)
-    numeric = [c for c in probe.columns if pd.api.types.is_numeric_dtype(probe[c]) or probe[c].isna().all()]
+    numeric = [c for c in probe.columns if pd.api.types.is_numeric_dtype(probe[c]) or probe[c].isna().all()
+               or _numbers_with_stray_words(probe[c])]
     return numeric, [c for c in probe.columns if c not in numeric]
+
+
+def _numbers_with_stray_words(column: pd.Series) -> bool:
+    """Numbers with a stray word or two (`error`, `--`): still a numeric column; the words become missing values."""
+    values = column.dropna()
+    words = int(pd.to_numeric(values, errors="coerce").isna().sum())
+    return len(values) >= 20 and words <= max(1, len(values) // 100)
 
 
 def choose_features(fmt: CsvFormat, numeric: list[str], columns: list[str] | None, label: str | None) -> list[str]:
@@ -231,7 +239,8 @@ def guess_time_column(frame: pd.DataFrame, features: list[str]) -> str | None:
     return None
 
 
-def handle_missing(X: np.ndarray, features: list[str], policy: str, where: str = "") -> tuple[np.ndarray, np.ndarray | None, dict]:
+def handle_missing(X: np.ndarray, features: list[str], policy: str, where: str = "",
+                   first_row: int = 0) -> tuple[np.ndarray, np.ndarray | None, dict]:
     """Apply the missing-value policy to a float32 matrix. Returns (X, kept-row mask or None, report)."""
     if policy not in MISSING_POLICIES:
         raise DataError(f"unknown missing-value policy {policy!r}; choose one of {', '.join(MISSING_POLICIES)}")
@@ -244,7 +253,7 @@ def handle_missing(X: np.ndarray, features: list[str], policy: str, where: str =
     detail = ", ".join(f"{features[i]}: {int(n)}" for i, n in enumerate(per_col) if n)
     report["missing_by_column"] = {features[i]: int(n) for i, n in enumerate(per_col) if n}
     if policy == "error":
-        first = int(np.flatnonzero(bad.any(axis=1))[0])
+        first = first_row + int(np.flatnonzero(bad.any(axis=1))[0])  # row number in the file, not the block
         raise DataError(f"{where}missing or non-finite values ({detail}; first at row {first}); "
                         "use --missing interpolate or --missing drop")
     if policy == "drop":

@@ -218,7 +218,8 @@ class Detector:
         except (KeyError, TypeError, RuntimeError, EOFError, ValueError, OSError, AttributeError, IndexError,
                 ImportError, pickle.UnpicklingError, struct.error) as exc:
             # torch and pickle errors run over several lines; the user gets one
-            detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+            # (only the first sentence: torch's advice to load untrusted files with weights_only=False is not for users)
+            detail = " ".join(f"{type(exc).__name__}: {exc}".split()).split(". ")[0][:200]
             raise ArtifactError(f"model {label} is corrupt or incomplete: {detail}"[:500]) from None
         det.model_.eval()
         det.window_auto_ = bool(config.get("window_auto", False))

@@ -61,6 +61,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--baselines", type=_list, default=["iforest", "pca", "zscore"],
                    help="baselines on the same windows (iforest, pca, zscore; 'none' for none)")
     p.add_argument("--series", type=_list, help="only series whose name contains one of these substrings")
+    p.add_argument("--sample", type=int, help="only N series per suite, drawn at random with --seed (quick looks)")
+    p.add_argument("--encoding-dim", type=int, help="bottleneck size (default: from the input width)")
+    p.add_argument("--hidden", type=lambda v: [int(x) for x in _list(v)], help="hidden layer sizes, e.g. 64,32")
+    p.add_argument("--dropout", type=float, help="dropout rate")
+    p.add_argument("--learning-rate", type=float, default=defaults.LEARNING_RATE, help="Adam learning rate")
     p.add_argument("--epochs", type=int, default=EVAL_EPOCHS, help="maximum epochs per model")
     p.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE, help="mini-batch size")
     p.add_argument("--patience", type=int, default=EVAL_PATIENCE, help="early-stopping patience")
@@ -84,9 +89,10 @@ def run(args) -> int:
 
 
 def _config(args) -> dict:
-    return {k: getattr(args, k) for k in ("model_type", "window", "threshold_method", "percentile", "risk",
-                                          "compare_thresholds", "baselines", "series", "epochs", "batch_size",
-                                          "patience", "max_train_rows", "seed")}
+    return {k: getattr(args, k, None) for k in (
+        "model_type", "window", "threshold_method", "percentile", "risk", "compare_thresholds", "baselines",
+        "series", "sample", "encoding_dim", "hidden", "dropout", "learning_rate", "epochs", "batch_size", "patience",
+        "max_train_rows", "seed")}
 
 
 def find_series(suite: str | Path, only: list[str] | None = None) -> list[tuple[str, Path, Path]]:
@@ -111,7 +117,7 @@ def evaluate_suite(suite: str | Path, args, report: dict | None = None) -> dict:
     result = {"suite": str(suite), "series": [], "summary": {}}
     report["suites"][name] = result
     with tempfile.TemporaryDirectory(prefix="anomaly-eval-") as tmp:
-        for series, train, test in find_series(suite, args.series):
+        for series, train, test in _sample(find_series(suite, args.series), getattr(args, "sample", None), args.seed):
             try:
                 row = evaluate_series(series, train, test, args, Path(tmp), plot_prefix=f"{name}__{series}")
             except DataError as exc:  # one unusable series must not sink the suite
@@ -123,6 +129,13 @@ def evaluate_suite(suite: str | Path, args, report: dict | None = None) -> dict:
             if args.json_path:
                 _write_json(args.json_path, report)
     return result
+
+
+def _sample(series: list, n: int | None, seed: int) -> list:
+    if not n or n >= len(series):
+        return series
+    keep = np.random.default_rng(seed).choice(len(series), n, replace=False)
+    return [series[i] for i in sorted(keep)]
 
 
 def _write_json(path: str, report: dict) -> None:
@@ -176,7 +189,8 @@ def evaluate_series(series: str, train: Path, test: Path, args, tmp: Path, plot_
             res = service.train(str(train_file), store=store, model_type=model_type, window=window,
                                 epochs=args.epochs, batch_size=args.batch_size, patience=args.patience,
                                 seed=args.seed, threshold_method=args.threshold_method,
-                                percentile=args.percentile, threshold_options=t_opts)
+                                percentile=args.percentile, threshold_options=t_opts,
+                                learning_rate=args.learning_rate, **_model_params(args))
             train_seconds = time.perf_counter() - started
             det = service.load_detector(store.paths(res["version"]), res["version"])
             test_table = data.read_table(test, features=det.feature_names_)
@@ -194,7 +208,7 @@ def evaluate_series(series: str, train: Path, test: Path, args, tmp: Path, plot_
             train_table = data.read_table(train_file, features=det.feature_names_)
             train_X = train_table.X
             row["rows_train"] = int(len(train_X))
-            calib = _calibration(det.score_samples(train_X), args)
+            calib = _calibration(det.score_samples(train_X), det.threshold_info_.get("source") == "validation")
             rep["f1_at"] = {}
             for method in args.compare_thresholds:
                 params = service.threshold_params(method, args.percentile, None, **t_opts)
@@ -213,10 +227,16 @@ def evaluate_series(series: str, train: Path, test: Path, args, tmp: Path, plot_
     return row
 
 
-def _calibration(train_scores: np.ndarray, args) -> np.ndarray:
-    """The held-out tail of the training rows (the rows the detector's own threshold came from)."""
+def _model_params(args) -> dict:
+    names = ("encoding_dim", "hidden", "dropout")
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def _calibration(train_scores: np.ndarray, held_out: bool = True) -> np.ndarray:
+    """The rows a threshold is calibrated on, as training does: the held-out tail of the training rows when
+    training had one (too few rows for the window leave none), else all of them."""
     n_val = int(round(len(train_scores) * defaults.VALIDATION_SPLIT))
-    tail = train_scores[-n_val:] if n_val >= 2 else train_scores
+    tail = train_scores[-n_val:] if held_out and n_val >= 2 else train_scores
     return tail[np.isfinite(tail)]
 
 
@@ -252,7 +272,7 @@ def _baseline(name: str, window: int, train_X, test_X, labels, max_buffer, args)
     params = {"percentile": args.percentile} if args.threshold_method == "percentile" else {}
     if args.threshold_method == "pot" and args.risk is not None:
         params["risk"] = args.risk
-    thr = thresholds.compute(args.threshold_method, _calibration(train_scores, args), **params)["threshold"] \
+    thr = thresholds.compute(args.threshold_method, _calibration(train_scores), **params)["threshold"] \
         if args.threshold_method not in thresholds.NEEDS_LABELS else float(np.nanpercentile(train_scores, 95))
     rep = _report(labels, scores, thr, max_buffer)
     return rep | {"threshold": thr, "train_seconds": round(train_seconds, 3), "score_seconds": round(score_seconds, 3)}

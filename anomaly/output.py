@@ -28,7 +28,7 @@ def format_scientific(values: np.ndarray) -> list[bytes]:
     NaN becomes an empty field; negative, infinite or huge values fall back to Python formatting."""
     v = np.asarray(values, np.float64)
     n = len(v)
-    ok = np.isfinite(v) & (v >= 0) & (v < 1e99)
+    ok = np.isfinite(v) & (v >= 0) & (v < 1e99) & ((v == 0) | (v > 1e-300))  # 10**exp must not underflow
     safe = np.where(ok & (v > 0), v, 1.0)
     exp = np.floor(np.log10(safe)).astype(np.int64)
     mant = np.rint(safe / np.power(10.0, exp) * 1e6).astype(np.int64)
@@ -67,6 +67,8 @@ class ResultWriter:
         self.kind = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl"}.get(self.path.suffix.lower(), "csv")
         self.fmt, self.extra = fmt, extra_columns
         self.delim = fmt.out_delimiter.encode()
+        if self.path.is_dir():
+            raise DataError(f"cannot write output {self.path}: it is a folder; give a file name such as results.csv")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
@@ -136,7 +138,11 @@ class ResultWriter:
             rest = json.dumps({k: v for k, v in summary.items() if k != "results"})[1:]
             self.f.write(b"\n]" + (b", " + rest.encode() if rest != "}" else b"}"))
         self.f.close()
-        os.replace(self.tmp, self.path)
+        try:
+            os.replace(self.tmp, self.path)
+        except OSError as exc:  # e.g. a folder of that name appeared meanwhile
+            Path(self.tmp).unlink(missing_ok=True)
+            raise DataError(f"cannot write output {self.path}: {exc.strerror or exc}") from None
 
     def abort(self) -> None:
         try:

@@ -34,7 +34,8 @@ class PlotCollector:
         self.b = {  # per-bucket statistics, one entry per bucket
             "min": np.empty((0, n_f)), "max": np.empty((0, n_f)), "sum": np.empty((0, n_f)), "cnt": np.empty((0, n_f)),
             "smin": np.empty(0), "smax": np.empty(0), "label": np.empty(0, bool), "time": np.empty(0, "datetime64[ns]"),
-            "amax": np.empty(0), "aval": np.empty((0, n_f)), "acount": np.empty(0, np.int64),
+            "amax": np.empty(0), "aval": np.empty((0, n_f)), "ashare": np.empty((0, n_f)),
+            "acount": np.empty(0, np.int64),
         }
         self.contrib = np.zeros(n_f)  # summed per-feature error of anomalous rows (all rows if none)
         self.contrib_all = np.zeros(n_f)
@@ -42,11 +43,15 @@ class PlotCollector:
     # --- collecting ------------------------------------------------------------------------------------
 
     def add_frame(self, start: int, frame, scores: np.ndarray, flags: np.ndarray, row_err: np.ndarray | None = None):
-        """Add a block of rows as a pandas frame (the detection stream's blocks)."""
-        X = frame[self.columns].to_numpy(np.float64)
-        labels = frame[self.label_column].to_numpy() if self.label_column and self.label_column in frame else None
-        times = frame[self.time_column].to_numpy() if self.time_column and self.time_column in frame else None
-        self.add(start, X, scores, flags, labels=labels, times=times, row_err=row_err)
+        """Add a block of rows as a pandas frame (the detection stream's blocks), in slices to bound memory."""
+        step = 65536
+        for a in range(0, len(frame), step):
+            part = frame.iloc[a:a + step]
+            X = part[self.columns].to_numpy(np.float64)
+            labels = part[self.label_column].to_numpy() if self.label_column and self.label_column in part else None
+            times = part[self.time_column].to_numpy() if self.time_column and self.time_column in part else None
+            self.add(start + a, X, scores[a:a + step], flags[a:a + step], labels=labels, times=times,
+                     row_err=None if row_err is None else row_err[a:a + step])
 
     def add(self, start: int, X: np.ndarray, scores: np.ndarray, flags: np.ndarray, labels=None, times=None,
             row_err: np.ndarray | None = None) -> None:
@@ -58,6 +63,7 @@ class PlotCollector:
         X = np.asarray(X, np.float64)
         scores = np.asarray(scores, np.float64)
         flags = np.asarray(flags).astype(bool)
+        err = None
         if row_err is not None:
             err = np.nan_to_num(np.asarray(row_err, np.float64))
             self.contrib += err[flags].sum(0)
@@ -79,7 +85,14 @@ class PlotCollector:
         new["acount"] = np.add.reduceat(flags.astype(np.int64), cuts)
         # the strongest anomaly's values in each bucket (NaN where the bucket has none)
         arg = _segment_argmax(a_score, cuts)
-        new["aval"] = np.where((new["acount"] > 0)[:, None], X[arg], np.nan)
+        has = (new["acount"] > 0)[:, None]
+        new["aval"] = np.where(has, X[arg], np.nan)
+        if err is not None:  # which features drive that anomaly: its panels get the marker
+            with np.errstate(all="ignore"):
+                share = err[arg] / err[arg].sum(1, keepdims=True)
+            new["ashare"] = np.where(has, share, np.nan)
+        else:
+            new["ashare"] = np.full(X[arg].shape, np.nan)
         if len(self.b["smin"]) and ids[0] == len(self.b["smin"]) - 1:  # continue the open last bucket
             self._merge_last(new)
         else:
@@ -138,7 +151,11 @@ class PlotCollector:
                 ax.fill_between(x, b["min"][:, j], b["max"][:, j], color="tab:blue", alpha=0.3, linewidth=0,
                                 label="min-max per bucket")
             ax.plot(x, mean, color="tab:blue", linewidth=0.7)
-            ax.scatter(x[anomalous], b["aval"][anomalous, j], s=10, color="tab:red", zorder=3, label="anomaly")
+            # Mark an anomaly on the panels of the features that drive it (an above-average share of its error);
+            # without per-feature errors, on every panel.
+            drive_share = b["ashare"][:, j]
+            drives = anomalous & (np.isnan(drive_share) | (drive_share >= 1.0 / len(self.features)))
+            ax.scatter(x[drives], b["aval"][drives, j], s=10, color="tab:red", zorder=3, label="anomaly")
             self._shade(ax, x, b["label"])
             share = ""
             total = self.contrib.sum() if self.contrib.any() else self.contrib_all.sum()
@@ -220,6 +237,7 @@ def _combine(a: dict, b: dict) -> dict:
             "smin": np.fmin(a["smin"], b["smin"]), "smax": np.fmax(a["smax"], b["smax"]),
             "label": a["label"] | b["label"], "time": a["time"],
             "amax": np.maximum(a["amax"], b["amax"]), "aval": np.where(take_b[:, None], b["aval"], a["aval"]),
+            "ashare": np.where(take_b[:, None], b["ashare"], a["ashare"]),
             "acount": a["acount"] + b["acount"],
         }
 

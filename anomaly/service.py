@@ -302,7 +302,8 @@ class _MissingFiller:
         bad = ~np.isfinite(X)
         if bad.any():
             if self.policy == "error":
-                data.handle_missing(X, self.features, "error", where=f"rows {start}..{start + len(X) - 1}: ")
+                data.handle_missing(X, self.features, "error", where=f"rows {start}..{start + len(X) - 1}: ",
+                                    first_row=start)
             self.report["missing_values"] += int(bad.sum())
             if self.policy == "drop":
                 keep = ~bad.any(axis=1)

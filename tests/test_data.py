@@ -240,3 +240,20 @@ def test_not_utf8(tmp_path):
 def test_unknown_missing_policy(tmp_path):
     with pytest.raises(DataError, match="policy"):
         data.read_table(write(tmp_path / "gaps.csv", GAPPY), missing="guess")
+
+
+def test_stray_word_within_the_probe_rows_becomes_missing(tmp_path):
+    f = _long_file(tmp_path, bad_row=5, token="error", n=300)
+    table = data.read_table(f)
+    assert table.features == ["a", "b"]  # one word does not turn a sensor column into text
+    assert table.report["missing_by_column"] == {"a": 1}
+    assert table.X[5, 0] == 5.0
+    with pytest.raises(DataError, match=r"a: 1; first at row 5\)"):
+        data.read_table(f, missing="error")
+
+
+def test_a_column_of_words_is_text_not_numbers(tmp_path):
+    words = ["ok", "warn", "3", "ok", "fail"] * 10  # mostly words, one number now and then
+    body = "status,a\n" + "".join(f"{w},{i}\n" for i, w in enumerate(words))
+    table = data.read_table(write(tmp_path / "d.csv", body))
+    assert table.features == ["a"] and table.report["ignored_columns"] == ["status"]

@@ -270,3 +270,29 @@ def test_chunked_detection_matches_the_in_memory_detector(trained_window, datase
     by_index = {r["index"]: r["reconstruction_error"] for r in result["results"]}
     assert sorted(by_index) == list(range(300))
     np.testing.assert_allclose([by_index[i] for i in range(300)], det.score_samples(X), rtol=1e-4)
+
+
+def test_missing_error_names_the_row_in_the_file(trained, dataset, tmp_path):
+    frame = dataset["test_frame"].copy()
+    frame.loc[900, "sensor_2"] = np.nan
+    f = tmp_path / "late_gap.csv"
+    frame.to_csv(f, index=False)
+    with pytest.raises(DataError, match=r"sensor_2: 1; first at row 900\)"):
+        service.detect(str(f), version="v1", store=trained["store"], missing="error", block_bytes=2048)
+
+
+def test_detection_matches_columns_by_name_or_position(trained, dataset, tmp_path):
+    """Columns in another order, extra columns, or a headerless file with just the features: same scores."""
+    frame = dataset["test_frame"].iloc[:150]
+    feats = trained["result"]["features"]
+    files = {"same": tmp_path / "a.csv", "shuffled": tmp_path / "b.csv", "headerless": tmp_path / "c.txt"}
+    frame.to_csv(files["same"], index=False)
+    frame[["label", "sensor_3", "timestamp", "sensor_1", "sensor_0", "sensor_2"]].assign(extra=1.5).to_csv(
+        files["shuffled"], index=False)
+    frame[feats].to_csv(files["headerless"], index=False, header=False, sep=" ")
+    scores = {}
+    for name, f in files.items():
+        result = service.detect(str(f), version="v1", store=trained["store"], max_results=None)
+        scores[name] = [r["reconstruction_error"] for r in sorted(result["results"], key=lambda r: r["index"])]
+    np.testing.assert_array_equal(scores["same"], scores["shuffled"])
+    np.testing.assert_array_equal(scores["same"], scores["headerless"])

@@ -10,12 +10,14 @@ import threading
 import time
 
 import pytest
+import torch
 
+from anomaly import cli as anomaly_cli
 from anomaly import service
 from anomaly.errors import AnomalyError, ArtifactError, NotFound, VersionExists
 from anomaly.store import FILES, ModelStore, atomic_write_text
 
-from conftest import assert_user_error, cli_command, cli_env, run_cli
+from conftest import cli_command, cli_env, run_cli
 
 
 def _write_fake(paths, marker: str = "x"):
@@ -99,11 +101,15 @@ def test_delete_moves_latest_back(tmp_path):
         store.resolve(None)
 
 
-@pytest.mark.parametrize("name", ["../escape", "a/b", "latest", ".hidden", "", "x" * 101])
+@pytest.mark.parametrize("name", ["../escape", "a/b", "/abs", "latest", ".hidden", "x" * 101])
 def test_invalid_version_names(tmp_path, name):
     store = ModelStore(tmp_path / "models")
-    with pytest.raises(AnomalyError):
-        store.save(_write_fake, version=name or None) if name else store.resolve("/abs")
+    with pytest.raises(AnomalyError, match="invalid version name"):
+        store.save(_write_fake, version=name)
+    if name != "latest":
+        with pytest.raises(AnomalyError, match="invalid version name"):
+            store.resolve(name)
+    assert [p.name for p in store.root.iterdir()] == []
 
 
 def test_unknown_version_lists_available(tmp_path):
@@ -148,7 +154,7 @@ def test_train_refuses_existing_version_and_overwrite_replaces(dataset, tmp_path
     assert store.versions() == ["v1"]
 
 
-def test_models_list_show_delete_cli(trained, copy_store):
+def test_models_list_show_delete_cli(trained, copy_store, capsys):
     root = copy_store(trained)
     listed = run_cli("anomaly", "models", "list", "--model-dir", root, "--json")
     assert listed.returncode == 0, listed.stderr
@@ -157,20 +163,20 @@ def test_models_list_show_delete_cli(trained, copy_store):
     assert [(m["version"], m["status"], m["latest"]) for m in body["models"]] == [("v1", "ok", True)]
     assert body["models"][0]["features"] == trained["result"]["features"]
 
-    shown = run_cli("anomaly", "models", "show", "v1", "--model-dir", root)
-    assert shown.returncode == 0, shown.stderr
-    info = json.loads(shown.stdout)
+    # show and delete through `anomaly.cli.main` in this process (list above ran as a real command)
+    assert anomaly_cli.main(["models", "show", "v1", "--model-dir", str(root)]) == 0
+    info = json.loads(capsys.readouterr().out)
     assert info["version"] == "v1" and info["threshold"] == pytest.approx(trained["result"]["threshold"])
     assert info["n_features"] == 4 and info["window"] == 1 and info["scaler"] == "standard"
     assert info["data"]["fingerprint"].startswith("sha256:")
     assert set(info["library_versions"]) >= {"torch", "numpy", "pandas", "scikit-learn", "python"}
 
-    deleted = run_cli("anomaly", "models", "delete", "v1", "--model-dir", root)
-    assert deleted.returncode == 0, deleted.stderr
-    assert "deleted v1" in deleted.stdout
+    assert anomaly_cli.main(["models", "delete", "v1", "--model-dir", str(root)]) == 0
+    assert "deleted v1" in capsys.readouterr().out
     assert not (root / "v1").exists()
     assert ModelStore(root).versions() == []
-    assert_user_error(run_cli("anomaly", "models", "show", "v1", "--model-dir", root), "not found")
+    assert anomaly_cli.main(["models", "show", "v1", "--model-dir", str(root)]) == 2
+    assert capsys.readouterr().err.startswith("error: model version 'v1' not found")
 
 
 def test_two_trainings_started_at_the_same_moment(dataset, tmp_path):
@@ -188,6 +194,10 @@ def test_two_trainings_started_at_the_same_moment(dataset, tmp_path):
     assert store.latest() in names
     for name in names:  # both complete and loadable
         assert service.model_info(name, store)["n_features"] == 4
+    # same seed and data in two processes: the same weights, bit for bit
+    weights = [torch.load(root / name / "model.pth", weights_only=True) for name in names]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     assert [p.name for p in root.iterdir() if p.name.startswith(".")] == []
 
 

@@ -7,7 +7,7 @@ keep answering.
 
 from __future__ import annotations
 
-import math
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -79,21 +79,30 @@ class Runtime:
                 "scoring_running": self.score_limiter.borrowed_tokens}
 
 
+def to_json(obj: Any) -> tuple[str, Any]:
+    """(compact JSON text, JSON-safe data) of a result: NaN/inf become null, numpy scalars plain numbers.
+    The data is `obj` itself when it already is plain JSON (the usual case: no copy)."""
+    converted = []
+
+    def default(o: Any) -> Any:
+        converted.append(o)
+        return _default(o)
+
+    text = json.dumps(obj, separators=(",", ":"), default=default)
+    if not converted and "NaN" not in text and "Infinity" not in text:
+        return text, obj
+    data = json.loads(text, parse_constant=lambda _: None)  # NaN, Infinity, -Infinity -> None
+    return json.dumps(data, separators=(",", ":")), data
+
+
 def clean(obj: Any) -> Any:
-    """JSON-safe copy: NaN/inf become None, numpy scalars and paths become plain values."""
-    if isinstance(obj, dict):
-        return {str(k): clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [clean(v) for v in obj]
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        x = float(obj)
-        return x if math.isfinite(x) else None
-    if obj is None or isinstance(obj, str):
-        return obj
-    if isinstance(obj, np.ndarray):
-        return clean(obj.tolist())
-    return str(obj)
+    """JSON-safe copy of a result (see `to_json`)."""
+    return to_json(obj)[1]
+
+
+def _default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)

@@ -7,19 +7,18 @@ its one-line message; the connection stays up.
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 import anyio.from_thread
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import CallToolResult, TextContent, ToolAnnotations
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from .. import __version__, defaults
 from ..errors import AnomalyError
 from ..models import MODEL_TYPES
-from .core import Runtime, clean
+from .core import Runtime, to_json
 from .tools import MAX_RESULTS_LIMIT
 
 INSTRUCTIONS = """Time-series anomaly detection on CSV/TXT files with PyTorch models.
@@ -34,19 +33,17 @@ class _Result(BaseModel):
     model_config = ConfigDict(extra="allow")  # the service may add fields; clients see them all
 
 
-class RowResult(BaseModel):
-    index: int = Field(description="0-based data row (header not counted)")
-    reconstruction_error: float | None = Field(description="anomaly score; null when the row has no score")
-    is_anomaly: bool
-
-
 class DetectionResult(_Result):
     status: str
     total_rows: int
     anomaly_count: int
     anomaly_ratio: float
     threshold: float
-    results: list[RowResult] | None = Field(None, description="per-row results, anomalies first, capped")
+    # The rows' shape is described, not typed: clients validate structured results against the schema,
+    # and per-row schemas make the SDK's Python client spend ~0.15 s per 1000 rows doing so.
+    results: Annotated[list[dict[str, Any]] | None, WithJsonSchema({"type": ["array", "null"]})] = Field(
+        None, description="per-row results {index (0-based data row), reconstruction_error (null: no score), "
+                          "is_anomaly}, anomalies first, capped by max_results")
     results_truncated: bool | None = Field(None, description="true when results hold fewer rows than the file")
     output: str | None = Field(None, description="CSV with every row's reconstruction_error and is_anomaly")
     version: str | None = None
@@ -83,10 +80,8 @@ class ModelList(_Result):
 
 def _reply(result: dict, model: type[BaseModel]) -> CallToolResult:
     """Compact JSON text (older clients read only this) plus the structured content."""
-    data = clean(result)
-    structured = model.model_validate(data).model_dump(mode="json", exclude_none=False)
-    return CallToolResult(content=[TextContent(type="text", text=json.dumps(data, separators=(",", ":")))],
-                          structured_content=structured)
+    text, data = to_json(result)  # the SDK validates `data` against the tool's output model
+    return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=data)
 
 
 # --- argument types ----------------------------------------------------------------------------------------

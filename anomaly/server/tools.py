@@ -31,6 +31,7 @@ class Toolbox:
         self.policy = PathPolicy(data_roots, model_dir)
         self.results_dir = Path(results_dir)
         self.keep_results = keep_results
+        self._written = 0  # result files written, for pruning now and then
 
     # --- artifacts -----------------------------------------------------------------------------------
 
@@ -57,7 +58,8 @@ class Toolbox:
     def detect_events(self, file_path: str, model_path: str | None = None, threshold_path: str | None = None,
                       scaler_path: str | None = None, config_path: str | None = None, version: str | None = None,
                       return_details: bool = True, max_results: int | None = None,
-                      block_bytes: int = 32 << 20, trusted: bool = False) -> Iterator[dict]:
+                      block_bytes: int = 32 << 20, trusted: bool = False,
+                      anomaly_events: bool = True) -> Iterator[dict]:
         """`service.iter_detect` with confined paths and the full per-row results written to a CSV.
         `trusted`: a file the server wrote itself (an upload), exempt from the data roots."""
         data_file = Path(file_path) if trusted else self.policy.data_file(file_path)
@@ -67,7 +69,8 @@ class Toolbox:
             raise DataError(f"max_results must be between 0 and {MAX_RESULTS_LIMIT}, got {max_results}")
         output = self._new_result_path(data_file, label)
         events = service.iter_detect(str(data_file), paths=paths, output=str(output), max_results=cap,
-                                     return_details=return_details, block_bytes=block_bytes)
+                                     return_details=return_details, block_bytes=block_bytes,
+                                     anomaly_events=anomaly_events)
         for event in events:
             if event["event"] == "summary":
                 event["version"] = label  # the version name, not its folder
@@ -80,7 +83,7 @@ class Toolbox:
                       return_details: bool = True, max_results: int | None = None,
                       progress: Callable[[dict], None] | None = None, trusted: bool = False) -> dict:
         for event in self.detect_events(file_path, model_path, threshold_path, scaler_path, config_path, version,
-                                        return_details, max_results, trusted=trusted):
+                                        return_details, max_results, trusted=trusted, anomaly_events=False):
             if event["event"] == "summary":
                 event.pop("event")
                 return event
@@ -96,6 +99,9 @@ class Toolbox:
         return (self.results_dir / name).resolve()
 
     def _prune_results(self) -> None:
+        self._written += 1
+        if self._written % 16:  # listing the folder costs a stat per file: only now and then
+            return
         try:
             files = sorted(self.results_dir.glob("*.csv"), key=lambda p: p.stat().st_mtime)
             for old in files[:-self.keep_results] if len(files) > self.keep_results else []:

@@ -1,0 +1,170 @@
+"""MCP server load: N concurrent MCP clients calling `run_detection` on a 10,000-row file, compared with
+calling the service layer directly in the same run (same file, same model, same per-row CSV output).
+
+    python bench/server_load.py [--clients 8] [--calls 5] [--rows 10000] [--transport sse|http]
+
+Reports requests/s and p50/p99 latency for: the service called directly (one caller, then N threads) and
+the MCP server (one client, then N concurrent clients, each with its own session). The overhead figure is
+MCP p50 / direct p50 with one caller, where the only difference is the MCP round trip; those direct and
+MCP calls are interleaved so that both see the same load on a shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import anyio
+import httpx
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from anomaly import defaults, service, synthetic  # noqa: E402
+from anomaly.store import ModelStore  # noqa: E402
+
+
+def stats(latencies: list[float], wall: float) -> dict:
+    lat = np.asarray(latencies) * 1000
+    return {"requests": len(lat), "req_per_s": round(len(lat) / wall, 2), "p50_ms": round(float(np.percentile(lat, 50)), 1),
+            "p99_ms": round(float(np.percentile(lat, 99)), 1), "mean_ms": round(float(lat.mean()), 1)}
+
+
+def direct_call(file: Path, store: ModelStore, out: Path) -> float:
+    """The service layer called in-process, with the same work as the tool: per-row CSV, capped results."""
+    t0 = time.perf_counter()
+    result = service.detect(str(file), store=store, output=str(out), max_results=defaults.MAX_RESULTS)
+    assert result["total_rows"] > 0
+    return time.perf_counter() - t0
+
+
+def direct(file: Path, store: ModelStore, out: Path, callers: int, calls: int) -> dict:
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(callers) as pool:
+        latencies = list(pool.map(lambda i: direct_call(file, store, out / f"direct-{i}.csv"), range(callers * calls)))
+    return stats(latencies, time.perf_counter() - t0)
+
+
+def mcp_target(url: str, transport: str):
+    from mcp.client.sse import sse_client
+    return sse_client(url + "/sse", sse_read_timeout=600) if transport == "sse" else url + "/mcp"
+
+
+async def one_caller(url: str, transport: str, file: Path, store: ModelStore, out: Path, pairs: int) -> dict:
+    """Direct and MCP calls interleaved, so both see the same machine load (the host may be shared)."""
+    from mcp import Client
+
+    direct_lat, mcp_lat = [], []
+    async with Client(mcp_target(url, transport)) as client:
+        for i in range(pairs + 1):
+            d = direct_call(file, store, out / "direct-1.csv")
+            t0 = time.perf_counter()
+            result = await client.call_tool("run_detection", {"file_path": file.name})
+            m = time.perf_counter() - t0
+            assert not result.is_error, result.content[0].text
+            if i:  # the first pair warms both (model loaded and cached)
+                direct_lat.append(d)
+                mcp_lat.append(m)
+    wall = sum(direct_lat) + sum(mcp_lat)
+    return {"direct_1": stats(direct_lat, sum(direct_lat)), "mcp_1": stats(mcp_lat, sum(mcp_lat)), "wall_s": wall}
+
+
+async def mcp_load(url: str, transport: str, clients: int, calls: int) -> dict:
+    from mcp import Client
+
+    latencies: list[float] = []
+
+    async def client_loop():
+        async with Client(mcp_target(url, transport)) as client:
+            for _ in range(calls):
+                t0 = time.perf_counter()
+                result = await client.call_tool("run_detection", {"file_path": "load.csv"})
+                latencies.append(time.perf_counter() - t0)
+                assert not result.is_error, result.content[0].text
+
+    t0 = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for _ in range(clients):
+            tg.start_soon(client_loop)
+    return stats(latencies, time.perf_counter() - t0)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--clients", type=int, default=8)
+    p.add_argument("--calls", type=int, default=5, help="calls per client")
+    p.add_argument("--pairs", type=int, default=20, help="interleaved direct/MCP call pairs with one caller")
+    p.add_argument("--rows", type=int, default=10_000)
+    p.add_argument("--transport", choices=("sse", "http"), default="sse")
+    p.add_argument("--workers", type=int, default=2, help="server scoring threads (and direct threads)")
+    p.add_argument("--json", help="also write the figures to this file")
+    args = p.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="server_load-") as tmp:
+        tmp = Path(tmp)
+        synthetic.make_series(2000, seed=0).to_csv(tmp / "train.csv", index=False, float_format="%.5f")
+        # Unlabelled, as a user's new data is (a label column would add the evaluation metrics' cost).
+        synthetic.inject(synthetic.make_series(args.rows, seed=3), n_anomalies=50).drop(columns="label").to_csv(
+            tmp / "load.csv", index=False, float_format="%.5f")
+        store = ModelStore(tmp / "models")
+        service.train(str(tmp / "train.csv"), version="bench", store=store, epochs=5)
+        (tmp / "direct").mkdir()
+
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        server = subprocess.Popen([sys.executable, str(REPO / "server.py"), "--port", str(port), "--data-root", str(tmp),
+                                   "--model-dir", str(tmp / "models"), "--results-dir", str(tmp / "results"),
+                                   "--workers", str(args.workers)], cwd=tmp, env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            for _ in range(300):
+                try:
+                    if httpx.get(url + "/health", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.2)
+            single = anyio.run(one_caller, url, args.transport, tmp / "load.csv", store, tmp / "direct",
+                               args.pairs)
+            figures = {
+                "setup": {"rows": args.rows, "clients": args.clients, "calls_per_client": args.calls,
+                          "transport": args.transport, "workers": args.workers, "cpus": os.cpu_count(),
+                          "load_avg": os.getloadavg()[0]},
+                "direct_1": single["direct_1"], "mcp_1": single["mcp_1"],
+                f"direct_{args.clients}": direct(tmp / "load.csv", store, tmp / "direct", args.workers,
+                                                 args.clients * args.calls // args.workers),
+                f"mcp_{args.clients}": anyio.run(mcp_load, url, args.transport, args.clients, args.calls),
+            }
+        finally:
+            server.terminate()
+            server.wait(15)
+    f = figures
+    f["overhead_p50"] = round(f["mcp_1"]["p50_ms"] / f["direct_1"]["p50_ms"] - 1, 3)
+    f["throughput_ratio"] = round(f[f"mcp_{args.clients}"]["req_per_s"] / f[f"direct_{args.clients}"]["req_per_s"], 3)
+    print(f"{'':<12} {'requests':>8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
+    for name in ("direct_1", "mcp_1", f"direct_{args.clients}", f"mcp_{args.clients}"):
+        s = f[name]
+        print(f"{name:<12} {s['requests']:>8} {s['req_per_s']:>8} {s['p50_ms']:>8} {s['p99_ms']:>8}")
+    print(f"MCP overhead at p50 (one caller): {100 * f['overhead_p50']:+.1f}%  (target <= +20%)")
+    print(f"MCP throughput with {args.clients} clients / direct with {args.workers} threads: {f['throughput_ratio']:.2f}x")
+    if args.json:
+        Path(args.json).write_text(json.dumps(f, indent=2))
+
+
+if __name__ == "__main__":
+    main()
