@@ -26,6 +26,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/detect_scale.py
 	$(PY) bench/train_speed.py
+	$(PY) bench/server_load.py
 
 clean:
 	rm -rf $(VENV) examples/models examples/*.csv

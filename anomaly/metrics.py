@@ -69,7 +69,8 @@ def max_buffer_for(values: np.ndarray | None) -> int:
 # --- VUS-PR ------------------------------------------------------------------------------------------------
 
 
-def range_pr_auc(labels: np.ndarray, scores: np.ndarray, buffer: int, n_thresholds: int = VUS_THRESHOLDS) -> float:
+def range_pr_auc(labels: np.ndarray, scores: np.ndarray, buffer: int, n_thresholds: int = VUS_THRESHOLDS,
+                 _ranks: tuple | None = None) -> float:
     """Range-aware PR-AUC for one buffer length (Paparrizos et al., VLDB 2022, as implemented in TSB-AD).
 
     Each labelled segment [s, e] gets a soft buffer of buffer // 2 rows on each side, weighted
@@ -85,45 +86,33 @@ def range_pr_auc(labels: np.ndarray, scores: np.ndarray, buffer: int, n_threshol
     if len(seg) == 0:
         return float("nan")
     half = buffer // 2
-    # Soft buffer weights of the rows around each segment (anomalous rows themselves weigh 1 via `labels`).
-    weight = np.zeros(n)
+    levels, n_pred, tp_anom, rank = _ranks or _rank_levels(labels, scores, n_thresholds)
+    # Soft buffer weights of the rows around each segment (anomalous rows themselves count fully).
     if half > 0:
         d = np.arange(1, half + 1)
         w = np.sqrt(1 - d / buffer)
-        for s, e in seg:
-            after = e + d
-            weight[after[after < n]] += w[after < n]
-            before = s - d
-            weight[before[before >= 0]] += w[before >= 0]
-        weight = np.where(labels, 0.0, np.minimum(weight, 1.0))
-    # Buffer-extended segments, merged where they touch; a segment "exists" when any of its rows is flagged.
-    ext = []
-    for s, e in seg:
-        lo, hi = max(s - half, 0), min(e + half, n - 1)
-        if ext and lo <= ext[-1][1]:
-            ext[-1][1] = hi
-        else:
-            ext.append([lo, hi])
-    ext = np.asarray(ext)
-    # reduceat runs to the next segment's start; rows between segments are masked out.
-    inside = np.zeros(n + 1, np.int64)
-    np.add.at(inside, ext[:, 0], 1)
-    np.add.at(inside, ext[:, 1] + 1, -1)
-    masked = np.where(np.cumsum(inside)[:n] > 0, scores, -np.inf)
-    seg_max = np.maximum.reduceat(masked, ext[:, 0])
-
-    desc = np.sort(scores)[::-1]
-    levels = desc[np.linspace(0, n - 1, n_thresholds).astype(int)]
-    asc = np.sort(scores)
-    n_pred = n - np.searchsorted(asc, levels, side="left")  # rows with score >= level
-    anom = np.sort(scores[labels])
-    tp_anom = len(anom) - np.searchsorted(anom, levels, side="left")
-    buf_rows = np.flatnonzero(weight > 0)
-    if len(buf_rows):
-        tp_buf = (scores[buf_rows][None, :] >= levels[:, None]).astype(np.float64) @ weight[buf_rows]
+        pos = np.concatenate([(seg[:, 1:2] + d).ravel(), (seg[:, 0:1] - d).ravel()])
+        wts = np.tile(w, 2 * len(seg))
+        ok = (pos >= 0) & (pos < n)
+        weight = np.minimum(np.bincount(pos[ok], weights=wts[ok], minlength=n), 1.0)  # buffers that meet add up
+        weight[labels] = 0.0
+        buf_rows = np.flatnonzero(weight)
     else:
-        tp_buf = np.zeros(len(levels))
-    existence = (seg_max[None, :] >= levels[:, None]).sum(axis=1) / len(ext)
+        weight, buf_rows = np.zeros(0), np.empty(0, np.int64)
+    # A row is flagged at level j when its rank (0 = highest score) is below n_pred[j]; bin rows by the first
+    # level that flags them, so sums over flagged rows are cumulative sums over levels (no sort per buffer).
+    first = np.searchsorted(n_pred, rank[buf_rows], side="right")
+    tp_buf = np.cumsum(np.bincount(first, weights=weight[buf_rows], minlength=len(levels) + 1))[: len(levels)]
+    # Buffer-extended segments, merged where they touch; a segment "exists" once any of its rows is flagged.
+    lo = np.maximum(seg[:, 0] - half, 0)
+    hi = np.minimum(seg[:, 1] + half, n - 1)
+    new = np.r_[True, lo[1:] > hi[:-1]]
+    lo, hi = lo[new], np.maximum.reduceat(hi, np.flatnonzero(new))
+    lengths = hi - lo + 1
+    starts = np.r_[0, np.cumsum(lengths)[:-1]]
+    rows = np.repeat(lo - starts, lengths) + np.arange(lengths.sum())
+    seg_first = np.searchsorted(n_pred, np.minimum.reduceat(rank[rows], starts), side="right")
+    existence = np.cumsum(np.bincount(seg_first, minlength=len(levels) + 1))[: len(levels)] / len(lo)
     P = labels.sum()
     tp = tp_anom + tp_buf
     recall = np.minimum(tp / (P + tp_buf / 2), 1.0) * existence
@@ -131,14 +120,29 @@ def range_pr_auc(labels: np.ndarray, scores: np.ndarray, buffer: int, n_threshol
     return float(np.sum(np.diff(np.concatenate([[0.0], recall])) * precision))
 
 
+def _rank_levels(labels: np.ndarray, scores: np.ndarray, n_thresholds: int) -> tuple:
+    """Score levels evenly spaced in rank (highest first); at each, the rows flagged (score >= level) and the
+    anomalous rows flagged; and every row's rank (0 = highest score; tied rows are flagged together)."""
+    desc = np.argsort(-scores, kind="stable")
+    ordered = scores[desc[::-1]]
+    levels = scores[desc][np.linspace(0, len(scores) - 1, n_thresholds).astype(int)]
+    n_pred = len(scores) - np.searchsorted(ordered, levels, side="left")
+    anom = np.sort(scores[labels])
+    rank = np.empty(len(scores), np.int64)
+    rank[desc] = np.arange(len(scores))
+    return levels, n_pred, len(anom) - np.searchsorted(anom, levels, side="left"), rank
+
+
 def vus_pr(labels: np.ndarray, scores: np.ndarray, max_buffer: int | None = None,
            n_thresholds: int = VUS_THRESHOLDS) -> float:
     """Volume under the range-aware PR surface: the mean range PR-AUC over buffer lengths 0..max_buffer.
     NaN when there is no anomaly (undefined)."""
     max_buffer = 2 * DEFAULT_SLIDING_WINDOW if max_buffer is None else int(max_buffer)
-    if not np.asarray(labels).astype(bool).any():
+    labels, scores = _ranking_inputs(labels, scores)
+    if not labels.any():
         return float("nan")
-    return float(np.mean([range_pr_auc(labels, scores, b, n_thresholds) for b in range(max_buffer + 1)]))
+    ranks = _rank_levels(labels, scores, n_thresholds)  # the same for every buffer length
+    return float(np.mean([range_pr_auc(labels, scores, b, n_thresholds, ranks) for b in range(max_buffer + 1)]))
 
 
 # --- F1 variants -------------------------------------------------------------------------------------------

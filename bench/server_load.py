@@ -39,10 +39,13 @@ def stats(latencies: list[float], wall: float) -> dict:
             "p99_ms": round(float(np.percentile(lat, 99)), 1), "mean_ms": round(float(lat.mean()), 1)}
 
 
+MAX_RESULTS = defaults.MAX_RESULTS  # per-row results in each reply (--max-results)
+
+
 def direct_call(file: Path, store: ModelStore, out: Path) -> float:
     """The service layer called in-process, with the same work as the tool: per-row CSV, capped results."""
     t0 = time.perf_counter()
-    result = service.detect(str(file), store=store, output=str(out), max_results=defaults.MAX_RESULTS)
+    result = service.detect(str(file), store=store, output=str(out), max_results=MAX_RESULTS)
     assert result["total_rows"] > 0
     return time.perf_counter() - t0
 
@@ -68,7 +71,7 @@ async def one_caller(url: str, transport: str, file: Path, store: ModelStore, ou
         for i in range(pairs + 1):
             d = direct_call(file, store, out / "direct-1.csv")
             t0 = time.perf_counter()
-            result = await client.call_tool("run_detection", {"file_path": file.name})
+            result = await client.call_tool("run_detection", {"file_path": file.name, "max_results": MAX_RESULTS})
             m = time.perf_counter() - t0
             assert not result.is_error, result.content[0].text
             if i:  # the first pair warms both (model loaded and cached)
@@ -87,7 +90,7 @@ async def mcp_load(url: str, transport: str, clients: int, calls: int) -> dict:
         async with Client(mcp_target(url, transport)) as client:
             for _ in range(calls):
                 t0 = time.perf_counter()
-                result = await client.call_tool("run_detection", {"file_path": "load.csv"})
+                result = await client.call_tool("run_detection", {"file_path": "load.csv", "max_results": MAX_RESULTS})
                 latencies.append(time.perf_counter() - t0)
                 assert not result.is_error, result.content[0].text
 
@@ -112,8 +115,11 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=10_000)
     p.add_argument("--transport", choices=("sse", "http"), default="sse")
     p.add_argument("--workers", type=int, default=2, help="server scoring threads (and direct threads)")
+    p.add_argument("--max-results", type=int, default=defaults.MAX_RESULTS, help="per-row results per reply")
     p.add_argument("--json", help="also write the figures to this file")
     args = p.parse_args()
+    global MAX_RESULTS
+    MAX_RESULTS = args.max_results
 
     with tempfile.TemporaryDirectory(prefix="server_load-") as tmp:
         tmp = Path(tmp)
@@ -144,6 +150,7 @@ def main() -> None:
             figures = {
                 "setup": {"rows": args.rows, "clients": args.clients, "calls_per_client": args.calls,
                           "transport": args.transport, "workers": args.workers, "cpus": os.cpu_count(),
+                          "max_results": args.max_results,
                           "load_avg": os.getloadavg()[0]},
                 "direct_1": single["direct_1"], "mcp_1": single["mcp_1"],
                 f"direct_{args.clients}": direct(tmp / "load.csv", store, tmp / "direct", args.workers,

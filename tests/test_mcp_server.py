@@ -77,8 +77,14 @@ def test_results_are_capped_anomalies_first_and_stay_small(server, dataset):
     # A big file with the largest cap still gives a reply far below the 1 MiB MCP clients can take.
     big = synthetic.make_series(20_000, seed=5)
     big.to_csv(server.data_root / "big.csv", index=False, float_format="%.5f")
-    reply = call(server, "sse", "run_detection", {"file_path": "big.csv", "max_results": 5000})
+    seen = []
+
+    async def progress(value, total, message):
+        seen.append(value)
+
+    reply = call(server, "sse", "run_detection", {"file_path": "big.csv", "max_results": 5000}, progress)
     data = tool_json(reply)
+    assert seen and seen[-1] == 20_000  # rows scored, reported as MCP progress
     assert len(reply.content[0].text) + len(json.dumps(reply.structured_content)) < 1 << 20
     assert data["total_rows"] == 20_000 and data["results_truncated"] is True and 0 < len(data["results"]) <= 5000
 

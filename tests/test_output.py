@@ -153,3 +153,14 @@ def test_format_scientific_matches_printf():
     assert got[:5] == [f"{v:.6e}".encode() for v in values[:5]]
     odd = format_scientific(np.array([np.nan, -1.5, np.inf, 1e200]))
     assert odd == [b"", b"-1.500000e+00", b"inf", b"1.000000e+200"]
+
+
+def test_abandoned_detection_leaves_no_result_file(trained, dataset, tmp_path):
+    """Ctrl-C, a closed client or any exception mid-file: the result file is not written half-way."""
+    out = tmp_path / "results.csv"
+    events = service.iter_detect(str(dataset["test"]), version=trained["version"], store=trained["store"],
+                                 output=str(out), block_bytes=4096)
+    first = next(e for e in events if e["event"] == "progress")
+    assert 0 < first["rows_read"] < len(dataset["test_frame"])
+    events.close()
+    assert list(tmp_path.iterdir()) == []

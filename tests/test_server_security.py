@@ -166,3 +166,16 @@ def test_non_loopback_bind_without_token_is_refused(tmp_path):
                           env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("error: refusing to listen on 0.0.0.0 without a token")
+
+
+def test_host_and_origin_rules_follow_the_bind_address():
+    from anomaly.server.security import Access, _matches
+
+    lan = Access(host="10.0.0.5", token="t")
+    assert _matches("10.0.0.5:3001", lan.hosts()) and _matches("localhost:3001", lan.hosts())
+    assert not _matches("evil.example:3001", lan.hosts()) and not _matches("10.0.0.5:3001x", lan.hosts())
+    assert _matches("http://10.0.0.5:3001", lan.origins()) and not _matches("http://evil.example", lan.origins())
+    assert Access(host="0.0.0.0", token="t").hosts() is None  # any name reaches it; the token guards
+    named = Access(host="0.0.0.0", token="t", allowed_hosts=["box.lan:3001"])
+    assert _matches("box.lan:3001", named.hosts()) and not _matches("evil.example:3001", named.hosts())
+    assert not _matches("http://localhost.evil.example", Access().origins())

@@ -1,6 +1,17 @@
-"""The MCP server and HTTP API (`python server.py`): see `app.py`."""
+"""The MCP server and HTTP API (`python server.py`): see `app.py`.
 
-from .app import create_app, main
-from .core import Settings
+Imported lazily, so `mcp_tool.py` (which uses `tools.py` and `core.py`) does not load FastAPI and the MCP SDK.
+"""
 
-__all__ = ["create_app", "main", "Settings"]
+
+def main(argv: list[str] | None = None) -> int:
+    from .app import main as run
+    return run(argv)
+
+
+def create_app(settings):
+    from .app import create_app as build
+    return build(settings)
+
+
+__all__ = ["create_app", "main"]

@@ -146,12 +146,15 @@ def build_router(runtime: Runtime, hub: LiveHub) -> APIRouter:
         async def job() -> None:
             with send:
                 try:
-                    result = await runtime.train(on_epoch, **req.model_dump())
-                    send.send_nowait(("result", result))
+                    message = ("result", await runtime.train(on_epoch, **req.model_dump()))
                 except AnomalyError as exc:
-                    send.send_nowait(("error", error_body(exc)))
+                    message = ("error", error_body(exc))
+                except Exception as exc:  # a background job must never take the server down
+                    message = ("error", {"error": f"training failed: {type(exc).__name__}: {exc}"[:500]})
+                try:
+                    await send.send(message)  # waits while a slow client catches up
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                    pass
+                    pass  # the client left; the model is saved all the same
 
         # The training outlives the request: a client that disconnects still gets its model saved.
         runtime.task_group.start_soon(job)
@@ -244,6 +247,10 @@ def add_error_handlers(app: FastAPI) -> None:
         problems = [f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}" for e in exc.errors()]
         return JSONResponse({"error": "invalid request: " + "; ".join(problems),
                              "detail": clean(json.loads(json.dumps(exc.errors(), default=str)))}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"[:500]}, status_code=500)
 
     @app.exception_handler(BodyTooLarge)
     async def too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:

@@ -78,10 +78,16 @@ class ModelList(_Result):
     models: list[dict[str, Any]]
 
 
-def _reply(result: dict, model: type[BaseModel]) -> CallToolResult:
-    """Compact JSON text (older clients read only this) plus the structured content."""
-    text, data = to_json(result)  # the SDK validates `data` against the tool's output model
+def _reply(encoded: tuple[str, dict]) -> CallToolResult:
+    """Compact JSON text (older clients read only this) plus the structured content, which the SDK
+    validates against the tool's output model."""
+    text, data = encoded
     return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=data)
+
+
+def _progress_token(ctx: Context):
+    meta = ctx.request_context.meta or {}
+    return meta.get("progress_token")
 
 
 # --- argument types ----------------------------------------------------------------------------------------
@@ -99,9 +105,10 @@ def build_mcp(runtime: Runtime) -> MCPServer:
     mcp = MCPServer("anomaly-detection", instructions=INSTRUCTIONS, version=__version__, log_level="WARNING")
     toolbox = runtime.toolbox
 
-    async def call(fn, *args, **kwargs):
+    async def call(fn, *args, **kwargs) -> CallToolResult:
+        """Run a toolbox call and encode its result in a worker thread (the event loop stays free)."""
         try:
-            return await runtime.score(fn, *args, **kwargs)
+            return _reply(await runtime.score(lambda: to_json(fn(*args, **kwargs))))
         except AnomalyError as exc:
             raise ToolError(str(exc)) from None
 
@@ -129,9 +136,10 @@ def build_mcp(runtime: Runtime) -> MCPServer:
             except Exception:
                 pass
 
-        result = await call(toolbox.run_detection, file_path, model_path, threshold_path, scaler_path, config_path,
-                            version, return_details, max_results, progress)
-        return _reply(result, DetectionResult)
+        # Only a client that asked for progress gets it (each report is a hop back to the event loop).
+        wanted = progress if _progress_token(ctx) is not None else None
+        return await call(toolbox.run_detection, file_path, model_path, threshold_path, scaler_path, config_path,
+                          version, return_details, max_results, wanted)
 
     @mcp.tool(annotations=ToolAnnotations(read_only_hint=True))
     async def get_model_info(
@@ -143,8 +151,7 @@ def build_mcp(runtime: Runtime) -> MCPServer:
     ) -> ModelInfo:
         """Describe a trained model: architecture, features, window, threshold and its method, training data
         summary and loss history, creation time."""
-        result = await call(toolbox.get_model_info, model_path, threshold_path, scaler_path, config_path, version)
-        return _reply(result, ModelInfo)
+        return await call(toolbox.get_model_info, model_path, threshold_path, scaler_path, config_path, version)
 
     @mcp.tool(annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False))
     async def train_model(
@@ -184,11 +191,11 @@ def build_mcp(runtime: Runtime) -> MCPServer:
                                          percentile=percentile, model_type=model_type, window=window)
         except AnomalyError as exc:
             raise ToolError(str(exc)) from None
-        return _reply(result, TrainResult)
+        return _reply(to_json(result))
 
     @mcp.tool(annotations=ToolAnnotations(read_only_hint=True))
     async def list_models() -> ModelList:
         """List the trained model versions with their key facts (type, features, window, threshold)."""
-        return _reply(await call(toolbox.list_models), ModelList)
+        return await call(toolbox.list_models)
 
     return mcp

@@ -17,7 +17,6 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import PathNotAllowed
@@ -94,11 +93,15 @@ class Access:
         return [f"{n}:*" for n in names] + names + list(self.allowed_hosts)
 
     def origins(self) -> list[str]:
-        return [f"http://{h}:*" for h in LOOPBACK_HOSTS] + [f"http://{h}" for h in LOOPBACK_HOSTS] + \
-            list(self.allowed_origins)
+        names = list(LOOPBACK_HOSTS)
+        if self.host not in ("0.0.0.0", "::") and not is_loopback(self.host):
+            names.append(f"[{self.host}]" if ":" in self.host else self.host)
+        return [f"http://{h}:*" for h in names] + [f"http://{h}" for h in names] + list(self.allowed_origins)
 
-    def transport_security(self) -> TransportSecuritySettings:
+    def transport_security(self):
         """The same rules for the MCP SDK's own transport check (the guard already applied them)."""
+        from mcp.server.transport_security import TransportSecuritySettings
+
         hosts = self.hosts()
         return TransportSecuritySettings(enable_dns_rebinding_protection=hosts is not None,
                                          allowed_hosts=hosts or [], allowed_origins=self.origins())
