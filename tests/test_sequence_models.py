@@ -201,7 +201,9 @@ def test_live_stream_scores_points_one_by_one_with_a_window_model(csv_files, tmp
                   **(SMALL | {"epochs": 5}))
     live = service.LiveScorer("live", store)
     X = csv_files["X"]
-    out = [live.push([list(map(float, row))])[0] for row in X[:320]]
+    out = [live.push([list(map(float, row))])[0] for row in X[:WINDOW + 5]]  # one point at a time at first
+    for start in range(WINDOW + 5, 320, 59):  # then a few points at a time, as a stream's messages may carry
+        out += live.push(X[start:min(start + 59, 320)].tolist())
     assert [o["reconstruction_error"] is None for o in out] == [i < WINDOW for i in range(320)]
     assert not any(o["is_anomaly"] for o in out[:WINDOW])
     # A forecaster scores each row from exactly one window, so live scores equal batch scores.
