@@ -50,7 +50,8 @@ def _windows(value: str) -> list:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--suite", required=True, nargs="+", help="suite folder(s) of <series>.train.csv / <series>.test.csv")
+    p.add_argument("--suite", required=True, nargs="+",
+                   help="suite folder(s) of <series>.train.csv / <series>.test.csv")
     p.add_argument("--model-type", type=_list, default=[defaults.MODEL_TYPE], help="model types, comma-separated")
     p.add_argument("--window", type=_windows, default=[defaults.WINDOW], help="windows to compare, comma-separated")
     p.add_argument("--threshold-method", default=defaults.THRESHOLD_METHOD, help="the detector's own threshold method")
@@ -58,6 +59,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--risk", type=float, help="target risk (pot method, default 1e-3)")
     p.add_argument("--compare-thresholds", type=_list, default=list(COMPARE_THRESHOLDS),
                    help="also report F1 at these label-free threshold methods (same model, no retraining)")
+    p.add_argument("--smooth", action="store_true", help="also report each detector's scores smoothed by a centred "
+                   "moving mean over 2 x window rows (an experiment: see BENCHMARKS.md)")
     p.add_argument("--baselines", type=_list, default=["iforest", "pca", "zscore"],
                    help="baselines on the same windows (iforest, pca, zscore; 'none' for none)")
     p.add_argument("--series", type=_list, help="only series whose name contains one of these substrings")
@@ -91,8 +94,8 @@ def run(args) -> int:
 def _config(args) -> dict:
     return {k: getattr(args, k, None) for k in (
         "model_type", "window", "threshold_method", "percentile", "risk", "compare_thresholds", "baselines",
-        "series", "sample", "encoding_dim", "hidden", "dropout", "learning_rate", "epochs", "batch_size", "patience",
-        "max_train_rows", "seed")}
+        "series", "sample", "smooth", "encoding_dim", "hidden", "dropout", "learning_rate", "epochs",
+        "batch_size", "patience", "max_train_rows", "seed")}
 
 
 def find_series(suite: str | Path, only: list[str] | None = None) -> list[tuple[str, Path, Path]]:
@@ -208,13 +211,22 @@ def evaluate_series(series: str, train: Path, test: Path, args, tmp: Path, plot_
             train_table = data.read_table(train_file, features=det.feature_names_)
             train_X = train_table.X
             row["rows_train"] = int(len(train_X))
-            calib = _calibration(det.score_samples(train_X), det.threshold_info_.get("source") == "validation")
+            held_out = det.threshold_info_.get("source") == "validation"
+            train_scores = det.score_samples(train_X)
+            calib = _calibration(train_scores, held_out)
             rep["f1_at"] = {}
             for method in args.compare_thresholds:
                 params = service.threshold_params(method, args.percentile, None, **t_opts)
                 thr = thresholds.compute(method, calib, **params)["threshold"]
                 rep["f1_at"][method] = _at_threshold(labels, scores, thr)
             row["detectors"][key] = rep
+            if getattr(args, "smooth", False):
+                span = 2 * det.window_
+                params = service.threshold_params(args.threshold_method, args.percentile, None, **t_opts)
+                thr = thresholds.compute(args.threshold_method, _calibration(smooth(train_scores, span), held_out),
+                                         **params)["threshold"]
+                row["detectors"][f"{key} smoothed"] = _report(labels, smooth(scores, span), thr, max_buffer) | {
+                    "threshold": thr}
             if args.plots:
                 _plot(Path(args.plots) / f"{plot_prefix}__{key.replace(' ', '_').replace('=', '')}.png",
                       det, test_table, scores, labels, f"{series}: {key}")
@@ -225,6 +237,16 @@ def evaluate_series(series: str, train: Path, test: Path, args, tmp: Path, plot_
                         row["detectors"][bkey] = _baseline(name, det.window_, train_X, test_table.X, labels,
                                                            max_buffer, args)
     return row
+
+
+def smooth(scores: np.ndarray, span: int) -> np.ndarray:
+    """Centred moving mean over `span` rows (unscored rows ignored; edges average what they have)."""
+    ok = np.isfinite(scores)
+    kernel = np.ones(max(1, span))
+    total = np.convolve(np.where(ok, scores, 0.0), kernel, mode="same")
+    count = np.convolve(ok.astype(float), kernel, mode="same")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / count, np.nan)
 
 
 def _model_params(args) -> dict:
@@ -269,11 +291,13 @@ def _baseline(name: str, window: int, train_X, test_X, labels, max_buffer, args)
     started = time.perf_counter()
     scores = model.score_samples(test_X)
     score_seconds = time.perf_counter() - started
-    params = {"percentile": args.percentile} if args.threshold_method == "percentile" else {}
-    if args.threshold_method == "pot" and args.risk is not None:
-        params["risk"] = args.risk
-    thr = thresholds.compute(args.threshold_method, _calibration(train_scores), **params)["threshold"] \
-        if args.threshold_method not in thresholds.NEEDS_LABELS else float(np.nanpercentile(train_scores, 95))
+    if args.threshold_method in thresholds.NEEDS_LABELS:  # the training files carry no labels
+        thr = float(np.nanpercentile(train_scores, defaults.PERCENTILE))
+    else:
+        from .service import threshold_params
+        params = threshold_params(args.threshold_method, args.percentile, None,
+                                  **({"risk": args.risk} if args.risk is not None else {}))
+        thr = thresholds.compute(args.threshold_method, _calibration(train_scores), **params)["threshold"]
     rep = _report(labels, scores, thr, max_buffer)
     return rep | {"threshold": thr, "train_seconds": round(train_seconds, 3), "score_seconds": round(score_seconds, 3)}
 
@@ -346,7 +370,8 @@ def format_summary(result: dict) -> str:
                      f"{_fmt(s.get('pa_f1_random')):>6} {_fmt(s.get('false_positive_rate_clean')):>6} "
                      f"{s['train_seconds']:>8.1f} {s['score_seconds']:>8.1f}")
         if s.get("f1_at"):
-            lines.append(" " * 4 + "F1 by threshold method: " + ", ".join(f"{m} {_fmt(v)}" for m, v in s["f1_at"].items()))
+            by_method = ", ".join(f"{m} {_fmt(v)}" for m, v in s["f1_at"].items())
+            lines.append(f"    F1 by threshold method: {by_method}")
     lines.append("Means over series with anomalies; FPR0 = false positive rate on series without any. "
                  "PA-F1 (point-adjusted) is shown only beside the same metric for a uniform random score.")
     return "\n".join(lines)

@@ -74,11 +74,13 @@ class PlotCollector:
         with np.errstate(all="ignore"):
             new = {
                 "min": np.fmin.reduceat(np.where(finite, X, np.nan), cuts), "max": np.fmax.reduceat(X, cuts),
-                "sum": np.add.reduceat(np.where(finite, X, 0), cuts), "cnt": np.add.reduceat(finite.astype(float), cuts),
+                "sum": np.add.reduceat(np.where(finite, X, 0), cuts),
+                "cnt": np.add.reduceat(finite.astype(float), cuts),
                 "smin": np.fmin.reduceat(scores, cuts), "smax": np.fmax.reduceat(scores, cuts),
                 "label": (np.logical_or.reduceat(np.asarray(labels, float) > 0, cuts) if labels is not None
                           else np.zeros(len(cuts), bool)),
-                "time": _times(times, cuts) if times is not None else np.full(len(cuts), np.datetime64("NaT"), "datetime64[ns]"),
+                "time": (_times(times, cuts) if times is not None
+                         else np.full(len(cuts), np.datetime64("NaT"), "datetime64[ns]")),
             }
         a_score = np.where(flags, np.nan_to_num(scores, nan=-np.inf), -np.inf)
         new["amax"] = np.maximum.reduceat(a_score, cuts)
@@ -167,7 +169,8 @@ class PlotCollector:
         if self.size > 1:
             ax.fill_between(x, b["smin"], b["smax"], color="tab:gray", alpha=0.4, linewidth=0)
         ax.plot(x, b["smax"], color="black", linewidth=0.6, label="score (bucket max)" if self.size > 1 else "score")
-        ax.axhline(self.threshold, color="tab:orange", linestyle="--", linewidth=1, label=f"threshold {self.threshold:.4g}")
+        ax.axhline(self.threshold, color="tab:orange", linestyle="--", linewidth=1,
+                   label=f"threshold {self.threshold:.4g}")
         ax.scatter(x[anomalous], b["amax"][anomalous], s=10, color="tab:red", zorder=3, label="anomaly")
         self._shade(ax, x, b["label"], label="labelled anomaly")
         finite = b["smax"][np.isfinite(b["smax"])]
@@ -253,5 +256,6 @@ def plot_detection(path: str | Path, X: np.ndarray, features: list[str], scores:
     from .detector import flag
 
     pc = PlotCollector(features, threshold, target=target, time_column=time_column if times is not None else None)
-    pc.add(0, X, scores, flag(np.asarray(scores, np.float64), threshold), labels=labels, times=times, row_err=row_errors)
+    flags = flag(np.asarray(scores, np.float64), threshold)
+    pc.add(0, X, scores, flags, labels=labels, times=times, row_err=row_errors)
     return pc.render(path, title)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 
-import numpy as np
 
 from . import defaults, thresholds
 from .errors import DataError

@@ -34,13 +34,13 @@ def _evaluate(suite, tmp_path, *extra) -> dict:
 
 
 def test_evaluate_reports_every_metric_for_detector_and_baselines(suite, tmp_path, capsys):
-    report = _evaluate(suite, tmp_path, "--window", "4", "--plots", str(tmp_path / "plots"))
+    report = _evaluate(suite, tmp_path, "--window", "4", "--plots", str(tmp_path / "plots"), "--smooth")
     printed = capsys.readouterr().out
     result = report["suites"][suite.name]
     series = {r["series"]: r for r in result["series"]}
     assert set(series) == {"spiky", "clean"}
     spiky = series["spiky"]["detectors"]
-    assert set(spiky) == {"dense w=4", "iforest w=4", "pca w=4", "zscore"}
+    assert set(spiky) == {"dense w=4", "dense w=4 smoothed", "iforest w=4", "pca w=4", "zscore"}
     dense = spiky["dense w=4"]
     for key in ("roc_auc", "pr_auc", "vus_pr", "precision", "recall", "f1", "best_f1", "pa_f1", "pa_f1_random",
                 "train_seconds", "score_seconds", "threshold"):
@@ -48,6 +48,7 @@ def test_evaluate_reports_every_metric_for_detector_and_baselines(suite, tmp_pat
     assert dense["roc_auc"] > 0.9 and dense["vus_pr"] > 0.3  # blatant spikes are easy
     assert set(dense["f1_at"]) == {"percentile", "pot", "meanstd", "iqr"}
     assert spiky["zscore"]["roc_auc"] > 0.8 and "vus_pr" in spiky["iforest w=4"]
+    assert spiky["dense w=4 smoothed"]["vus_pr"] != dense["vus_pr"]
     # a series without anomalies reports false alarms only
     clean = series["clean"]["detectors"]["dense w=4"]
     assert "false_positive_rate" in clean and "roc_auc" not in clean and "vus_pr" not in clean

@@ -102,7 +102,7 @@ def test_train_risk_option_reaches_pot(tmp_path, dataset, capsys):
     assert out["threshold_params"] == {"risk": 0.01}
 
 
-def test_rethreshold_writes_a_new_version_with_the_same_weights(tmp_path, trained, copy_store, cli, dataset, user_error):
+def test_rethreshold_writes_a_new_version_with_the_same_weights(trained, copy_store, cli, dataset):
     root = copy_store(trained)
     before = (root / "v1" / "threshold.json").read_text()
     proc = cli("anomaly", "threshold", "v1", "--method", "pot", "--risk", "1e-4", "--model-dir", root,
