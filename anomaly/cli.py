@@ -68,6 +68,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--model-type", default=defaults.MODEL_TYPE, help=f"model type: {', '.join(MODEL_TYPES)}")
     m.add_argument("--window", type=_window, default=defaults.WINDOW, help="rows per sample (1 = each row on its own; 'auto' "
                    "estimates the dominant period)")
+    m.add_argument("--smooth", type=int, help="rows in the centred moving average of scores (default 2 * window - 1; "
+                   "1 = off)")
     m.add_argument("--encoding-dim", type=int, help="bottleneck size (default: from the input width)")
     m.add_argument("--hidden", type=_int_list, help="hidden layer sizes, e.g. 64,32 (default: from the input width)")
     m.add_argument("--layers", type=int, help="recurrent/attention layers (sequence models)")
@@ -162,7 +164,7 @@ def cmd_train(args) -> int:
             k=args.k, scaler=scaler, columns=args.columns, label_column=args.label_column, missing=args.missing,
             keep_constant=args.keep_constant, validation_split=args.validation_split, patience=args.patience,
             seed=args.seed, progress=progress, encoding_dim=args.encoding_dim, hidden=args.hidden,
-            layers=args.layers, heads=args.heads, dropout=args.dropout, error=args.error, samples=args.samples,
+            layers=args.layers, heads=args.heads, dropout=args.dropout, error=args.error, samples=args.samples, smooth=args.smooth,
             threshold_options=_threshold_options(args), labels_file=args.labels_file,
         )
     finally:

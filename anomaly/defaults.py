@@ -1,7 +1,7 @@
 """Default settings, in one place: the CLI, the service layer, the MCP tools and the HTTP API all read these."""
 
 MODEL_TYPE = "dense"
-# Rows per sample. 32 beat 1 on mean VUS-PR over the four benchmark suites (0.39 vs 0.25; BENCHMARKS.md);
+# Rows per sample. 32 beat 1 on mean VUS-PR over the four benchmark suites (0.34 vs 0.20; BENCHMARKS.md);
 # "auto" (one dominant period) scores higher still on strongly periodic data (UCR) but is not an integer,
 # which the MCP / HTTP schemas expect. 1 = each row on its own, as in the classic tool.
 WINDOW = 32

@@ -22,7 +22,7 @@ import torch
 
 from . import __version__, defaults, models, period, thresholds, training
 from .errors import ArtifactError, DataError
-from .scoring import SCORE_BATCH, RowScorer, row_errors, row_scores
+from .scoring import SCORE_BATCH, CenteredMean, RowScorer, row_errors, row_scores, smooth_rows
 from .store import ArtifactPaths, atomic_write_bytes, atomic_write_text, check_complete, now_iso, read_json
 
 SCALERS = ("standard", "minmax", "robust")
@@ -73,6 +73,7 @@ class Detector:
         validation_split: float = defaults.VALIDATION_SPLIT,
         patience: int = defaults.PATIENCE,
         seed: int = defaults.SEED,
+        smooth: int | None = None,
         **model_params,
     ):
         self.model_type = model_type
@@ -82,6 +83,7 @@ class Detector:
         self.threshold_params = dict({"percentile": defaults.PERCENTILE} if threshold_params is None else threshold_params)
         self.epochs, self.batch_size, self.learning_rate = epochs, batch_size, learning_rate
         self.validation_split, self.patience, self.seed = validation_split, patience, seed
+        self.smooth = smooth  # rows in the centred score smoothing; None = 2 * window - 1
         self.model_params = model_params
 
     # --- fitting ---------------------------------------------------------------------------------------
@@ -108,7 +110,10 @@ class Detector:
         self.history_ = training.fit(self.model_, Z_train, Z_val, epochs=self.epochs, batch_size=self.batch_size,
                                      learning_rate=self.learning_rate, patience=self.patience, seed=self.seed,
                                      progress=progress, should_stop=should_stop)
-        self.decision_scores_ = row_scores(row_errors(self.model_, Z))
+        self.smooth_ = smooth_rows(self.window_) if self.smooth is None else int(self.smooth)
+        if self.smooth_ < 1:
+            raise DataError(f"--smooth must be at least 1 row (1 = no smoothing), got {self.smooth_}")
+        self.decision_scores_ = row_scores(self._errors(Z))
         # Held-out rows calibrate the threshold when there are some: training rows' errors are optimistic.
         n_val = 0 if Z_val is None else len(Z_val)
         if self.threshold_method in thresholds.NEEDS_LABELS:
@@ -134,7 +139,13 @@ class Detector:
 
     def row_errors(self, X: np.ndarray) -> np.ndarray:
         """Per-row, per-feature error (rows, features); rows without a score are NaN."""
-        return row_errors(self.model_, self.transform(X))
+        return self._errors(self.transform(X))
+
+    def _errors(self, Z: np.ndarray) -> np.ndarray:
+        smoother = CenteredMean(self.smooth_)
+        head = smoother.push(row_errors(self.model_, Z))
+        tail = smoother.finish()
+        return np.concatenate([head, tail]) if len(tail) else head
 
     def score_samples(self, X: np.ndarray) -> np.ndarray:
         return row_scores(self.row_errors(X))
@@ -157,6 +168,7 @@ class Detector:
             "features": self.feature_names_,
             "n_features": len(self.feature_names_),
             "window": self.window_,
+            "smooth": self.smooth_,
             **({"window_auto": True} if getattr(self, "window_auto_", False) else {}),
             "span": self.model_.span,
             "scaler": self.scaler,
@@ -223,6 +235,7 @@ class Detector:
             raise ArtifactError(f"model {label} is corrupt or incomplete: {detail}"[:500]) from None
         det.model_.eval()
         det.window_auto_ = bool(config.get("window_auto", False))
+        det.smooth_ = int(config.get("smooth", 1))  # versions saved before smoothing existed score unsmoothed
         det.threshold_info_ = threshold
         det.history_ = config.get("history", {})
         det.train_stats_ = config.get("train_scores", {})
@@ -237,15 +250,19 @@ class StreamScorer:
     def __init__(self, detector: Detector, batch_size: int = SCORE_BATCH):
         self.detector = detector
         self.rows = RowScorer(detector.model_, len(detector.feature_names_), batch_size)
+        self.smoother = CenteredMean(detector.smooth_)
 
     def push(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if len(X) == 0:
             return np.empty((0, len(self.detector.feature_names_)), np.float32), np.empty(0, np.float32)
-        errors = self.rows.push(self.detector.transform(X))
+        errors = self.smoother.push(self.rows.push(self.detector.transform(X)))
         return errors, row_scores(errors)
 
     def finish(self) -> tuple[np.ndarray, np.ndarray]:
-        errors = self.rows.finish()
+        errors = self.smoother.push(self.rows.finish())
+        tail = self.smoother.finish()
+        if len(tail):
+            errors = np.concatenate([errors, tail])
         return errors, row_scores(errors)
 
 

@@ -518,6 +518,10 @@ class LiveScorer:
         self.span = int(self.detector.model_.span)
         self.threshold = float(self.detector.threshold_)
         self.history = np.empty((0, len(self.features)), np.float32)  # scaled rows, at most span - 1
+        # Batch detection smooths over a centred span; live, the rows after a point are not there yet, so a
+        # point gets what batch detection gives the last row of a file: the mean over itself and the rows before.
+        from .scoring import CenteredMean, TrailingMean
+        self.smoother = TrailingMean(CenteredMean(self.detector.smooth_).back + 1)
         self.count = 0
 
     def _matrix(self, points: list) -> np.ndarray:
@@ -558,6 +562,7 @@ class LiveScorer:
             with torch.inference_mode():
                 err = self.detector.model_.errors(gather(torch.from_numpy(rows), starts, self.span))[:, -1]
             errors[ends - len(self.history)] = err.double().numpy()
+        errors = self.smoother.push(errors.astype(np.float32))
         with np.errstate(invalid="ignore"):
             scores = errors.mean(axis=1)
         flags = flag(scores, self.threshold)

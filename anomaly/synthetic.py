@@ -42,11 +42,37 @@ def inject(frame: pd.DataFrame, n_anomalies: int = 10, magnitude: float = 6.0, s
     return out
 
 
-def write_example(folder: str | Path, n_train: int = 2000, n_test: int = 1000) -> tuple[Path, Path]:
+def inject_incidents(frame: pd.DataFrame, seed: int = 3) -> pd.DataFrame:
+    """Incidents that last, as in real telemetry, plus a few spikes, with a `label` column: a level shift, a
+    changed frequency, a noise burst and a frozen sensor."""
+    rng = np.random.default_rng(seed)
+    out = inject(frame, n_anomalies=2, magnitude=6.0, seed=seed)
+    n = len(out)
+    t = np.arange(n)
+    spans = [(0.15, 40), (0.40, 60), (0.65, 30), (0.85, 50)]
+    for k, (at, length) in enumerate(spans):
+        r0 = int(at * n)
+        rows = slice(r0, r0 + length)
+        col = f"sensor_{k % 4}"
+        values = out[col].to_numpy(np.float32).copy()
+        if k == 0:
+            values[rows] += 2.5  # level shift
+        elif k == 1:
+            values[rows] = np.sin(2 * np.pi * t[rows] / 12) + k + 0.1 * rng.normal(size=length)  # faster cycle
+        elif k == 2:
+            values[rows] += rng.normal(scale=1.5, size=length)  # noise burst
+        else:
+            values[rows] = values[r0]  # stuck sensor
+        out[col] = values
+        out.loc[rows, "label"] = 1
+    return out
+
+
+def write_example(folder: str | Path, n_train: int = 3000, n_test: int = 4000) -> tuple[Path, Path]:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     train = make_series(n_train, seed=0)
-    test = inject(make_series(n_test, seed=2, start="2026-02-01"), n_anomalies=20)
+    test = inject_incidents(make_series(n_test, seed=2, start="2026-02-01"))
     train.to_csv(folder / "train.csv", index=False, float_format="%.5f")
     test.to_csv(folder / "test.csv", index=False, float_format="%.5f")
     return folder / "train.csv", folder / "test.csv"

@@ -66,8 +66,8 @@ def test_training_with_best_f1_uses_the_label_column(tmp_path, dataset):
     train = dataset["test_frame"]
     path = tmp_path / "labelled.csv"
     train.to_csv(path, index=False)
-    res = service.train(str(path), store=ModelStore(tmp_path / "m"), epochs=3, batch_size=64,
-                        threshold_method="best-f1")
+    res = service.train(str(path), store=ModelStore(tmp_path / "m"), epochs=3, batch_size=64, window=1,
+                        threshold_method="best-f1")  # one-row spikes: the row-wise model
     assert res["threshold_method"] == "best-f1"
     det = service.load_detector(ModelStore(tmp_path / "m").paths(res["version"]))
     flags = det.predict(train[dataset["features"]].to_numpy(np.float32))
