@@ -5,6 +5,8 @@ MODEL_TYPE = "dense"
 # "auto" (one dominant period) scores higher still on strongly periodic data (UCR) but is not an integer,
 # which the MCP / HTTP schemas expect. 1 = each row on its own, as in the classic tool.
 WINDOW = 32
+# Scores are smoothed over a centred span of 2 * window - 1 rows unless --smooth says otherwise
+# (`scoring.smooth_rows`): it lifted mean VUS-PR above IsolationForest and PCA on NAB, SMAP and MSL.
 EPOCHS = 100
 BATCH_SIZE = 32
 LEARNING_RATE = 0.001
