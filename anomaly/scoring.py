@@ -8,12 +8,14 @@ anomaly. Rows arrive in chunks; a row is emitted once no later sample can score 
 
 from __future__ import annotations
 
+import contextlib
 from contextlib import contextmanager
 
 import numpy as np
 import torch
 
 SCORE_BATCH = 8192  # samples per forward pass when scoring
+SMALL_MODEL_PARAMETERS = 50_000
 
 
 @contextmanager
@@ -72,10 +74,15 @@ class RowScorer:
         self.rows, self.sums, self.counts = self.rows[:0], self.sums[:0], self.counts[:0]
         return out
 
+    def _threads(self):
+        """Small models run on one thread (hand-offs cost more than they save); big ones use them all."""
+        small = sum(p.numel() for p in self.model.parameters()) < SMALL_MODEL_PARAMETERS
+        return single_thread() if small else contextlib.nullcontext()
+
     def _row_by_row(self, chunk: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(chunk, dtype=np.float32))
         out = np.empty(chunk.shape, np.float32)
-        with torch.inference_mode(), single_thread():
+        with torch.inference_mode(), self._threads():
             for s in range(0, len(x), self.batch_size):
                 out[s:s + self.batch_size] = self.model.errors(x[s:s + self.batch_size].unsqueeze(1))[:, 0].numpy()
         return out
@@ -83,7 +90,7 @@ class RowScorer:
     def _accumulate(self, rows: np.ndarray, sums: np.ndarray, counts: np.ndarray, n_samples: int) -> None:
         x = torch.from_numpy(rows)
         offset = self.span - self.scored  # position of the first scored row inside a sample
-        with torch.inference_mode(), single_thread():
+        with torch.inference_mode(), self._threads():
             for s in range(0, n_samples, self.batch_size):
                 b = min(self.batch_size, n_samples - s)
                 err = self.model.errors(window_range(x, s, s + b, self.span)).numpy()  # (b, scored, F)

@@ -250,7 +250,9 @@ def iter_detect(
     plotter = _plotter(plot, det, fmt, used, label_col)
     filler = _MissingFiller(features, missing, missing_report)
     try:
-        blocks = data.prefetch(data.iter_blocks(p, fmt, used + ([label_col] if label_col else []), block_bytes))
+        json_output = bool(output) and Path(output).suffix.lower() in (".json", ".jsonl", ".ndjson")
+        blocks = data.prefetch(data.iter_blocks(p, fmt, used + ([label_col] if label_col else []), block_bytes,
+                                                all_columns=json_output or bool(plot)))
         for block in blocks:
             X = block.frame[used].to_numpy(np.float32)
             X, mask = filler.push(X, block.start)
