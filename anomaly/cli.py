@@ -218,18 +218,19 @@ def cmd_detect(args) -> int:
 
 
 def print_summary(result: dict, top: int = 10) -> None:
-    print(f"Rows: {result['total_rows']}  anomalies: {result['anomaly_count']} ({100 * result['anomaly_ratio']:.2f}%)  "
-          f"threshold: {result['threshold']:.6g} ({result['threshold_method']})  model: {result['version']}")
+    print(f"Rows: {result['total_rows']}  anomalies: {result['anomaly_count']} ({100 * result['anomaly_ratio']:.2f}%) "
+          f"in {result['anomaly_segments']} segment(s)  threshold: {result['threshold']:.6g} ({result['threshold_method']})  model: {result['version']}")
     if result["scored_rows"] < result["total_rows"]:
         print(f"  {result['total_rows'] - result['scored_rows']} row(s) have no score (window history or dropped rows)")
     miss = result.get("missing", {})
     if miss.get("missing_values"):
         print(f"  missing values: {miss['missing_values']} (filled {miss['values_filled']}, rows dropped {miss['rows_dropped']})")
     if result["top_anomalies"][:top]:
-        print("Top anomalies:")
+        print("Top anomalies (strongest row of each run of anomalous rows):")
         for a in result["top_anomalies"][:top]:
             feats = ", ".join(f"{f['feature']} {100 * f['share']:.0f}%" for f in a["top_features"])
-            print(f"  row {a['index']:>8}  error {a['reconstruction_error']:.6g}  ({feats})")
+            rows = f"rows {a['first_row']}-{a['last_row']}" if a["last_row"] > a["first_row"] else "1 row"
+            print(f"  row {a['index']:>8}  error {a['reconstruction_error']:<11.6g} {rows:<17} ({feats})")
     if "metrics" in result:
         m = result["metrics"]
         parts = [f"{k} {m[k]:.3f}" for k in ("precision", "recall", "f1", "roc_auc", "pr_auc", "vus_pr", "best_f1") if k in m]

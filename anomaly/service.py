@@ -411,7 +411,9 @@ class _Summary:
         self.threshold, self.features = threshold, features
         self.max_results = max_results
         self.rows = self.scored = self.anomalies = 0
-        self.top: list[tuple[float, int, list]] = []  # min-heap of the strongest anomalies
+        self.top: list[tuple] = []  # min-heap of the strongest segments: (peak score, peak row, first, last, errors)
+        self.open: list | None = None  # a segment still running at the end of the last block
+        self.segments = 0
         self.anom_rows: list[tuple[int, float]] = []
         self.normal_rows: list[tuple[int, float]] = []
         self.keep_all = keep_all
@@ -424,14 +426,7 @@ class _Summary:
         self.scored += int(np.isfinite(scores).sum())
         idx = np.flatnonzero(flags)
         self.anomalies += len(idx)
-        # only this block's strongest anomalies can enter the running top list
-        best = idx[np.argsort(-scores[idx])[:TOP_ANOMALIES]]
-        for i, feats in zip(best, top_features_rows(row_err[best], self.features)):
-            item = (float(scores[i]), start + int(i), feats)
-            if len(self.top) < TOP_ANOMALIES:
-                heapq.heappush(self.top, item)
-            elif item[0] > self.top[0][0]:
-                heapq.heapreplace(self.top, item)
+        self._add_segments(start, scores, flags.astype(bool), row_err)
         cap = self.max_results
         if cap is None or len(self.anom_rows) < cap:
             take = idx if cap is None else idx[: cap - len(self.anom_rows)]
@@ -442,6 +437,43 @@ class _Summary:
             self.normal_rows += [(start + int(i), _num(scores[i])) for i in take]
         if self.keep_all:
             self.all_scores.append(scores)
+
+    def _add_segments(self, start: int, scores: np.ndarray, flags: np.ndarray, row_err: np.ndarray) -> None:
+        """Contiguous anomalous rows form one segment (an incident, or a window model's neighbourhood of a
+        spike); the top list holds the strongest segments by their peak row, so ten rows of one incident do
+        not crowd out the others. A segment may continue into the next block."""
+        edges = np.flatnonzero(np.diff(np.r_[0, flags.view(np.int8), 0]))
+        runs = list(zip(edges[::2], edges[1::2]))  # [first, end) within the block
+        if self.open is not None and (not runs or runs[0][0] != 0):
+            self._close(self.open)
+            self.open = None
+        if not runs:
+            return
+        padded = np.r_[np.nan_to_num(scores, nan=-np.inf), -np.inf]
+        peaks = np.maximum.reduceat(padded, np.ravel(runs))[::2]
+        keep = set(np.argsort(-peaks)[:TOP_ANOMALIES].tolist()) | {0, len(runs) - 1}
+        self.segments += len(runs) - (self.open is not None)
+        for k, (a, b) in enumerate(runs):
+            if k not in keep:
+                continue
+            i = a + int(np.argmax(padded[a:b]))
+            seg = [int(start + a), int(start + b - 1), float(scores[i]), int(start + i), row_err[i]]
+            if k == 0 and self.open is not None:  # continues the segment the previous block ended with
+                prev = self.open
+                seg = [prev[0], seg[1]] + (seg[2:] if seg[2] > prev[2] else prev[2:])
+            if k == len(runs) - 1 and b == len(flags):
+                self.open = seg
+            else:
+                self._close(seg)
+                if k == 0:
+                    self.open = None
+
+    def _close(self, seg: list) -> None:
+        item = (seg[2], seg[3], seg[0], seg[1], seg[4])
+        if len(self.top) < TOP_ANOMALIES:
+            heapq.heappush(self.top, item)
+        elif item[0] > self.top[0][0]:
+            heapq.heapreplace(self.top, item)
 
     def add_period_sample(self, values: np.ndarray) -> None:
         """The first feature's leading values: VUS-PR's buffer range comes from the series' period."""
@@ -458,6 +490,9 @@ class _Summary:
         self.labels.append((lab > 0).astype(np.int8))
 
     def summary(self) -> dict:
+        if self.open is not None:
+            self._close(self.open)
+            self.open = None
         out = {
             "status": "success",
             "total_rows": self.rows,
@@ -465,8 +500,10 @@ class _Summary:
             "anomaly_count": self.anomalies,
             "anomaly_ratio": self.anomalies / self.rows if self.rows else 0.0,
             "threshold": self.threshold,
-            "top_anomalies": [{"index": i, "reconstruction_error": s, "top_features": f}
-                              for s, i, f in sorted(self.top, reverse=True)],
+            "anomaly_segments": self.segments,
+            "top_anomalies": [{"index": i, "reconstruction_error": s, "first_row": a, "last_row": b,
+                               "top_features": top_features(err, self.features)}
+                              for s, i, a, b, err in sorted(self.top, key=lambda t: t[0], reverse=True)],
         }
         if self.max_results != 0:
             rows = [(i, s, True) for i, s in self.anom_rows] + [(i, s, False) for i, s in self.normal_rows]
