@@ -49,24 +49,21 @@ class DetectionResult(_Result):
     version: str | None = None
 
 
-class ModelInfo(_Result):
+class _ModelFacts(_Result):
     status: str
     version: str
     model_type: str
     features: list[str]
     window: int
     threshold: float
+
+
+class ModelInfo(_ModelFacts):
     threshold_method: str | None = None
     created: str | None = None
 
 
-class TrainResult(_Result):
-    status: str
-    version: str
-    model_type: str
-    features: list[str]
-    window: int
-    threshold: float
+class TrainResult(_ModelFacts):
     epochs_run: int
     final_loss: float | None = None
 
