@@ -11,7 +11,6 @@ import csv
 import gzip
 import io
 import os
-import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -469,20 +468,3 @@ def _parse_block(body: bytes, fmt: CsvFormat, dtype: dict, p: Path, usecols: lis
         if not pd.api.types.is_numeric_dtype(frame[c]):  # a stray word: unparsable values become missing
             frame[c] = pd.to_numeric(frame[c], errors="coerce")
     return frame
-
-
-def count_rows_hint(path: str | os.PathLike) -> int | None:
-    """Approximate number of data rows from the file size (for progress bars); None when compressed."""
-    p = Path(path)
-    head, compression = _open_text_head(p)
-    if compression:
-        return None
-    lines = head.count(b"\n") or 1
-    return max(1, int(p.stat().st_size / (len(head) / lines)))
-
-
-_SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
-
-
-def safe_name(name: str) -> str:
-    return _SAFE_NAME.sub("_", name).strip("_") or "col"

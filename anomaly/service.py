@@ -420,6 +420,7 @@ class _Summary:
         self.all_scores: list[np.ndarray] = []
         self.labels: list[np.ndarray] = []
         self.label_column = None
+        self.period_sample: list[np.ndarray] = []
 
     def add(self, start: int, scores: np.ndarray, flags: np.ndarray, row_err: np.ndarray) -> None:
         self.rows += len(scores)
@@ -477,9 +478,8 @@ class _Summary:
 
     def add_period_sample(self, values: np.ndarray) -> None:
         """The first feature's leading values: VUS-PR's buffer range comes from the series' period."""
-        kept = getattr(self, "period_sample", [])
-        if sum(len(v) for v in kept) < 20000:
-            self.period_sample = kept + [values[:20000]]
+        if sum(len(v) for v in self.period_sample) < 20000:
+            self.period_sample.append(values[:20000])
 
     def add_labels(self, labels, column: str) -> None:
         self.label_column = column
@@ -518,7 +518,7 @@ class _Summary:
         scores = np.concatenate(self.all_scores)
         labels = np.concatenate(self.labels)[: len(scores)]
         from .metrics import max_buffer_for
-        sample = getattr(self, "period_sample", None)
+        sample = self.period_sample
         max_buffer = max_buffer_for(np.concatenate(sample)) if sample else None
         return threshold_report(labels, scores, self.threshold, max_buffer=max_buffer) | {"label_column": self.label_column}
 
