@@ -52,7 +52,7 @@ class MCPAnomalyDetectionTool:
     def train_model(self, data_file: str, version: str | None = None, epochs: int = defaults.EPOCHS,
                     batch_size: int = defaults.BATCH_SIZE, learning_rate: float = defaults.LEARNING_RATE,
                     encoding_dim: int | None = None, percentile: float = defaults.PERCENTILE,
-                    model_type: str = defaults.MODEL_TYPE, window: int = defaults.WINDOW, **artifacts) -> dict:
+                    model_type: str = defaults.MODEL_TYPE, window: int | str = defaults.WINDOW, **artifacts) -> dict:
         """Train a new version in the store (or to explicit artifact paths given here); never overwrites."""
         return _safely(self.toolbox.train_model, data_file, version=version, epochs=epochs, batch_size=batch_size,
                        learning_rate=learning_rate, encoding_dim=encoding_dim, percentile=percentile,

@@ -61,3 +61,11 @@ def test_errors_are_status_dicts(workdir):
     assert MCPAnomalyDetectionTool(version="nope").run_detection("test.csv")["error_type"] == "NotFound"
     missing = MCPAnomalyDetectionTool(version="v1").run_detection("missing.csv")
     assert missing["status"] == "error" and "missing.csv" in missing["error"]
+
+
+def test_train_with_window_auto_records_the_estimated_period(workdir):
+    # the synthetic sensors cycle every 50 rows
+    result = MCPAnomalyDetectionTool().train_model("train.csv", version="auto", epochs=2, window="auto")
+    assert result["status"] == "success" and 45 <= result["window"] <= 55
+    info = MCPAnomalyDetectionTool(version="auto").get_model_info()
+    assert info["window"] == result["window"]

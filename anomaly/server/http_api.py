@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Any, AsyncIterator, Callable, Iterator
+from typing import Any, AsyncIterator, Callable, Iterator, Literal
 
 import anyio
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
@@ -59,7 +59,7 @@ class TrainRequest(ArtifactArgs):
     encoding_dim: int | None = Field(None, ge=1, le=10_000)
     percentile: float = Field(defaults.PERCENTILE, gt=0, le=100)
     model_type: str = Field(defaults.MODEL_TYPE, description=f"one of {', '.join(MODEL_TYPES)}")
-    window: int = Field(defaults.WINDOW, ge=1, le=10_000)
+    window: int | Literal["auto"] = Field(defaults.WINDOW, description="rows per sample, or 'auto'")
 
 
 class LivePoints(BaseModel):

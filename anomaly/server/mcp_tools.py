@@ -7,7 +7,7 @@ its one-line message; the connection stays up.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import anyio.from_thread
 from mcp.server.mcpserver import Context, MCPServer
@@ -169,8 +169,8 @@ def build_mcp(runtime: Runtime) -> MCPServer:
         percentile: Annotated[float, Field(gt=0, le=100, description="threshold percentile of normal "
                                                                       "errors")] = defaults.PERCENTILE,
         model_type: Annotated[str, Field(description=f"model type: {', '.join(MODEL_TYPES)}")] = defaults.MODEL_TYPE,
-        window: Annotated[int, Field(ge=1, le=10_000, description="rows per sample (1 = each row on its "
-                                                                  "own)")] = defaults.WINDOW,
+        window: Annotated[int | Literal["auto"], Field(description="rows per sample (1 = each row on its own; "
+                                                                "'auto' = the series' dominant period)")] = defaults.WINDOW,
     ) -> TrainResult:
         """Train an anomaly detector on a file of normal data and save it as a new model version. Reports
         progress (epoch and loss) while it runs."""

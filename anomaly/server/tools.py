@@ -128,7 +128,7 @@ class Toolbox:
                     config_path: str | None = None, epochs: int = defaults.EPOCHS,
                     batch_size: int = defaults.BATCH_SIZE, learning_rate: float = defaults.LEARNING_RATE,
                     encoding_dim: int | None = None, percentile: float = defaults.PERCENTILE,
-                    model_type: str = defaults.MODEL_TYPE, window: int = defaults.WINDOW,
+                    model_type: str = defaults.MODEL_TYPE, window: int | str = defaults.WINDOW,
                     progress: Callable[[dict], None] | None = None) -> dict:
         """Train a new version (never overwriting one, nor explicit artifact files that exist)."""
         data = self.policy.data_file(data_file)
