@@ -2,8 +2,8 @@
 
 MODEL_TYPE = "dense"
 # Rows per sample. 32 beat 1 on mean VUS-PR over the four benchmark suites (0.34 vs 0.20; BENCHMARKS.md);
-# "auto" (one dominant period) scores higher still on strongly periodic data (UCR) but is not an integer,
-# which the MCP / HTTP schemas expect. 1 = each row on its own, as in the classic tool.
+# "auto" (one dominant period) scores higher still on strongly periodic data (UCR) but was not measured with
+# the score smoothing on the other suites. 1 = each row on its own, as in the classic tool.
 WINDOW = 32
 # Scores are smoothed over a centred span of 2 * window - 1 rows unless --smooth says otherwise
 # (`scoring.smooth_rows`): it lifted mean VUS-PR above IsolationForest and PCA on NAB, SMAP and MSL.
