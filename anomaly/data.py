@@ -37,6 +37,7 @@ class CsvFormat:
     names: tuple[str, ...]  # column names (synthesised as col_0.. when there is no header)
     compression: str | None  # "gzip" or None
     bom: bool
+    header_line: bytes | None = None  # the header row as it is in the file (no BOM, no line ending)
 
     @property
     def sep(self) -> str:
@@ -148,7 +149,8 @@ def sniff(path: str | os.PathLike) -> CsvFormat:
         names = tuple(f"col_{i}" for i in range(len(first)))
     if has_header and len(lines) == 1:
         raise DataError(f"{p} has a header row but no data rows")
-    return CsvFormat(delimiter, has_header, names, compression, bom)
+    header_line = head.split(b"\n", 1)[0].rstrip(b"\r") if has_header else None
+    return CsvFormat(delimiter, has_header, names, compression, bom, header_line)
 
 
 def _unique_names(names: list[str]) -> list[str]:

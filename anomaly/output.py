@@ -151,15 +151,3 @@ class ResultWriter:
             pass
         self.f.close()
         Path(self.tmp).unlink(missing_ok=True)
-
-
-def raw_header(path: str | os.PathLike, fmt: CsvFormat) -> bytes | None:
-    """The input's header line as bytes (without BOM or line ending), or None when it has none."""
-    if not fmt.has_header:
-        return None
-    import gzip
-    with (gzip.open if fmt.compression else open)(path, "rb") as f:
-        line = f.readline()
-    if fmt.bom:
-        line = line[3:]
-    return line.rstrip(b"\r\n")

@@ -51,6 +51,8 @@ class RowScorer:
         self.model = model
         self.span, self.scored = model.span, model.scored
         self.batch_size = max(1, batch_size)
+        # small models run on one thread (hand-offs cost more than they save); big ones use them all
+        self.small = sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMETERS
         self.rows = np.empty((0, n_features), np.float32)  # rows carried over for the next samples
         self.sums = np.empty((0, n_features), np.float32)
         self.counts = np.empty(0, np.int64)
@@ -75,9 +77,7 @@ class RowScorer:
         return out
 
     def _threads(self):
-        """Small models run on one thread (hand-offs cost more than they save); big ones use them all."""
-        small = sum(p.numel() for p in self.model.parameters()) < SMALL_MODEL_PARAMETERS
-        return single_thread() if small else contextlib.nullcontext()
+        return single_thread() if self.small else contextlib.nullcontext()
 
     def _row_by_row(self, chunk: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(chunk, dtype=np.float32))

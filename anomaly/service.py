@@ -241,8 +241,8 @@ def iter_detect(
     result_cols = ["reconstruction_error", "is_anomaly"] + ([f"{f}_contribution" for f in features] if per_feature else [])
     writer = None
     if output:
-        from .output import ResultWriter, raw_header
-        writer = ResultWriter(output, fmt, raw_header(p, fmt), result_cols)
+        from .output import ResultWriter
+        writer = ResultWriter(output, fmt, fmt.header_line, result_cols)
     stream = det.stream()
     pending = _Pending()
     acc = _Summary(det.threshold_, features, max_results if return_details else 0, keep_all=label_col is not None)
@@ -530,10 +530,17 @@ def _num(x) -> float | None:
 
 def detect(file_path: str, **kwargs) -> dict:
     """Score every row of `file_path`; returns the summary dict (see `iter_detect` for the arguments)."""
-    for event in iter_detect(file_path, anomaly_events=False, **kwargs):
+    return summary_of(iter_detect(file_path, anomaly_events=False, **kwargs))
+
+
+def summary_of(events: Iterator[dict], progress: Callable[[dict], None] | None = None) -> dict:
+    """The summary that ends a detection event stream; `progress` sees the progress events on the way."""
+    for event in events:
         if event["event"] == "summary":
             event.pop("event")
             return event
+        if progress and event["event"] == "progress":
+            progress(event)
     raise AnomalyError("detection ended without a summary")  # unreachable: iter_detect always ends with one
 
 

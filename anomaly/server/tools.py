@@ -82,14 +82,9 @@ class Toolbox:
                       scaler_path: str | None = None, config_path: str | None = None, version: str | None = None,
                       return_details: bool = True, max_results: int | None = None,
                       progress: Callable[[dict], None] | None = None, trusted: bool = False) -> dict:
-        for event in self.detect_events(file_path, model_path, threshold_path, scaler_path, config_path, version,
-                                        return_details, max_results, trusted=trusted, anomaly_events=False):
-            if event["event"] == "summary":
-                event.pop("event")
-                return event
-            if progress and event["event"] == "progress":
-                progress(event)
-        raise DataError("detection ended without a summary")  # unreachable
+        return service.summary_of(self.detect_events(file_path, model_path, threshold_path, scaler_path, config_path,
+                                                     version, return_details, max_results, trusted=trusted,
+                                                     anomaly_events=False), progress)
 
     def _new_result_path(self, data_file: Path, label: str) -> Path:
         stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", data_file.name.split(".")[0])[:60] or "data"
