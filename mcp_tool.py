@@ -42,9 +42,11 @@ class MCPAnomalyDetectionTool:
         self.version = version
         self.toolbox = Toolbox(model_dir, results_dir, data_roots=None)  # in-process: any data file
 
-    def run_detection(self, file_path: str, return_details: bool = True, max_results: int | None = None) -> dict:
+    def run_detection(self, file_path: str, return_details: bool = True, max_results: int | None = None,
+                      time_column: str | None = None, threshold_window: int | str | None = None) -> dict:
         return _safely(self.toolbox.run_detection, file_path, version=self.version, return_details=return_details,
-                       max_results=max_results, **self.artifacts)
+                       max_results=max_results, time_column=time_column, threshold_window=threshold_window,
+                       **self.artifacts)
 
     def get_model_info(self) -> dict:
         return _safely(self.toolbox.get_model_info, version=self.version, **self.artifacts)
@@ -64,7 +66,8 @@ class MCPAnomalyDetectionTool:
 
 def run_detection(file_path: str, **kwargs) -> dict:
     """Detect with the latest model in ./models (keyword arguments as `MCPAnomalyDetectionTool`)."""
-    options = {k: kwargs.pop(k) for k in ("return_details", "max_results") if k in kwargs}
+    options = {k: kwargs.pop(k) for k in ("return_details", "max_results", "time_column", "threshold_window")
+               if k in kwargs}
     return MCPAnomalyDetectionTool(**kwargs).run_detection(file_path, **options)
 
 

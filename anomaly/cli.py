@@ -116,6 +116,11 @@ def add_detect_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-results", type=int, help="with --json: cap per-row results (anomalies first; default all)")
     p.add_argument("--per-feature", action="store_true", help="add each feature's share of the error")
     add_data_arguments(p)
+    p.add_argument("--time-column", help="column that says when each row happened, reported with every anomaly "
+                   "(default: a column named timestamp, time, date or datetime)")
+    p.add_argument("--threshold-window", help="rolling threshold: the version's threshold method over the preceding "
+                   "N rows that were not flagged (a number), or over a time span such as 7d or 12h; per-row "
+                   "thresholds go to a 'threshold' column")
     p.add_argument("--top", type=int, default=10, help="top anomalies to print")
     p.add_argument("--plot", help="write a PNG: features over time, anomalies, labelled windows, score vs threshold")
 
@@ -176,7 +181,10 @@ def cmd_train(args) -> int:
     rep = result["data_report"]
     print(f"Trained {result['model_type']} model version {result['version']} on {result['rows']} rows, "
           f"{len(result['features'])} feature(s): {', '.join(result['features'])}")
-    if rep.get("constant_columns") or rep.get("empty_columns") or rep.get("ignored_columns"):
+    if rep.get("constant_columns_kept"):
+        print(f"  every feature is constant in training ({', '.join(rep['constant_columns'])}): the model flags "
+              "any departure from those values")
+    elif rep.get("constant_columns") or rep.get("empty_columns") or rep.get("ignored_columns"):
         print(f"  ignored columns: {', '.join(rep.get('ignored_columns', [])) or '-'}; constant (dropped): "
               f"{', '.join(rep.get('constant_columns', [])) or '-'}; empty: {', '.join(rep.get('empty_columns', [])) or '-'}")
     if rep.get("missing_values"):
@@ -208,7 +216,8 @@ def cmd_detect(args) -> int:
     result = service.detect(
         args.data, version=args.version, store=_store(args), paths=paths, output=args.output,
         per_feature=args.per_feature, missing=args.missing, label_column=args.label_column,
-        max_results=args.max_results, return_details=args.json, plot=args.plot,
+        max_results=args.max_results, return_details=args.json, plot=args.plot, time_column=args.time_column,
+        threshold_window=args.threshold_window,
     )
     if args.json:
         print(json.dumps(result, indent=2, allow_nan=False, default=str))
@@ -218,8 +227,16 @@ def cmd_detect(args) -> int:
 
 
 def print_summary(result: dict, top: int = 10) -> None:
-    print(f"Rows: {result['total_rows']}  anomalies: {result['anomaly_count']} ({100 * result['anomaly_ratio']:.2f}%) "
-          f"in {result['anomaly_segments']} segment(s)  threshold: {result['threshold']:.6g} ({result['threshold_method']})  model: {result['version']}")
+    rolling = result.get("threshold_window")
+    threshold = (f"rolling {result['threshold_method']} over {rolling['window']} rows" if rolling and isinstance(rolling["window"], int)
+                 else f"rolling {result['threshold_method']} over {rolling['window']}" if rolling
+                 else f"{result['threshold']:.6g} ({result['threshold_method']})")
+    expected = result.get("expected_ratio")
+    print(f"Rows: {result['total_rows']}  anomalies: {result['anomaly_count']} ({100 * result['anomaly_ratio']:.2f}%"
+          + (f"; normal data: ~{100 * expected:.1f}%" if expected is not None else "")
+          + f") in {result['anomaly_segments']} segment(s)  threshold: {threshold}  model: {result['version']}")
+    for warning in result.get("warnings", []):
+        print(f"  warning: {warning}")
     if result["scored_rows"] < result["total_rows"]:
         print(f"  {result['total_rows'] - result['scored_rows']} row(s) have no score (window history or dropped rows)")
     miss = result.get("missing", {})
@@ -230,7 +247,12 @@ def print_summary(result: dict, top: int = 10) -> None:
         for a in result["top_anomalies"][:top]:
             feats = ", ".join(f"{f['feature']} {100 * f['share']:.0f}%" for f in a["top_features"])
             rows = f"rows {a['first_row']}-{a['last_row']}" if a["last_row"] > a["first_row"] else "1 row"
-            print(f"  row {a['index']:>8}  error {a['reconstruction_error']:<11.6g} {rows:<17} ({feats})")
+            if "time" in a:
+                span = f"{a['first_time']} .. {a['last_time']}" if a["last_row"] > a["first_row"] else ""
+                print(f"  {a['time']:<20} row {a['index']:>8}  error {a['reconstruction_error']:<11.6g} {rows:<17} "
+                      f"{span + '  ' if span else ''}({feats})")
+            else:
+                print(f"  row {a['index']:>8}  error {a['reconstruction_error']:<11.6g} {rows:<17} ({feats})")
     if "metrics" in result:
         m = result["metrics"]
         parts = [f"{k} {m[k]:.3f}" for k in ("precision", "recall", "f1", "roc_auc", "pr_auc", "vus_pr", "best_f1") if k in m]

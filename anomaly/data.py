@@ -233,6 +233,28 @@ def choose_features(fmt: CsvFormat, numeric: list[str], columns: list[str] | Non
     return feats
 
 
+def time_column(names: list[str], features: list[str], given: str | None = None) -> str | None:
+    """The column that says when each row happened: `given` (checked), else one named like a time."""
+    if given:
+        if given not in names:
+            raise DataError(f"time column {given!r} not found; columns are {', '.join(names)}")
+        if given in features:
+            raise DataError(f"{given!r} is a feature of the model and cannot be the time column")
+        return given
+    return guess_time_column(pd.DataFrame(columns=names), features)
+
+
+def parse_times(values) -> np.ndarray:
+    """A time column's values as datetime64[ns] (NaT where unreadable); numbers are Unix seconds."""
+    values = pd.Series(values)
+    numeric = pd.to_numeric(values, errors="coerce")
+    if numeric.notna().all() and len(values):
+        return pd.to_datetime(numeric, unit="s", errors="coerce").to_numpy("datetime64[ns]")
+    with warnings.catch_warnings():  # "could not infer format": it falls back to parsing each value
+        warnings.simplefilter("ignore", UserWarning)
+        return pd.to_datetime(values, errors="coerce", format="mixed").to_numpy("datetime64[ns]")
+
+
 def guess_time_column(frame: pd.DataFrame, features: list[str]) -> str | None:
     for c in frame.columns:
         if c not in features and str(c).strip().lower() in ("timestamp", "time", "date", "datetime"):
@@ -334,6 +356,11 @@ def _drop_unusable(X: np.ndarray, feats: list[str], drop_constant: bool) -> tupl
     report = {"empty_columns": [feats[i] for i in np.flatnonzero(empty)],
               "constant_columns": [feats[i] for i in np.flatnonzero(constant)]}
     drop = empty | (constant if drop_constant else False)
+    if drop.all() and constant.any():
+        # Only flat metrics: keep them. The model learns the constant and any departure from it is anomalous
+        # (refusing would leave a flat metric, which can still break, without a detector).
+        drop = empty
+        report["constant_columns_kept"] = True
     if drop.all():
         raise DataError("every numeric column is empty or constant; nothing to learn from "
                         f"(empty: {report['empty_columns']}, constant: {report['constant_columns']})")
@@ -372,9 +399,10 @@ class Block:
 
 
 def iter_blocks(path: str | os.PathLike, fmt: CsvFormat, numeric_cols: list[str], block_bytes: int = 32 << 20,
-                all_columns: bool = True) -> Iterator[Block]:
+                all_columns: bool = True, text_cols: list[str] = ()) -> Iterator[Block]:
     """Yield consecutive blocks of data rows; memory stays bounded whatever the file size. Without
-    `all_columns` the frame holds only `numeric_cols` (turning text columns into objects costs time)."""
+    `all_columns` the frame holds only `numeric_cols` and `text_cols` (turning every text column into objects
+    costs time); `text_cols` (a time column) are kept as they are written."""
     p = Path(path)
     opener = gzip.open if fmt.compression else open
     dtype = {c: np.float32 for c in numeric_cols}
@@ -406,7 +434,8 @@ def iter_blocks(path: str | os.PathLike, fmt: CsvFormat, numeric_cols: list[str]
                     lines = [ln for ln in lines if ln]
                 if lines:
                     # pandas skips blank lines and handles CRLF itself, so the block is parsed as it is
-                    frame = _parse_block(body, fmt, dtype, p, None if all_columns else list(numeric_cols))
+                    frame = _parse_block(body, fmt, dtype, p, None if all_columns else
+                                         list(dict.fromkeys([*numeric_cols, *text_cols])), text_cols)
                     if len(frame) != len(lines):
                         raise DataError(f"malformed CSV in {p}: line structure around row {row} could not be read")
                     yield Block(row, lines, frame)
@@ -454,10 +483,12 @@ def prefetch(items: Iterator, depth: int = 1) -> Iterator:
         stop.set()
 
 
-def _parse_block(body: bytes, fmt: CsvFormat, dtype: dict, p: Path, usecols: list[str] | None = None) -> pd.DataFrame:
+def _parse_block(body: bytes, fmt: CsvFormat, dtype: dict, p: Path, usecols: list[str] | None = None,
+                 text_cols: list[str] = ()) -> pd.DataFrame:
     # Parsed as float64 and narrowed by the caller: pandas' C parser is ~1.7x slower when asked for float32
     # (and slower again with low_memory=False), measured on 32 MiB blocks of 20 float columns.
-    kwargs = _read_kwargs(fmt) | {"skiprows": 0, "encoding": "utf-8", "usecols": usecols, "low_memory": True}
+    kwargs = _read_kwargs(fmt) | {"skiprows": 0, "encoding": "utf-8", "usecols": usecols, "low_memory": True,
+                                  "dtype": {c: str for c in text_cols if c not in dtype} or None}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", pd.errors.DtypeWarning)

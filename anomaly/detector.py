@@ -22,7 +22,7 @@ import torch
 
 from . import __version__, defaults, models, period, thresholds, training
 from .errors import ArtifactError, DataError
-from .scoring import SCORE_BATCH, CenteredMean, RowScorer, row_errors, row_scores, smooth_rows
+from .scoring import SCORE_BATCH, RowScorer, SpikeSmoother, row_errors, row_scores, smooth_errors, smooth_rows, spike_floor
 from .store import ArtifactPaths, atomic_write_bytes, atomic_write_text, check_complete, now_iso, read_json
 
 SCALERS = ("standard", "minmax", "robust")
@@ -97,6 +97,10 @@ class Detector:
         self.feature_names_ = list(feature_names or [f"x{i}" for i in range(X.shape[1])])
         self.window_auto_ = self.window == "auto"  # estimate one dominant period from the training rows
         self.window_ = period.auto_window(X) if self.window_auto_ else int(self.window)
+        # A flat metric has no shape to learn: each row on its own, so a departure flags its own rows only.
+        self.flat_ = bool(len(X)) and bool((np.ptp(X, axis=0) == 0).all())
+        if self.flat_:
+            self.window_ = 1
         models.get(self.model_type)
         training.seed_everything(self.seed)
         self.model_config_ = models.make_config(self.model_type, X.shape[1], self.window_, self.model_params)
@@ -113,21 +117,34 @@ class Detector:
         self.smooth_ = smooth_rows(self.window_) if self.smooth is None else int(self.smooth)
         if self.smooth_ < 1:
             raise DataError(f"--smooth must be at least 1 row (1 = no smoothing), got {self.smooth_}")
-        self.decision_scores_ = row_scores(self._errors(Z))
-        # Held-out rows calibrate the threshold when there are some: training rows' errors are optimistic.
+        if self.flat_:
+            self.smooth_ = 1
+        raw = row_errors(self.model_, Z)
+        self.spike_floor_ = spike_floor(raw) if self.smooth_ > 1 else None
+        self.decision_scores_ = row_scores(smooth_errors(raw, self.smooth_, self.spike_floor_))
+        # The threshold comes from every training row, fitted and held out alike. Smoothed scores change
+        # slowly, so the held-out tail alone (10% of the rows) held only a handful of independent values and
+        # put the threshold wherever that stretch happened to sit: 20-35% of new normal rows were flagged.
+        # Early stopping keeps fitted rows' errors close to held-out ones (BENCHMARKS.md, "Calibration").
         n_val = 0 if Z_val is None else len(Z_val)
-        if self.threshold_method in thresholds.NEEDS_LABELS:
-            n_val = 0  # label-based methods use every labelled row: the held-out tail may hold no anomaly
-        self.threshold_source_ = "validation" if n_val else "training"
-        calib = self.decision_scores_[-n_val:] if n_val else self.decision_scores_
-        calib_labels = None if labels is None else np.asarray(labels)[-n_val:] if n_val else labels
-        self.set_threshold(self.threshold_method, calib, calib_labels, **self.threshold_params)
+        self.threshold_source_ = "training"
+        self.calibration_ = {"rows": int(np.isfinite(self.decision_scores_).sum()), "held_out_rows": n_val,
+                             "fitted_rows": len(Z) - n_val}
+        self.set_threshold(self.threshold_method, self.decision_scores_, labels, **self.threshold_params)
+        if self.flat_:  # identical rows differ only by float rounding: any departure from the constant is anomalous
+            top = float(np.nanmax(self.decision_scores_))
+            self.threshold_ = self.threshold_info_["threshold"] = float(np.nextafter(top, np.inf))
+            self.threshold_info_["expected_rate"] = 0.0
+            self.threshold_info_["note"] = ("constant training data: window 1, no smoothing, threshold just above "
+                                            "the highest training score (any departure is flagged)")
         self.train_stats_ = thresholds.describe(self.decision_scores_[np.isfinite(self.decision_scores_)])
         return self
 
     def set_threshold(self, method: str, scores: np.ndarray, labels: np.ndarray | None = None, **params) -> dict:
         self.threshold_info_ = thresholds.compute(method, scores, labels, **params)
         self.threshold_info_["source"] = getattr(self, "threshold_source_", "training")
+        if hasattr(self, "calibration_"):
+            self.threshold_info_["calibration"] = self.calibration_
         self.threshold_ = self.threshold_info_["threshold"]
         self.threshold_method, self.threshold_params = method, params
         return self.threshold_info_
@@ -142,10 +159,7 @@ class Detector:
         return self._errors(self.transform(X))
 
     def _errors(self, Z: np.ndarray) -> np.ndarray:
-        smoother = CenteredMean(self.smooth_)
-        head = smoother.push(row_errors(self.model_, Z))
-        tail = smoother.finish()
-        return np.concatenate([head, tail]) if len(tail) else head
+        return smooth_errors(row_errors(self.model_, Z), self.smooth_, self.spike_floor_)
 
     def score_samples(self, X: np.ndarray) -> np.ndarray:
         return row_scores(self.row_errors(X))
@@ -169,6 +183,7 @@ class Detector:
             "n_features": len(self.feature_names_),
             "window": self.window_,
             "smooth": self.smooth_,
+            **({"spike_floor": self.spike_floor_.tolist()} if self.spike_floor_ is not None else {}),
             **({"window_auto": True} if getattr(self, "window_auto_", False) else {}),
             "span": self.model_.span,
             "scaler": self.scaler,
@@ -236,6 +251,8 @@ class Detector:
         det.model_.eval()
         det.window_auto_ = bool(config.get("window_auto", False))
         det.smooth_ = int(config.get("smooth", 1))  # versions saved before smoothing existed score unsmoothed
+        floor = config.get("spike_floor")  # versions saved before it smooth spikes like everything else
+        det.spike_floor_ = None if floor is None else np.asarray(floor, np.float32)
         det.threshold_info_ = threshold
         det.history_ = config.get("history", {})
         det.train_stats_ = config.get("train_scores", {})
@@ -250,7 +267,7 @@ class StreamScorer:
     def __init__(self, detector: Detector, batch_size: int = SCORE_BATCH):
         self.detector = detector
         self.rows = RowScorer(detector.model_, len(detector.feature_names_), batch_size)
-        self.smoother = CenteredMean(detector.smooth_)
+        self.smoother = SpikeSmoother(detector.smooth_, detector.spike_floor_)
 
     def push(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if len(X) == 0:

@@ -24,6 +24,7 @@ import numpy as np
 
 from . import defaults, metrics, thresholds
 from .errors import DataError, NotFound
+from .rolling import RollingThreshold
 
 RANKING = ("roc_auc", "pr_auc", "vus_pr", "best_f1")
 AT_THRESHOLD = ("precision", "recall", "f1")
@@ -32,7 +33,7 @@ EVAL_EPOCHS = 30
 EVAL_BATCH_SIZE = 64
 EVAL_PATIENCE = 5
 EVAL_MAX_TRAIN_ROWS = 20000
-COMPARE_THRESHOLDS = ("percentile", "pot", "meanstd", "iqr")
+COMPARE_THRESHOLDS = ("percentile", "pot", "meanstd", "iqr", "dynamic")
 
 
 def _list(value: str) -> list[str]:
@@ -59,6 +60,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--risk", type=float, help="target risk (pot method, default 1e-3)")
     p.add_argument("--compare-thresholds", type=_list, default=list(COMPARE_THRESHOLDS),
                    help="also report F1 at these label-free threshold methods (same model, no retraining)")
+    p.add_argument("--threshold-windows", type=lambda v: [int(x) for x in _list(v)], default=[],
+                   help="also report rolling thresholds over these many preceding rows (each compared method)")
     p.add_argument("--smooth", action="store_true", help="also report each detector's scores smoothed by a centred "
                    "moving mean over 2 x window rows (an experiment: see BENCHMARKS.md)")
     p.add_argument("--baselines", type=_list, default=["iforest", "pca", "zscore"],
@@ -219,6 +222,9 @@ def evaluate_series(series: str, train: Path, test: Path, args, tmp: Path, plot_
                 params = service.threshold_params(method, args.percentile, None, **t_opts)
                 thr = thresholds.compute(method, calib, **params)["threshold"]
                 rep["f1_at"][method] = _at_threshold(labels, scores, thr)
+                for n in getattr(args, "threshold_windows", []):
+                    moving = RollingThreshold(n, method, params, thr, median=float(np.median(calib)))
+                    rep["f1_at"][f"{method} rolling {n}"] = _at_threshold(labels, scores, moving.push(scores))
             row["detectors"][key] = rep
             if getattr(args, "smooth", False):
                 span = 2 * det.window_
@@ -254,9 +260,9 @@ def _model_params(args) -> dict:
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
-def _calibration(train_scores: np.ndarray, held_out: bool = True) -> np.ndarray:
-    """The rows a threshold is calibrated on, as training does: the held-out tail of the training rows when
-    training had one (too few rows for the window leave none), else all of them."""
+def _calibration(train_scores: np.ndarray, held_out: bool = False) -> np.ndarray:
+    """The rows a threshold is calibrated on, as training does: all training rows (versions trained before
+    that calibrated on the held-out tail: `held_out`)."""
     n_val = int(round(len(train_scores) * defaults.VALIDATION_SPLIT))
     tail = train_scores[-n_val:] if held_out and n_val >= 2 else train_scores
     return tail[np.isfinite(tail)]
@@ -267,8 +273,9 @@ def _at_threshold(labels, scores, threshold) -> dict:
         pred = scores > threshold
     p, r, f = metrics.prf(labels, pred)
     fp = int((pred & ~labels.astype(bool)).sum())
-    return {"threshold": float(threshold), "precision": p, "recall": r, "f1": f,
-            "false_positive_rate": fp / max(1, int((~labels.astype(bool)).sum()))}
+    return {"threshold": float(np.mean(threshold)), "precision": p, "recall": r, "f1": f,
+            "false_positive_rate": fp / max(1, int((~labels.astype(bool)).sum())),
+            "flagged_ratio": float(pred.mean()) if len(pred) else 0.0}
 
 
 def _report(labels, scores, threshold, max_buffer) -> dict:
@@ -331,10 +338,14 @@ def summarize(rows: list[dict]) -> dict:
             vals = [x[m] for x in anom if m in x and np.isfinite(x[m])]
             if vals:
                 s[m] = float(np.mean(vals))
-        methods = {m for x in anom for m in x.get("f1_at", {})}
+        methods = {m for x in reps for m in x.get("f1_at", {})}
         if methods:
-            s["f1_at"] = {m: float(np.mean([x["f1_at"][m]["f1"] for x in anom if m in x.get("f1_at", {})]))
-                          for m in sorted(methods)}
+            def mean_at(group, m, key):
+                vals = [x["f1_at"][m][key] for x in group if m in x.get("f1_at", {})]
+                return float(np.mean(vals)) if vals else None
+            s["f1_at"] = {m: mean_at(anom, m, "f1") for m in sorted(methods)}
+            s["fpr_at"] = {m: mean_at(anom, m, "false_positive_rate") for m in sorted(methods)}
+            s["flagged_clean_at"] = {m: mean_at(clean, m, "flagged_ratio") for m in sorted(methods)}
         if clean:
             s["false_positive_rate_clean"] = float(np.mean([x["false_positive_rate"] for x in clean]))
         s["train_seconds"] = round(float(sum(x.get("train_seconds", 0) for x in reps)), 2)
@@ -370,7 +381,8 @@ def format_summary(result: dict) -> str:
                      f"{_fmt(s.get('pa_f1_random')):>6} {_fmt(s.get('false_positive_rate_clean')):>6} "
                      f"{s['train_seconds']:>8.1f} {s['score_seconds']:>8.1f}")
         if s.get("f1_at"):
-            by_method = ", ".join(f"{m} {_fmt(v)}" for m, v in s["f1_at"].items())
+            by_method = ", ".join(f"{m} {_fmt(v)} (fpr {_fmt(s['fpr_at'][m])}, clean {_fmt(s['flagged_clean_at'][m])})"
+                                  for m, v in s["f1_at"].items())
             lines.append(f"    F1 by threshold method: {by_method}")
     lines.append("Means over series with anomalies; FPR0 = false positive rate on series without any. "
                  "PA-F1 (point-adjusted) is shown only beside the same metric for a uniform random score.")

@@ -30,10 +30,11 @@ class PlotCollector:
         self.label_column, self.time_column = label_column, time_column
         self.size = 1  # rows per bucket; doubles when there are too many buckets
         self.rows = 0
+        self.rolling = False  # per-row thresholds were given
         n_f = len(self.features)
         self.b = {  # per-bucket statistics, one entry per bucket
             "min": np.empty((0, n_f)), "max": np.empty((0, n_f)), "sum": np.empty((0, n_f)), "cnt": np.empty((0, n_f)),
-            "smin": np.empty(0), "smax": np.empty(0), "label": np.empty(0, bool), "time": np.empty(0, "datetime64[ns]"),
+            "smin": np.empty(0), "smax": np.empty(0), "thr": np.empty(0), "label": np.empty(0, bool), "time": np.empty(0, "datetime64[ns]"),
             "amax": np.empty(0), "aval": np.empty((0, n_f)), "ashare": np.empty((0, n_f)),
             "acount": np.empty(0, np.int64),
         }
@@ -42,8 +43,10 @@ class PlotCollector:
 
     # --- collecting ------------------------------------------------------------------------------------
 
-    def add_frame(self, start: int, frame, scores: np.ndarray, flags: np.ndarray, row_err: np.ndarray | None = None):
-        """Add a block of rows as a pandas frame (the detection stream's blocks), in slices to bound memory."""
+    def add_frame(self, start: int, frame, scores: np.ndarray, flags: np.ndarray, row_err: np.ndarray | None = None,
+                  thresholds: np.ndarray | None = None):
+        """Add a block of rows as a pandas frame (the detection stream's blocks), in slices to bound memory.
+        `thresholds`: per-row thresholds of a rolling threshold (drawn instead of the fixed line)."""
         step = 65536
         for a in range(0, len(frame), step):
             part = frame.iloc[a:a + step]
@@ -51,10 +54,11 @@ class PlotCollector:
             labels = part[self.label_column].to_numpy() if self.label_column and self.label_column in part else None
             times = part[self.time_column].to_numpy() if self.time_column and self.time_column in part else None
             self.add(start + a, X, scores[a:a + step], flags[a:a + step], labels=labels, times=times,
-                     row_err=None if row_err is None else row_err[a:a + step])
+                     row_err=None if row_err is None else row_err[a:a + step],
+                     thresholds=None if thresholds is None else thresholds[a:a + step])
 
     def add(self, start: int, X: np.ndarray, scores: np.ndarray, flags: np.ndarray, labels=None, times=None,
-            row_err: np.ndarray | None = None) -> None:
+            row_err: np.ndarray | None = None, thresholds: np.ndarray | None = None) -> None:
         n = len(X)
         if n == 0:
             return
@@ -77,11 +81,14 @@ class PlotCollector:
                 "sum": np.add.reduceat(np.where(finite, X, 0), cuts),
                 "cnt": np.add.reduceat(finite.astype(float), cuts),
                 "smin": np.fmin.reduceat(scores, cuts), "smax": np.fmax.reduceat(scores, cuts),
+                "thr": (np.fmax.reduceat(np.asarray(thresholds, np.float64), cuts) if thresholds is not None
+                        else np.full(len(cuts), self.threshold)),
                 "label": (np.logical_or.reduceat(np.asarray(labels, float) > 0, cuts) if labels is not None
                           else np.zeros(len(cuts), bool)),
                 "time": (_times(times, cuts) if times is not None
                          else np.full(len(cuts), np.datetime64("NaT"), "datetime64[ns]")),
             }
+        self.rolling = self.rolling or thresholds is not None
         a_score = np.where(flags, np.nan_to_num(scores, nan=-np.inf), -np.inf)
         new["amax"] = np.maximum.reduceat(a_score, cuts)
         new["acount"] = np.add.reduceat(flags.astype(np.int64), cuts)
@@ -169,8 +176,12 @@ class PlotCollector:
         if self.size > 1:
             ax.fill_between(x, b["smin"], b["smax"], color="tab:gray", alpha=0.4, linewidth=0)
         ax.plot(x, b["smax"], color="black", linewidth=0.6, label="score (bucket max)" if self.size > 1 else "score")
-        ax.axhline(self.threshold, color="tab:orange", linestyle="--", linewidth=1,
-                   label=f"threshold {self.threshold:.4g}")
+        if self.rolling:
+            ax.plot(x, b["thr"], color="tab:orange", linestyle="--", linewidth=1, drawstyle="steps-mid",
+                    label="rolling threshold")
+        else:
+            ax.axhline(self.threshold, color="tab:orange", linestyle="--", linewidth=1,
+                       label=f"threshold {self.threshold:.4g}")
         ax.scatter(x[anomalous], b["amax"][anomalous], s=10, color="tab:red", zorder=3, label="anomaly")
         self._shade(ax, x, b["label"], label="labelled anomaly")
         finite = b["smax"][np.isfinite(b["smax"])]
@@ -238,7 +249,7 @@ def _combine(a: dict, b: dict) -> dict:
             "min": np.fmin(a["min"], b["min"]), "max": np.fmax(a["max"], b["max"]),
             "sum": a["sum"] + b["sum"], "cnt": a["cnt"] + b["cnt"],
             "smin": np.fmin(a["smin"], b["smin"]), "smax": np.fmax(a["smax"], b["smax"]),
-            "label": a["label"] | b["label"], "time": a["time"],
+            "thr": np.fmax(a["thr"], b["thr"]), "label": a["label"] | b["label"], "time": a["time"],
             "amax": np.maximum(a["amax"], b["amax"]), "aval": np.where(take_b[:, None], b["aval"], a["aval"]),
             "ashare": np.where(take_b[:, None], b["ashare"], a["ashare"]),
             "acount": a["acount"] + b["acount"],

@@ -9,6 +9,7 @@ anomaly. Rows arrive in chunks; a row is emitted once no later sample can score 
 from __future__ import annotations
 
 import contextlib
+import warnings
 from contextlib import contextmanager
 
 import numpy as np
@@ -179,6 +180,107 @@ class CenteredMean:
         if self.buf is None:
             return np.empty((0, 0), np.float32)
         return self.push(self.buf[:0], final=True)
+
+
+def median3(before: np.ndarray, rows: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """Element-wise median of three arrays; a NaN neighbour is ignored (the median of the other two's
+    ordering with the row itself), so edge rows and rows next to unscored ones keep their own value."""
+    lo, hi = np.fmin(before, rows), np.fmax(before, rows)
+    return np.fmax(lo, np.fmin(hi, after))
+
+
+class SpikeSmoother:
+    """Score smoothing that keeps one-row spikes in place (`CenteredMean` alone spreads a spike over the
+    whole span, so one bad reading became a 60-row incident).
+
+    Each row's error is split into a sustained part, the median of the row and its two neighbours, and a
+    spike part, whatever exceeds that median by more than `spike_floor` (per feature: the largest such
+    excess seen in the training rows). The sustained part is smoothed over `rows` rows as before (lasting
+    anomalies keep their lift, and VUS-PR with them); the spike part is added back at its own row only.
+    Without a floor (row-wise models, or versions saved before it existed) this is `CenteredMean`.
+    Streaming: the median needs one row ahead, the mean `rows // 2`; NaN rows (unscored) stay NaN."""
+
+    def __init__(self, rows: int, spike_floor=None):
+        self.mean = CenteredMean(rows)
+        self.floor = None if spike_floor is None or self.mean.rows == 1 else np.asarray(spike_floor, np.float32)
+        self.before: np.ndarray | None = None  # the raw row before the held one
+        self.held: np.ndarray | None = None  # the last raw row, waiting for the row after it
+        self.spikes: np.ndarray | None = None  # spike parts of rows the mean has not emitted yet
+
+    def push(self, errors: np.ndarray, final: bool = False) -> np.ndarray:
+        if self.floor is None:
+            return self.mean.push(errors, final)
+        raw = errors if self.held is None else np.concatenate([self.held, errors])
+        if len(raw) == 0:
+            return self.mean.push(raw, final)
+        ready = len(raw) if final else len(raw) - 1
+        before = np.concatenate([raw[:1] if self.before is None else self.before, raw[:-1]])[:ready]
+        after = np.concatenate([raw[1:], raw[-1:]])[:ready]
+        rows = raw[:ready]
+        sustained = median3(before, rows, after)
+        unscored = ~np.isfinite(rows)
+        sustained[unscored] = np.nan
+        spike = np.maximum(rows - sustained - self.floor, 0)
+        spike[unscored] = 0
+        if ready:
+            self.before = raw[ready - 1:ready]
+        self.held = raw[ready:]
+        self.spikes = spike if self.spikes is None else np.concatenate([self.spikes, spike])
+        out = self.mean.push(sustained, final)
+        out = out + self.spikes[:len(out)]
+        self.spikes = self.spikes[len(out):]
+        return out
+
+    def finish(self) -> np.ndarray:
+        if self.floor is None:
+            return self.mean.finish()
+        if self.held is None:
+            return np.empty((0, 0), np.float32)
+        return self.push(self.held[:0], final=True)
+
+
+class LiveSpikeSmoother:
+    """`SpikeSmoother` for points as they arrive (no rows ahead): the median of a row and the two before it,
+    and a trailing mean over `rows` rows (what batch smoothing gives the last row of a file)."""
+
+    def __init__(self, rows: int, spike_floor=None):
+        self.mean = TrailingMean(rows)
+        self.floor = None if spike_floor is None or rows <= 1 else np.asarray(spike_floor, np.float32)
+        self.last: np.ndarray | None = None  # the two raw rows before the next one
+
+    def push(self, errors: np.ndarray) -> np.ndarray:
+        if self.floor is None or len(errors) == 0:
+            return self.mean.push(errors)
+        raw = errors if self.last is None else np.concatenate([self.last, errors])
+        k = len(raw) - len(errors)
+        pad = np.concatenate([raw[:1], raw[:1], raw])  # before the first row: the row itself
+        sustained = median3(pad[k:-2], pad[k + 1:-1], pad[k + 2:])
+        unscored = ~np.isfinite(errors)
+        sustained[unscored] = np.nan
+        spike = np.maximum(errors - sustained - self.floor, 0)
+        spike[unscored] = 0
+        self.last = raw[-2:]
+        return self.mean.push(sustained) + spike
+
+
+def spike_floor(errors: np.ndarray) -> np.ndarray:
+    """Per feature, the largest amount by which a training row's error exceeded the median of it and its
+    neighbours: only excesses beyond anything normal data showed count as a spike."""
+    before = np.concatenate([errors[:1], errors[:-1]])
+    after = np.concatenate([errors[1:], errors[-1:]])
+    excess = errors - median3(before, errors, after)
+    with warnings.catch_warnings():  # an all-NaN column (never scored) warns; it gets floor 0
+        warnings.simplefilter("ignore", RuntimeWarning)
+        floor = np.nanmax(excess, axis=0)
+    return np.nan_to_num(np.maximum(floor, 0), nan=0.0).astype(np.float32)
+
+
+def smooth_errors(errors: np.ndarray, rows: int, floor=None) -> np.ndarray:
+    """`SpikeSmoother` over a whole in-memory matrix of per-row errors."""
+    smoother = SpikeSmoother(rows, floor)
+    head = smoother.push(errors)
+    tail = smoother.finish()
+    return np.concatenate([head, tail]) if len(tail) else head
 
 
 def smooth_rows(window: int) -> int:

@@ -17,13 +17,15 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from . import data, defaults, thresholds
+from . import data, defaults, rolling, thresholds
 from .errors import AnomalyError, DataError
 from .store import DEFAULT_ROOT, ArtifactPaths, ModelStore
 
 DEFAULT_MAX_RESULTS = defaults.MAX_RESULTS
 TOP_ANOMALIES = 10
 TOP_FEATURES = 3
+WARN_FACTOR = 3  # flagged ratio over this many times the expected one gets a warning
+MIN_WARN_RATIO = 0.01  # ... and over 1% of rows (a strict threshold expects almost none)
 
 
 # --- locating artifacts ----------------------------------------------------------------------------------
@@ -222,9 +224,13 @@ def iter_detect(
     anomaly_events: bool = True,
     block_bytes: int = 32 << 20,
     plot: str | None = None,
+    time_column: str | None = None,
+    threshold_window: int | str | None = None,
 ) -> Iterator[dict]:
     """Score a file block by block. Yields events: `progress`, `anomaly` (one per anomalous row, as soon as
-    its block is scored) and finally `summary` (the same dict `detect` returns)."""
+    its block is scored) and finally `summary` (the same dict `detect` returns).
+    `time_column` (default: a column named timestamp/time/date/datetime) gives every reported anomaly its time;
+    `threshold_window` (rows, or a time span such as `7d`) makes the threshold follow the data (`anomaly.rolling`)."""
     started = time.perf_counter()
     p = data.check_file(file_path)  # before loading the model: a typo in the file name fails at once
     fmt = data.sniff(p)
@@ -237,22 +243,31 @@ def iter_detect(
     numeric, _ = data.numeric_columns(p, fmt)
     label_col = data.find_label_column(list(fmt.names), label_column)
     used = data.match_features(fmt, numeric, features, label_col)
+    time_col = data.time_column(list(fmt.names), used, time_column)
+    window = rolling.parse_window(threshold_window)
+    if window is not None and not isinstance(window, int) and time_col is None:
+        raise DataError(f"threshold_window {threshold_window!r} is a time span, but {p.name} has no time column "
+                        "(name one with --time-column, or give the window in rows)")
+    thresholder = _Thresholder(det, window, str(threshold_window))
     total_bytes = p.stat().st_size
-    result_cols = ["reconstruction_error", "is_anomaly"] + ([f"{f}_contribution" for f in features] if per_feature else [])
+    result_cols = (["reconstruction_error", "is_anomaly"] + (["threshold"] if window is not None else [])
+                   + ([f"{f}_contribution" for f in features] if per_feature else []))
     writer = None
     if output:
         from .output import ResultWriter
         writer = ResultWriter(output, fmt, fmt.header_line, result_cols)
     stream = det.stream()
     pending = _Pending()
-    acc = _Summary(det.threshold_, features, max_results if return_details else 0, keep_all=label_col is not None)
+    acc = _Summary(det.threshold_, features, max_results if return_details else 0, keep_all=label_col is not None,
+                   expected_rate=expected_rate(det.threshold_info_))
     missing_report = {"missing_values": 0, "values_filled": 0, "rows_dropped": 0}
     plotter = _plotter(plot, det, fmt, used, label_col)
     filler = _MissingFiller(features, missing, missing_report)
     try:
         json_output = bool(output) and Path(output).suffix.lower() in (".json", ".jsonl", ".ndjson")
         blocks = data.prefetch(data.iter_blocks(p, fmt, used + ([label_col] if label_col else []), block_bytes,
-                                                all_columns=json_output or bool(plot)))
+                                                all_columns=json_output or bool(plot),
+                                                text_cols=[time_col] if time_col else []))
         for block in blocks:
             X = block.frame[used].to_numpy(np.float32)
             X, mask = filler.push(X, block.start)
@@ -261,19 +276,21 @@ def iter_detect(
                 acc.add_period_sample(block.frame[used[0]].to_numpy())
             pending.add_block(block, mask)
             pending.add_errors(stream.push(X)[0])
-            yield from _emit(pending, False, det, acc, writer, per_feature, anomaly_events, plotter)
+            yield from _emit(pending, False, det, acc, writer, per_feature, anomaly_events, plotter, thresholder, time_col)
             yield {"event": "progress", "rows_done": acc.rows, "bytes_total": total_bytes,
                    "rows_read": block.start + len(block.raw_lines)}
         pending.add_errors(stream.push(filler.finish())[0])
         pending.add_errors(stream.finish()[0])
-        yield from _emit(pending, True, det, acc, writer, per_feature, anomaly_events, plotter)
+        yield from _emit(pending, True, det, acc, writer, per_feature, anomaly_events, plotter, thresholder, time_col)
         if acc.rows == 0:
             raise DataError(f"{p} has a header row but no data rows")
         summary = acc.summary() | {
             "file": str(p), "version": label, "model_type": det.model_type, "features": features,
             "window": det.window_, "threshold_method": det.threshold_info_.get("method"),
-            "missing": missing_report, "seconds": round(time.perf_counter() - started, 3),
+            "time_column": time_col, "missing": missing_report, "seconds": round(time.perf_counter() - started, 3),
         }
+        if thresholder.rolling is not None:
+            summary["threshold_window"] = thresholder.rolling.describe()
         if output:
             summary["output"] = str(Path(output))
         if label_col:
@@ -354,8 +371,33 @@ def _plotter(plot: str | None, det, fmt, used: list[str], label_col: str | None)
     return PlotCollector(det.feature_names_, det.threshold_, columns=used, label_column=label_col, time_column=time_col)
 
 
+def expected_rate(info: dict) -> float | None:
+    """The fraction of normal rows the stored threshold flags (versions before it was stored: from the percentile)."""
+    if info.get("expected_rate") is not None:
+        return float(info["expected_rate"])
+    if info.get("method") == "percentile":
+        return (100 - float((info.get("params") or {}).get("percentile", defaults.PERCENTILE))) / 100
+    return None
+
+
+class _Thresholder:
+    """The stored threshold, or a rolling one (`anomaly.rolling`) when a threshold window is given."""
+
+    def __init__(self, det, window, label: str | None = None):
+        from .rolling import RollingThreshold
+
+        info = det.threshold_info_
+        self.static = det.threshold_
+        self.rolling = None if window is None else RollingThreshold(
+            window, info.get("method", "percentile"), info.get("params") or {}, det.threshold_,
+            median=(info.get("stats") or {}).get("p50"), label=label)
+
+    def __call__(self, scores: np.ndarray, times: np.ndarray | None) -> np.ndarray | float:
+        return self.static if self.rolling is None else self.rolling.push(scores, times)
+
+
 def _emit(pending: _Pending, final: bool, det, acc: "_Summary", writer, per_feature: bool,
-          events: bool, plot=None) -> Iterator[dict]:
+          events: bool, plot=None, thresholder: _Thresholder | None = None, time_col: str | None = None) -> Iterator[dict]:
     from .detector import flag
 
     for block, mask, errs in pending.ready(final):
@@ -365,12 +407,18 @@ def _emit(pending: _Pending, final: bool, det, acc: "_Summary", writer, per_feat
             row_err[mask] = errs
         with np.errstate(invalid="ignore"):
             scores = row_err.mean(axis=1) if row_err.shape[1] else np.full(n, np.nan, np.float32)
-        flags = flag(scores, det.threshold_)
-        acc.add(block.start, scores, flags, row_err)
+        times = block.frame[time_col].astype(str).to_numpy() if time_col else None
+        moving = thresholder is not None and thresholder.rolling is not None
+        threshold = thresholder(scores, data.parse_times(times) if moving and thresholder.rolling.by_time else None) \
+            if thresholder is not None else det.threshold_
+        flags = flag(scores, threshold)
+        acc.add(block.start, scores, flags, row_err, times)
         if plot is not None:
-            plot.add_frame(block.start, block.frame, scores, flags, row_err)
+            plot.add_frame(block.start, block.frame, scores, flags, row_err, threshold if moving else None)
         if writer:
             cols = {"reconstruction_error": scores, "is_anomaly": flags}
+            if moving:
+                cols["threshold"] = threshold
             if per_feature:
                 share = contributions(row_err)
                 cols |= {f"{f}_contribution": share[:, i] for i, f in enumerate(det.feature_names_)}
@@ -378,8 +426,9 @@ def _emit(pending: _Pending, final: bool, det, acc: "_Summary", writer, per_feat
         if events:
             idx = np.flatnonzero(flags)
             for i, feats in zip(idx, top_features_rows(row_err[idx], det.feature_names_)):
-                yield {"event": "anomaly", "index": int(block.start + i), "reconstruction_error": float(scores[i]),
-                       "top_features": feats}
+                yield {"event": "anomaly", "index": int(block.start + i),
+                       **({"time": times[i]} if times is not None else {}),
+                       "reconstruction_error": float(scores[i]), "top_features": feats}
 
 
 def contributions(row_err: np.ndarray) -> np.ndarray:
@@ -407,42 +456,46 @@ def top_features_rows(errs: np.ndarray, names: list[str], k: int = TOP_FEATURES)
 class _Summary:
     """Running counts, top anomalies and capped per-row results, in memory bounded by `max_results`."""
 
-    def __init__(self, threshold: float, features: list[str], max_results: int | None, keep_all: bool = False):
+    def __init__(self, threshold: float, features: list[str], max_results: int | None, keep_all: bool = False,
+                 expected_rate: float | None = None):
         self.threshold, self.features = threshold, features
         self.max_results = max_results
+        self.expected_rate = expected_rate
         self.rows = self.scored = self.anomalies = 0
-        self.top: list[tuple] = []  # min-heap of the strongest segments: (peak score, peak row, first, last, errors)
-        self.open: list | None = None  # a segment still running at the end of the last block
+        self.top: list[tuple] = []  # min-heap of the strongest segments: (peak score, peak row, seq, segment)
+        self.open: dict | None = None  # a segment still running at the end of the last block
         self.segments = 0
-        self.anom_rows: list[tuple[int, float]] = []
-        self.normal_rows: list[tuple[int, float]] = []
+        self.anom_rows: list[dict] = []
+        self.normal_rows: list[dict] = []
         self.keep_all = keep_all
         self.all_scores: list[np.ndarray] = []
         self.labels: list[np.ndarray] = []
         self.label_column = None
         self.period_sample: list[np.ndarray] = []
 
-    def add(self, start: int, scores: np.ndarray, flags: np.ndarray, row_err: np.ndarray) -> None:
+    def add(self, start: int, scores: np.ndarray, flags: np.ndarray, row_err: np.ndarray,
+            times: np.ndarray | None = None) -> None:
         self.rows += len(scores)
         self.scored += int(np.isfinite(scores).sum())
         idx = np.flatnonzero(flags)
         self.anomalies += len(idx)
-        self._add_segments(start, scores, flags.astype(bool), row_err)
+        self._add_segments(start, scores, flags.astype(bool), row_err, times)
         cap = self.max_results
         if cap is None or len(self.anom_rows) < cap:
             take = idx if cap is None else idx[: cap - len(self.anom_rows)]
-            self.anom_rows += [(start + int(i), float(scores[i])) for i in take]
+            self.anom_rows += [_row(start, i, scores, times, True) for i in take]
         if cap is None or len(self.normal_rows) < cap:
             normal = np.flatnonzero(flags == 0)
             take = normal if cap is None else normal[: cap - len(self.normal_rows)]
-            self.normal_rows += [(start + int(i), _num(scores[i])) for i in take]
+            self.normal_rows += [_row(start, i, scores, times, False) for i in take]
         if self.keep_all:
             self.all_scores.append(scores)
 
-    def _add_segments(self, start: int, scores: np.ndarray, flags: np.ndarray, row_err: np.ndarray) -> None:
-        """Contiguous anomalous rows form one segment (an incident, or a window model's neighbourhood of a
-        spike); the top list holds the strongest segments by their peak row, so ten rows of one incident do
-        not crowd out the others. A segment may continue into the next block."""
+    def _add_segments(self, start: int, scores: np.ndarray, flags: np.ndarray, row_err: np.ndarray,
+                      times: np.ndarray | None) -> None:
+        """Contiguous anomalous rows form one segment (an incident); the top list holds the strongest segments
+        by their peak row, so ten rows of one incident do not crowd out the others. A segment may continue
+        into the next block."""
         edges = np.flatnonzero(np.diff(np.r_[0, flags.view(np.int8), 0]))
         runs = list(zip(edges[::2], edges[1::2]))  # [first, end) within the block
         if self.open is not None and (not runs or runs[0][0] != 0):
@@ -454,14 +507,19 @@ class _Summary:
         peaks = np.maximum.reduceat(padded, np.ravel(runs))[::2]
         keep = set(np.argsort(-peaks)[:TOP_ANOMALIES].tolist()) | {0, len(runs) - 1}
         self.segments += len(runs) - (self.open is not None)
+        at = (lambda i: None) if times is None else (lambda i: str(times[i]))
         for k, (a, b) in enumerate(runs):
             if k not in keep:
                 continue
             i = a + int(np.argmax(padded[a:b]))
-            seg = [int(start + a), int(start + b - 1), float(scores[i]), int(start + i), row_err[i]]
+            seg = {"index": int(start + i), "time": at(i), "reconstruction_error": float(scores[i]),
+                   "first_row": int(start + a), "first_time": at(a), "last_row": int(start + b - 1),
+                   "last_time": at(b - 1), "errors": row_err[i]}
             if k == 0 and self.open is not None:  # continues the segment the previous block ended with
                 prev = self.open
-                seg = [prev[0], seg[1]] + (seg[2:] if seg[2] > prev[2] else prev[2:])
+                peak = seg if seg["reconstruction_error"] > prev["reconstruction_error"] else prev
+                seg = {**peak, "first_row": prev["first_row"], "first_time": prev["first_time"],
+                       "last_row": seg["last_row"], "last_time": seg["last_time"]}
             if k == len(runs) - 1 and b == len(flags):
                 self.open = seg
             else:
@@ -469,8 +527,8 @@ class _Summary:
                 if k == 0:
                     self.open = None
 
-    def _close(self, seg: list) -> None:
-        item = (seg[2], seg[3], seg[0], seg[1], seg[4])
+    def _close(self, seg: dict) -> None:
+        item = (seg["reconstruction_error"], seg["index"], seg["first_row"], seg)
         if len(self.top) < TOP_ANOMALIES:
             heapq.heappush(self.top, item)
         elif item[0] > self.top[0][0]:
@@ -493,24 +551,40 @@ class _Summary:
         if self.open is not None:
             self._close(self.open)
             self.open = None
+        ratio = self.anomalies / self.rows if self.rows else 0.0
         out = {
             "status": "success",
             "total_rows": self.rows,
             "scored_rows": self.scored,
             "anomaly_count": self.anomalies,
-            "anomaly_ratio": self.anomalies / self.rows if self.rows else 0.0,
+            "anomaly_ratio": ratio,
             "threshold": self.threshold,
+            "expected_ratio": self.expected_rate,
             "anomaly_segments": self.segments,
-            "top_anomalies": [{"index": i, "reconstruction_error": s, "first_row": a, "last_row": b,
-                               "top_features": top_features(err, self.features)}
-                              for s, i, a, b, err in sorted(self.top, key=lambda t: t[0], reverse=True)],
+            "top_anomalies": [_segment_report(seg, self.features)
+                              for *_, seg in sorted(self.top, key=lambda t: t[0], reverse=True)],
+            "warnings": self.warnings(ratio),
         }
         if self.max_results != 0:
-            rows = [(i, s, True) for i, s in self.anom_rows] + [(i, s, False) for i, s in self.normal_rows]
+            rows = self.anom_rows + self.normal_rows
             limit = len(rows) if self.max_results is None else self.max_results
-            out["results"] = [{"index": i, "reconstruction_error": s, "is_anomaly": a} for i, s, a in rows[:limit]]
+            out["results"] = rows[:limit]
             out["results_truncated"] = len(out["results"]) < self.rows
         return out
+
+    def warnings(self, ratio: float) -> list[str]:
+        """Plain words when far more rows are flagged than normal data gets: the flags then say more about
+        the data's fit to the model than about individual rows."""
+        expected = self.expected_rate
+        if expected is None or self.scored < 100:
+            return []
+        limit = max(WARN_FACTOR * expected, MIN_WARN_RATIO)
+        if ratio <= limit:
+            return []
+        return [f"{ratio:.1%} of rows are flagged where normal data gets about {expected:.1%}: the data may have "
+                "drifted away from the training data, the model may not fit it, or it holds long incidents. "
+                "Look at the segments; consider a rolling threshold (threshold_window) or retraining on recent "
+                "normal data."]
 
     def metrics(self) -> dict:
         from .metrics import threshold_report
@@ -521,6 +595,23 @@ class _Summary:
         sample = self.period_sample
         max_buffer = max_buffer_for(np.concatenate(sample)) if sample else None
         return threshold_report(labels, scores, self.threshold, max_buffer=max_buffer) | {"label_column": self.label_column}
+
+
+def _row(start: int, i: int, scores: np.ndarray, times: np.ndarray | None, anomaly: bool) -> dict:
+    row = {"index": start + int(i)}
+    if times is not None:
+        row["time"] = str(times[i])
+    return row | {"reconstruction_error": _num(scores[i]), "is_anomaly": anomaly}
+
+
+def _segment_report(seg: dict, features: list[str]) -> dict:
+    """A top anomaly as reported: the peak row and the segment's first and last rows, each with its time."""
+    timed = seg["time"] is not None
+    out = {"index": seg["index"], **({"time": seg["time"]} if timed else {}),
+           "reconstruction_error": seg["reconstruction_error"], "first_row": seg["first_row"],
+           **({"first_time": seg["first_time"]} if timed else {}), "last_row": seg["last_row"],
+           **({"last_time": seg["last_time"]} if timed else {})}
+    return out | {"top_features": top_features(seg["errors"], features)}
 
 
 def _num(x) -> float | None:
@@ -554,7 +645,7 @@ class LiveScorer:
     """
 
     def __init__(self, version: str | None = None, store: ModelStore | None = None,
-                 paths: ArtifactPaths | None = None):
+                 paths: ArtifactPaths | None = None, threshold_window: int | str | None = None):
         if paths is None:
             paths, self.version = artifact_paths(version, store)
         else:
@@ -566,8 +657,13 @@ class LiveScorer:
         self.history = np.empty((0, len(self.features)), np.float32)  # scaled rows, at most span - 1
         # Batch detection smooths over a centred span; live, the rows after a point are not there yet, so a
         # point gets what batch detection gives the last row of a file: the mean over itself and the rows before.
-        from .scoring import CenteredMean, TrailingMean
-        self.smoother = TrailingMean(CenteredMean(self.detector.smooth_).back + 1)
+        from .scoring import CenteredMean, LiveSpikeSmoother
+        self.smoother = LiveSpikeSmoother(CenteredMean(self.detector.smooth_).back + 1, self.detector.spike_floor_)
+        window = rolling.parse_window(threshold_window)
+        if window is not None and not isinstance(window, int):
+            raise DataError("the live stream takes threshold_window as a number of points, not a time span")
+        self.threshold_window = window
+        self.thresholder = _Thresholder(self.detector, window, None if window is None else str(window))
         self.count = 0
 
     def _matrix(self, points: list) -> np.ndarray:
@@ -611,13 +707,15 @@ class LiveScorer:
         errors = self.smoother.push(errors.astype(np.float32))
         with np.errstate(invalid="ignore"):
             scores = errors.mean(axis=1)
-        flags = flag(scores, self.threshold)
+        threshold = self.thresholder(scores, None)
+        flags = flag(scores, threshold)
         self.history = rows[max(0, len(rows) - (self.span - 1)):] if self.span > 1 else rows[:0]
         out = []
         for i in range(len(Z)):
             scored = bool(np.isfinite(scores[i]))
             out.append({"index": self.count + i, "reconstruction_error": float(scores[i]) if scored else None,
                         "is_anomaly": bool(flags[i]),
+                        **({"threshold": float(threshold[i])} if self.thresholder.rolling is not None else {}),
                         "top_features": top_features(errors[i], self.features) if scored else []})
         self.count += len(Z)
         return out

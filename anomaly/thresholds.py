@@ -76,6 +76,44 @@ def _gpd_fit(excess: np.ndarray, stats) -> tuple[float, float]:
     return float(shape), float(scale)
 
 
+def dynamic(scores: np.ndarray, labels=None, *, z_min: float = 2.5, z_max: float = 12.0, prune: float = 0.13,
+            **_) -> float:
+    """Telemanom's non-parametric dynamic threshold (Hundman et al., KDD 2018; Orion's `find_anomalies`):
+    among epsilon = mean + z * std (z from `z_min` to `z_max` in steps of 0.5), take the one whose removal of
+    the scores above it most reduces their mean and spread, relative to how many rows and runs it flags
+    (runs count squared, favouring a few clear sequences). Then prune: runs whose peak is within `prune`
+    (13%) of the next weaker peak, down to the strongest normal score, are normal after all. Returns a single
+    threshold: epsilon, raised above the strongest pruned peak. Meant for the scores of the data being
+    examined (with `--threshold-window`, the preceding rows); on clean calibration rows it flags few or none."""
+    e = np.asarray(scores, np.float64)
+    mu, sd = e.mean(), e.std()
+    if not (sd > 0 and mu > 0):
+        return float(e.max())
+    best, eps = -np.inf, float(e.max())
+    for z in np.arange(z_min, z_max + 1e-9, 0.5):
+        t = mu + z * sd
+        over = e > t
+        n_over = int(over.sum())
+        if n_over == 0:
+            break
+        below = e[~over]
+        n_runs = int(np.count_nonzero(np.diff(np.r_[0, over.view(np.int8)]) == 1))
+        gain = ((mu - below.mean()) / mu + (sd - below.std()) / sd) / (n_over + n_runs ** 2)
+        if gain > best:
+            best, eps = gain, float(t)
+    over = e > eps
+    if not over.any():
+        return eps
+    edges = np.flatnonzero(np.diff(np.r_[0, over.view(np.int8), 0]))
+    peaks = np.sort(np.maximum.reduceat(np.r_[e, -np.inf], edges)[::2])[::-1]
+    ladder = np.r_[peaks, e[~over].max() if (~over).any() else 0.0]
+    drop = (ladder[:-1] - ladder[1:]) / np.where(ladder[:-1] > 0, ladder[:-1], 1)
+    kept = int(np.flatnonzero(drop > prune).max()) + 1 if (drop > prune).any() else 0
+    if kept < len(peaks):  # the strongest pruned run's peak must stay below the threshold
+        eps = max(eps, float(np.nextafter(peaks[kept], np.inf)))
+    return eps
+
+
 def best_f1(scores: np.ndarray, labels=None, **_) -> float:
     """The threshold that maximises F1 on labelled rows (between the best-separated scores)."""
     from .metrics import best_f1 as _best
@@ -96,6 +134,7 @@ METHODS: dict[str, Callable[..., float]] = {
     "meanstd": meanstd,
     "iqr": iqr,
     "pot": pot,
+    "dynamic": dynamic,
     "best-f1": best_f1,
     "midpoint": midpoint,
 }
@@ -137,7 +176,14 @@ def compute(method: str, scores: np.ndarray, labels: np.ndarray | None = None, *
     if len(scores) == 0:
         raise DataError("no scored rows to set a threshold from (is the data shorter than the window?)")
     value = METHODS[method](scores, labels, **params)
-    return {"threshold": value, "method": method, "params": params, "stats": describe(scores)}
+    normal = scores if labels is None else scores[np.asarray(labels) == 0]
+    return {"threshold": value, "method": method, "params": params, "stats": describe(scores),
+            "expected_rate": expected_rate(normal, value)}
+
+
+def expected_rate(normal_scores: np.ndarray, threshold: float) -> float:
+    """The fraction of normal rows the threshold flags: how many flags new normal data should get."""
+    return float((normal_scores > threshold).mean()) if len(normal_scores) else 0.0
 
 
 def describe(scores: np.ndarray) -> dict:

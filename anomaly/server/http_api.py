@@ -49,6 +49,10 @@ class DetectRequest(ArtifactArgs):
     return_details: bool = True
     max_results: int | None = Field(None, ge=0, le=MAX_RESULTS_LIMIT,
                                     description=f"per-row results cap (default {defaults.MAX_RESULTS})")
+    time_column: str | None = Field(None, description="column with each row's time (default: one named "
+                                                      "timestamp/time/date/datetime)")
+    threshold_window: int | str | None = Field(None, description="rolling threshold over the preceding N rows "
+                                               "or a time span such as '7d' (default: the fixed threshold)")
 
 
 class TrainRequest(ArtifactArgs):
@@ -66,15 +70,18 @@ class LivePoints(BaseModel):
     points: list[list[float] | dict[str, float]] = Field(min_length=1, max_length=100_000, description=(
         "new rows, oldest first: value lists in the model's feature order, or {feature: value} objects"))
     version: str | None = Field(None, description="model version (default: the latest)")
+    threshold_window: int | None = Field(None, ge=50, le=10_000_000, description=(
+        "rolling threshold over the preceding N points of the channel (default: the model's fixed threshold)"))
 
 
 def detect_query(file_path: str, version: str | None = None, model_path: str | None = None,
                  threshold_path: str | None = None, scaler_path: str | None = None, config_path: str | None = None,
                  return_details: bool = True,
-                 max_results: int | None = Query(None, ge=0, le=MAX_RESULTS_LIMIT)) -> DetectRequest:
+                 max_results: int | None = Query(None, ge=0, le=MAX_RESULTS_LIMIT),
+                 time_column: str | None = None, threshold_window: str | None = None) -> DetectRequest:
     return DetectRequest(file_path=file_path, version=version, model_path=model_path, threshold_path=threshold_path,
                          scaler_path=scaler_path, config_path=config_path, return_details=return_details,
-                         max_results=max_results)
+                         max_results=max_results, time_column=time_column, threshold_window=threshold_window)
 
 
 # --- SSE helpers -------------------------------------------------------------------------------------------
@@ -209,7 +216,7 @@ def build_router(runtime: Runtime, hub: LiveHub) -> APIRouter:
                              "per point. Live scores use the newest window ending at each point (batch detection "
                              "averages overlapping windows, so window models can differ slightly).")
     async def live_push(channel: str, body: LivePoints) -> dict:
-        return clean(await hub.push(channel, body.points, body.version))
+        return clean(await hub.push(channel, body.points, body.version, body.threshold_window))
 
     @router.get("/api/live/{channel}/events", tags=["live"],
                 description="Server-Sent Events: `score` {channel, version, index, reconstruction_error, "

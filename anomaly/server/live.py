@@ -42,10 +42,11 @@ class LiveHub:
             ch = self.channels[name] = Channel(name)
         return ch
 
-    async def push(self, name: str, points: list, version: str | None = None) -> dict:
+    async def push(self, name: str, points: list, version: str | None = None,
+                   threshold_window: int | None = None) -> dict:
         ch = self.channel(name)
         async with ch.lock:
-            results = await self.runtime.score(self._score, ch, points, version)
+            results = await self.runtime.score(self._score, ch, points, version, threshold_window)
         events = [{"channel": name, "version": ch.scorer.version, "threshold": ch.scorer.threshold, **r}
                   for r in results]
         for event in events:
@@ -53,13 +54,15 @@ class LiveHub:
         return {"status": "success", "channel": name, "version": ch.scorer.version, "span": ch.scorer.span,
                 "threshold": ch.scorer.threshold, "results": results}
 
-    def _score(self, ch: Channel, points: list, version: str | None) -> list[dict]:
-        """Worker thread: (re)load the scorer when the wanted version changed, then score."""
-        if version is None and ch.scorer is not None:
+    def _score(self, ch: Channel, points: list, version: str | None, threshold_window: int | None) -> list[dict]:
+        """Worker thread: (re)load the scorer when the wanted version or threshold window changed, then score."""
+        same_window = ch.scorer is not None and ch.scorer.threshold_window == threshold_window
+        if version is None and same_window:
             return ch.scorer.push(points)  # the channel keeps the version it started with
-        wanted = self.runtime.toolbox.store.resolve(version)
-        if ch.scorer is None or ch.scorer.version != wanted:
-            ch.scorer = self.runtime.toolbox.live_scorer(wanted)
+        wanted = self.runtime.toolbox.store.resolve(version) if version is not None or ch.scorer is None \
+            else ch.scorer.version
+        if ch.scorer is None or ch.scorer.version != wanted or not same_window:
+            ch.scorer = self.runtime.toolbox.live_scorer(wanted, threshold_window)
         return ch.scorer.push(points)
 
     def _broadcast(self, ch: Channel, event: dict) -> None:

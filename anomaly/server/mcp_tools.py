@@ -122,6 +122,11 @@ def build_mcp(runtime: Runtime) -> MCPServer:
         max_results: Annotated[int | None, Field(ge=0, le=MAX_RESULTS_LIMIT, description=(
             f"cap on per-row results, anomalies first (default {defaults.MAX_RESULTS}); "
             "every row is in the CSV named by `output`"))] = None,
+        time_column: Annotated[str | None, Field(description="column with each row's time, reported with every "
+                                                 "anomaly (default: one named timestamp/time/date/datetime)")] = None,
+        threshold_window: Annotated[int | str | None, Field(description=(
+            "rolling threshold over the preceding N rows (a number) or a time span such as '7d'; "
+            "default: the model's fixed threshold"))] = None,
     ) -> DetectionResult:
         """Score every row of a CSV/TXT file with a trained model: counts, threshold, the strongest
         anomalies with the features that drove them, per-row results (capped) and a CSV with all rows."""
@@ -136,7 +141,8 @@ def build_mcp(runtime: Runtime) -> MCPServer:
         # Only a client that asked for progress gets it (each report is a hop back to the event loop).
         wanted = progress if _progress_token(ctx) is not None else None
         return await call(toolbox.run_detection, file_path, model_path, threshold_path, scaler_path, config_path,
-                          version, return_details, max_results, wanted)
+                          version, return_details, max_results, wanted, time_column=time_column,
+                          threshold_window=threshold_window)
 
     @mcp.tool(annotations=ToolAnnotations(read_only_hint=True))
     async def get_model_info(

@@ -59,7 +59,8 @@ class Toolbox:
                       scaler_path: str | None = None, config_path: str | None = None, version: str | None = None,
                       return_details: bool = True, max_results: int | None = None,
                       block_bytes: int = 32 << 20, trusted: bool = False,
-                      anomaly_events: bool = True) -> Iterator[dict]:
+                      anomaly_events: bool = True, time_column: str | None = None,
+                      threshold_window: int | str | None = None) -> Iterator[dict]:
         """`service.iter_detect` with confined paths and the full per-row results written to a CSV.
         `trusted`: a file the server wrote itself (an upload), exempt from the data roots."""
         data_file = Path(file_path) if trusted else self.policy.data_file(file_path)
@@ -70,7 +71,8 @@ class Toolbox:
         output = self._new_result_path(data_file, label)
         events = service.iter_detect(str(data_file), paths=paths, output=str(output), max_results=cap,
                                      return_details=return_details, block_bytes=block_bytes,
-                                     anomaly_events=anomaly_events)
+                                     anomaly_events=anomaly_events, time_column=time_column,
+                                     threshold_window=threshold_window)
         for event in events:
             if event["event"] == "summary":
                 event["version"] = label  # the version name, not its folder
@@ -81,10 +83,12 @@ class Toolbox:
     def run_detection(self, file_path: str, model_path: str | None = None, threshold_path: str | None = None,
                       scaler_path: str | None = None, config_path: str | None = None, version: str | None = None,
                       return_details: bool = True, max_results: int | None = None,
-                      progress: Callable[[dict], None] | None = None, trusted: bool = False) -> dict:
+                      progress: Callable[[dict], None] | None = None, trusted: bool = False,
+                      time_column: str | None = None, threshold_window: int | str | None = None) -> dict:
         return service.summary_of(self.detect_events(file_path, model_path, threshold_path, scaler_path, config_path,
                                                      version, return_details, max_results, trusted=trusted,
-                                                     anomaly_events=False), progress)
+                                                     anomaly_events=False, time_column=time_column,
+                                                     threshold_window=threshold_window), progress)
 
     def _new_result_path(self, data_file: Path, label: str) -> Path:
         stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", data_file.name.split(".")[0])[:60] or "data"
@@ -136,8 +140,8 @@ class Toolbox:
                              window=window, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                              percentile=percentile, encoding_dim=encoding_dim, progress=progress)
 
-    def live_scorer(self, version: str | None = None) -> service.LiveScorer:
-        return service.LiveScorer(version, self.store)
+    def live_scorer(self, version: str | None = None, threshold_window: int | None = None) -> service.LiveScorer:
+        return service.LiveScorer(version, self.store, threshold_window=threshold_window)
 
 
 def fit_reply(summary: dict, limit: int = RESULTS_BYTES) -> dict:
