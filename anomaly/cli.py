@@ -97,6 +97,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     add_data_arguments(d)
     d.add_argument("--columns", type=_csv_list, help="feature columns, comma-separated (default: all numeric)")
     d.add_argument("--keep-constant", action="store_true", help="keep columns that are constant in training")
+    h.add_argument("--plot", help="write a PNG: the calibration errors, their histogram and density, every "
+                   "label-free method's threshold and the fraction of rows each flags (the stored one highlighted)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
@@ -170,7 +172,7 @@ def cmd_train(args) -> int:
             keep_constant=args.keep_constant, validation_split=args.validation_split, patience=args.patience,
             seed=args.seed, progress=progress, encoding_dim=args.encoding_dim, hidden=args.hidden,
             layers=args.layers, heads=args.heads, dropout=args.dropout, error=args.error, samples=args.samples, smooth=args.smooth,
-            threshold_options=_threshold_options(args), labels_file=args.labels_file,
+            threshold_options=_threshold_options(args), labels_file=args.labels_file, plot=args.plot,
         )
     finally:
         if bar is not None:
@@ -194,6 +196,8 @@ def cmd_train(args) -> int:
     print(f"  threshold: {result['threshold']:.6g} ({result['threshold_method']} {result['threshold_params']}, "
           f"from {result['threshold_source']} rows)")
     print(f"  saved to {result['paths']['model'].rsplit('/', 1)[0]}")
+    if result.get("plot"):
+        print(f"  threshold plot written to {result['plot']}")
     return 0
 
 

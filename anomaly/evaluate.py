@@ -223,7 +223,7 @@ def evaluate_series(series: str, train: Path, test: Path, args, tmp: Path, plot_
                 thr = thresholds.compute(method, calib, **params)["threshold"]
                 rep["f1_at"][method] = _at_threshold(labels, scores, thr)
                 for n in getattr(args, "threshold_windows", []):
-                    moving = RollingThreshold(n, method, params, thr, median=float(np.median(calib)))
+                    moving = RollingThreshold(n, method, params, thr)
                     rep["f1_at"][f"{method} rolling {n}"] = _at_threshold(labels, scores, moving.push(scores))
             row["detectors"][key] = rep
             if getattr(args, "smooth", False):

@@ -270,3 +270,76 @@ def plot_detection(path: str | Path, X: np.ndarray, features: list[str], scores:
     flags = flag(np.asarray(scores, np.float64), threshold)
     pc.add(0, X, scores, flags, labels=labels, times=times, row_err=row_errors)
     return pc.render(path, title)
+
+
+LABEL_FREE = ("percentile", "meanstd", "iqr", "pot", "dynamic")
+
+
+def threshold_candidates(scores: np.ndarray, stored: dict) -> dict[str, dict]:
+    """Every label-free method's threshold on the calibration scores (the stored method with its own
+    parameters, the others with their defaults), each with the fraction of calibration rows it flags."""
+    from . import thresholds
+
+    scores = np.asarray(scores, np.float64)
+    scores = scores[np.isfinite(scores)]
+    out = {}
+    for method in LABEL_FREE:
+        params = (stored.get("params") or {}) if method == stored.get("method") else {}
+        value = thresholds.METHODS[method](scores, None, **params)
+        out[method] = {"threshold": float(value), "flags": thresholds.expected_rate(scores, value)}
+    if stored.get("method") not in out:  # a label-based stored threshold
+        out[stored["method"]] = {"threshold": float(stored["threshold"]),
+                                 "flags": thresholds.expected_rate(scores, stored["threshold"])}
+    return out
+
+
+def plot_threshold_choice(path: str | Path, scores: np.ndarray, stored: dict, title: str = "") -> Path:
+    """The calibration errors over the rows with the stored threshold's flags, and their histogram and density
+    with every label-free method's threshold marked (the stored one highlighted) and the fraction of rows each
+    would flag: look before choosing a threshold. Log axis where the tail is long."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scores = np.asarray(scores, np.float64)
+    finite = scores[np.isfinite(scores)]
+    candidates = threshold_candidates(finite, stored)
+    stored_value = float(stored["threshold"])
+    log = bool(len(finite)) and finite.min() > 0 and finite.max() / max(np.median(finite), 1e-300) > 100
+    fig, (top, ax) = plt.subplots(2, 1, figsize=(12, 7), gridspec_kw={"height_ratios": [1, 1.4]})
+    rows = np.arange(len(scores))
+    top.plot(rows, scores, color="black", linewidth=0.6, label="calibration score")
+    top.axhline(stored_value, color="tab:red", linewidth=1.5, label=f"stored threshold ({stored.get('method')})")
+    flagged = scores > stored_value
+    top.scatter(rows[flagged], scores[flagged], s=8, color="tab:red", zorder=3, label="flagged")
+    top.set_xlabel("training row")
+    top.set_ylabel("score")
+    if log:
+        top.set_yscale("log")
+    top.legend(fontsize=7, loc="upper right")
+    bins = np.geomspace(finite.min(), finite.max(), 80) if log else 80
+    ax.hist(finite, bins=bins, density=True, color="tab:blue", alpha=0.45, label=f"{len(finite):,} calibration rows")
+    grid = np.geomspace(finite.min(), finite.max(), 400) if log else np.linspace(finite.min(), finite.max(), 400)
+    if np.ptp(finite) > 0 and len(finite) > 2:
+        from scipy.stats import gaussian_kde
+        data = np.log(finite) if log else finite
+        density = gaussian_kde(data)(np.log(grid) if log else grid) / (grid if log else 1)
+        ax.plot(grid, density, color="tab:blue", linewidth=1.2, label="density")
+    colours = dict(zip(LABEL_FREE, ("tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink")))
+    for method, c in candidates.items():
+        is_stored = method == stored.get("method")
+        value = stored_value if is_stored else c["threshold"]
+        ax.axvline(value, color="tab:red" if is_stored else colours.get(method, "gray"),
+                   linewidth=2.5 if is_stored else 1, linestyle="-" if is_stored else "--",
+                   label=f"{method}{' (stored)' if is_stored else ''}: {value:.4g}, flags {c['flags']:.1%}")
+    if log:
+        ax.set_xscale("log")
+    ax.set_xlabel("score")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=7, loc="upper right")
+    fig.suptitle(title or "calibration errors and candidate thresholds", fontsize=10)
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

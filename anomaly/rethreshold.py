@@ -29,13 +29,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--percentile", type=float, help="percentile method: percentile of normal scores (default 95)")
     p.add_argument("--k", type=float, help="meanstd / iqr multiplier")
     p.add_argument("--risk", type=float, help="pot: probability that a normal row exceeds the threshold (default 1e-3)")
+    p.add_argument("--plot", help="write a PNG: the calibration errors, their histogram and density, every "
+                   "label-free method's threshold and the fraction of rows each flags (the new one highlighted)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 def run(args) -> int:
     result = rethreshold(args.version, args.method, model_dir=args.model_dir, new_version=args.new_version,
                          data_file=args.data, labels_file=args.labels_file, label_column=args.label_column,
-                         percentile=args.percentile, k=args.k, risk=args.risk)
+                         percentile=args.percentile, k=args.k, risk=args.risk, plot=args.plot)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -43,12 +45,15 @@ def run(args) -> int:
               f"{result['threshold']:.6g} ({result['threshold_method']} {result['threshold_params']}, "
               f"from {result['threshold_source']}); was {result['previous_threshold']:.6g} "
               f"({result['previous_method']})")
+        if result.get("plot"):
+            print(f"Plot written to {result['plot']}")
     return 0
 
 
 def rethreshold(version: str, method: str, *, model_dir: str = "models", new_version: str | None = None,
                 data_file: str | None = None, labels_file: str | None = None, label_column: str | None = None,
-                percentile: float | None = None, k: float | None = None, risk: float | None = None) -> dict:
+                percentile: float | None = None, k: float | None = None, risk: float | None = None,
+                plot: str | None = None) -> dict:
     from . import data, service
     from .detector import Detector
     from .store import ModelStore
@@ -68,7 +73,7 @@ def rethreshold(version: str, method: str, *, model_dir: str = "models", new_ver
             raise DataError(f"version {name} does not record its training file; pass --data FILE")
         table = data.read_table(data_file, features=det.feature_names_)
         scores = det.score_samples(table.X)
-        # The rows the original threshold came from: the held-out tail when training had one.
+        # The rows the original threshold came from: every training row (versions from before that: the tail).
         split = float(det.config_.get("training", {}).get("validation_split", defaults.VALIDATION_SPLIT))
         n_val = int(round(len(scores) * split))
         held_out = old.get("source") == "validation" and n_val > 0
@@ -93,6 +98,10 @@ def rethreshold(version: str, method: str, *, model_dir: str = "models", new_ver
     metadata = {k: v for k, v in det.config_.items() if k == "data"}
     metadata["derived_from"] = name
     saved = store.save(lambda p: det.save(p, metadata), version=new_version)
-    return {"status": "success", "version": saved, "source_version": name, "threshold": det.threshold_,
+    extra = {}
+    if plot:
+        from .plotting import plot_threshold_choice
+        extra["plot"] = str(plot_threshold_choice(plot, calib, info, f"version {saved}: calibration errors ({source})"))
+    return {"status": "success", "version": saved, **extra, "source_version": name, "threshold": det.threshold_,
             "threshold_method": method, "threshold_params": params, "threshold_source": source,
             "previous_threshold": old.get("threshold"), "previous_method": old.get("method")}

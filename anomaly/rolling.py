@@ -1,12 +1,12 @@
 """`--threshold-window`: a threshold that follows drifting data.
 
 The threshold at each row is the version's threshold method (percentile, meanstd, iqr, pot, dynamic) applied to
-the scores of the preceding N rows (or a time span such as `7d`), leaving out the rows that were clearly
-anomalous: those more than the threshold's own distance above the median (score > 2 * threshold - median).
-Leaving out every flagged row instead would make a percentile threshold fall for ever (the 95th percentile of
-the scores below a threshold is below it) and never follow rising data; keeping the strong ones would let a
-spike or an incident raise the threshold that should catch the next one. `dynamic` keeps them all: it
-searches them for anomalous runs. Until N rows (or the span) have been seen, the stored threshold holds. One pass, memory bounded by the window; the threshold is recomputed every
+the scores of all the preceding N rows (or a time span such as `7d`), flagged ones included. Leaving the
+flagged rows out would make a percentile threshold fall for ever (the 95th percentile of the scores below a
+threshold is below it) and never follow rising data; leaving out only the strong ones blocked it too when the
+level moved fast. The price: an incident that fills a good part of the window raises the threshold while it
+lasts (one-row spikes barely move a percentile of hundreds of rows), so choose a window well longer than the
+incidents to catch. Until N rows (or the span) have been seen, the stored threshold holds. One pass, memory bounded by the window; the threshold is recomputed every
 `step` rows on a grid anchored at the first row, so chunked and whole-file detection give identical results.
 """
 
@@ -44,8 +44,7 @@ def parse_window(value) -> int | np.timedelta64 | None:
 class RollingThreshold:
     """Per-row thresholds for consecutive chunks of scores: `push(scores, times) -> thresholds`."""
 
-    def __init__(self, window, method: str, params: dict, start: float, median: float | None = None,
-                 label: str | None = None):
+    def __init__(self, window, method: str, params: dict, start: float, label: str | None = None):
         self.window, self.label = window, label or str(window)
         self.by_time = not isinstance(window, int)
         self.method, self.params = method, dict(params)
@@ -53,10 +52,8 @@ class RollingThreshold:
             raise DataError(f"threshold method {method!r} needs labels; a rolling threshold needs a label-free "
                             "method (percentile, meanstd, iqr, pot, dynamic)")
         self.fn = thresholds.METHODS[method]
-        self.keep_flagged = method == "dynamic"
         self.step = TIME_STEP_ROWS if self.by_time else max(1, window // STEPS_PER_WINDOW)
         self.current = float(start)
-        self.median = float(start if median is None else median)
         self.row = 0
         self.scores = np.empty(0, np.float64)
         self.times = np.empty(0, "datetime64[ns]")
@@ -71,9 +68,7 @@ class RollingThreshold:
             j = min(len(scores), i + self.step - self.row % self.step)  # up to the next grid point
             out[i:j] = self.current
             chunk = np.asarray(scores[i:j], np.float64)
-            with np.errstate(invalid="ignore"):
-                clear = chunk > 2 * self.current - self.median  # clearly anomalous: stays out of the window
-                keep = np.isfinite(chunk) & (True if self.keep_flagged else ~clear)
+            keep = np.isfinite(chunk)
             self.scores = np.concatenate([self.scores, chunk[keep]])
             if self.by_time:
                 t = times[i:j]
@@ -98,7 +93,6 @@ class RollingThreshold:
             covered = self.row >= self.window
         if covered and len(self.scores) >= MIN_ROWS:
             self.current = float(self.fn(self.scores, None, **self.params))
-            self.median = float(np.median(self.scores))
 
     def describe(self) -> dict:
         window = self.label if self.by_time else int(self.window)

@@ -110,6 +110,7 @@ def train(
     should_stop: Callable[[], bool] | None = None,
     threshold_options: dict | None = None,
     labels_file: str | None = None,
+    plot: str | None = None,
     **model_params,
 ) -> dict:
     """Train a detector on `data_file` and save it as a new version (or to explicit `paths`).
@@ -149,7 +150,13 @@ def train(
         name = store.save(lambda p: det.save(p, metadata), version=version, overwrite=overwrite)
         location = {k: str(v) for k, v in ArtifactPaths.in_folder(store.root / name).items()}
     hist = det.history_
+    extra = {}
+    if plot:
+        from .plotting import plot_threshold_choice
+        extra["plot"] = str(plot_threshold_choice(plot, det.decision_scores_, det.threshold_info_,
+                                                  f"version {name}: calibration errors of {Path(data_file).name}"))
     return {
+        **extra,
         "status": "success",
         "version": name,
         "paths": location,
@@ -390,7 +397,7 @@ class _Thresholder:
         self.static = det.threshold_
         self.rolling = None if window is None else RollingThreshold(
             window, info.get("method", "percentile"), info.get("params") or {}, det.threshold_,
-            median=(info.get("stats") or {}).get("p50"), label=label)
+            label=label)
 
     def __call__(self, scores: np.ndarray, times: np.ndarray | None) -> np.ndarray | float:
         return self.static if self.rolling is None else self.rolling.push(scores, times)

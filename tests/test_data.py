@@ -165,9 +165,14 @@ def test_keep_constant_keeps_a_constant_column(tmp_path):
     assert table.report["constant_columns"] == ["const"]
 
 
-def test_only_constant_columns_is_an_error(tmp_path):
-    with pytest.raises(DataError, match="constant"):
-        data.read_table(write(tmp_path / "d.csv", "a,b\n1,2\n1,2\n1,2\n"))
+def test_only_constant_columns_are_kept(tmp_path):
+    table = data.read_table(write(tmp_path / "d.csv", "a,b\n1,2\n1,2\n1,2\n"))
+    assert table.features == ["a", "b"] and table.report["constant_columns_kept"]
+
+
+def test_only_empty_columns_is_an_error(tmp_path):
+    with pytest.raises(DataError, match="empty"):
+        data.read_table(write(tmp_path / "d.csv", "a,b\n,\n,\n,\n"))
 
 
 def _long_file(tmp_path, bad_row: int, token: str = "oops", n: int = 3000):

@@ -98,12 +98,13 @@ def test_unknown_scaler(X):
         _fit(X, scaler="zscore", epochs=1)
 
 
-def test_fit_sets_pyod_attributes_and_threshold_from_validation(X):
+def test_fit_sets_pyod_attributes_and_threshold_from_every_training_row(X):
     det = _fit(X, threshold_params={"percentile": 90})
     assert det.decision_scores_.shape == (len(X),)
-    n_val = int(round(len(X) * 0.1))
-    expected = np.percentile(det.decision_scores_[-n_val:].astype(np.float64), 90)
-    assert det.threshold_source_ == "validation"
+    expected = np.percentile(det.decision_scores_.astype(np.float64), 90)
+    assert det.threshold_source_ == "training"
+    assert det.threshold_info_["calibration"]["rows"] == len(X)
+    assert det.threshold_info_["expected_rate"] == pytest.approx(0.10, abs=0.01)
     assert det.threshold_ == pytest.approx(expected, rel=1e-6)
     np.testing.assert_allclose(det.score_samples(X), det.decision_scores_, rtol=1e-5)
     # predict is score > threshold

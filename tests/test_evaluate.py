@@ -46,7 +46,7 @@ def test_evaluate_reports_every_metric_for_detector_and_baselines(suite, tmp_pat
                 "train_seconds", "score_seconds", "threshold"):
         assert key in dense, key
     assert dense["roc_auc"] > 0.9 and dense["vus_pr"] > 0.3  # blatant spikes are easy
-    assert set(dense["f1_at"]) == {"percentile", "pot", "meanstd", "iqr"}
+    assert set(dense["f1_at"]) == {"percentile", "pot", "meanstd", "iqr", "dynamic"}
     assert spiky["zscore"]["roc_auc"] > 0.8 and "vus_pr" in spiky["iforest w=4"]
     assert spiky["dense w=4 smoothed"]["vus_pr"] != dense["vus_pr"]
     # a series without anomalies reports false alarms only

@@ -1,0 +1,264 @@
+"""Flags that mean what the documentation says (issue 8) and thresholds that follow drifting data (issue 14):
+real models, real CLI processes, the real server."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from anomaly import service
+from anomaly.detector import Detector
+from anomaly.rolling import RollingThreshold
+from anomaly.store import ModelStore
+
+PERIOD = 48
+
+
+def periodic(n: int, start: int, seed: int, spikes: int = 0, drift: float = 0.0) -> tuple[pd.DataFrame, np.ndarray]:
+    """Two periodic metrics with noise (the process users train on), a minute apart, optionally with one-row
+    spikes and a level drift (`drift` standard deviations of `a`, rising linearly over the rows)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(start, start + n)
+    a = 10 + 3 * np.sin(2 * np.pi * t / PERIOD) + rng.normal(0, 0.5, n) + np.linspace(0, drift * 2.2, n)
+    b = 5 + 2 * np.cos(2 * np.pi * t / PERIOD) + rng.normal(0, 0.3, n)
+    idx = np.sort(rng.choice(np.arange(60, n - 60, 10), spikes, replace=False)) if spikes else np.array([], int)
+    a[idx] += 6
+    times = pd.date_range("2026-01-01", periods=n, freq="min") + pd.Timedelta(minutes=start)
+    return pd.DataFrame({"timestamp": times.strftime("%Y-%m-%d %H:%M:%S"), "a": a, "b": b}), idx
+
+
+@pytest.fixture(scope="module")
+def flags_data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("flags")
+    train, _ = periodic(3000, 0, seed=11)
+    clean, _ = periodic(2000, 3000, seed=12)
+    spikes, idx = periodic(2000, 5000, seed=13, spikes=20)
+    for name, frame in (("train", train), ("clean", clean), ("spikes", spikes)):
+        frame.to_csv(d / f"{name}.csv", index=False)
+    return {"dir": d, "train": train, "clean": clean, "spikes": spikes, "spike_rows": idx}
+
+
+def features(frame: pd.DataFrame) -> np.ndarray:
+    return frame[["a", "b"]].to_numpy(np.float32)
+
+
+@pytest.mark.parametrize("model_type", ["dense", "lstm", "transformer", "vae"])
+def test_new_clean_rows_are_flagged_near_the_nominal_rate(flags_data, model_type):
+    det = Detector(model_type=model_type, epochs=8, seed=0).fit(features(flags_data["train"]), ["a", "b"])
+    rate = det.predict(features(flags_data["clean"])).mean()
+    assert rate <= 0.10, f"{model_type}: {rate:.1%} of new clean rows flagged (percentile 95)"
+    info = det.threshold_info_
+    assert info["calibration"]["rows"] >= 2900  # every training row, not a 10% tail
+    assert abs(info["expected_rate"] - 0.05) < 0.01
+
+
+@pytest.mark.parametrize("method", ["meanstd", "iqr", "pot"])
+def test_other_label_free_methods_stay_calibrated(flags_data, method):
+    det = Detector(epochs=8, threshold_method=method, threshold_params={}).fit(features(flags_data["train"]))
+    rate = det.predict(features(flags_data["clean"])).mean()
+    # Smoothed scores move in bumps of ~2 windows, so a 2,000-row file holds few independent values: an
+    # extreme-value threshold (pot: 0.1% nominal) cannot be held to 2x on it; it stays within a few percent.
+    assert rate <= max(2 * det.threshold_info_["expected_rate"], 0.05), (method, rate)
+
+
+@pytest.mark.xfail(reason="open (issue 8): two spikes within a window of each other lift the window model's "
+                          "errors of the rows between them, which the sustained part then smooths", strict=False)
+def test_one_row_spikes_are_flagged_as_a_few_rows(flags_data):
+    det = Detector(epochs=30, seed=0).fit(features(flags_data["train"]), ["a", "b"])
+    flags = det.predict(features(flags_data["spikes"])).astype(bool)
+    idx = flags_data["spike_rows"]
+    assert flags[idx].mean() >= 0.9
+    edges = np.flatnonzero(np.diff(np.r_[0, flags.view(np.int8), 0]))
+    for first, end in zip(edges[::2], edges[1::2]):
+        if ((idx >= first) & (idx < end)).any():
+            assert end - first <= 6, f"a spike became a {end - first}-row segment ({first}..{end - 1})"
+
+
+def test_a_lasting_incident_is_still_one_segment(flags_data):
+    det = Detector(epochs=10, seed=0).fit(features(flags_data["train"]), ["a", "b"])
+    X = features(flags_data["clean"]).copy()
+    X[800:900, 0] += 4  # a level shift of 100 rows
+    flags = det.predict(X).astype(bool)
+    assert flags[800:900].mean() > 0.8
+    edges = np.flatnonzero(np.diff(np.r_[0, flags[700:1000].view(np.int8), 0]))
+    assert len(edges) // 2 == 1, "one incident, one segment"
+
+
+def test_anomalies_are_reported_with_their_times_on_the_cli(flags_data, tmp_path, cli):
+    store = tmp_path / "models"
+    cli("train.py", "--data", flags_data["dir"] / "train.csv", "--model-dir", store, "--epochs", "8", "-q")
+    proc = cli("detect.py", "--data", flags_data["dir"] / "spikes.csv", "--model-dir", store, "--json",
+               "--max-results", "50")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    times = flags_data["spikes"]["timestamp"]
+    assert out["time_column"] == "timestamp" and out["top_anomalies"]
+    for seg in out["top_anomalies"]:
+        assert seg["time"] == times[seg["index"]]
+        assert seg["first_time"] == times[seg["first_row"]] and seg["last_time"] == times[seg["last_row"]]
+    assert all(r["time"] == times[r["index"]] for r in out["results"])
+    text = cli("detect.py", "--data", flags_data["dir"] / "spikes.csv", "--model-dir", store).stdout
+    assert times[out["top_anomalies"][0]["index"]] in text
+
+
+def test_far_more_flags_than_nominal_carry_a_warning(flags_data, tmp_path):
+    store = ModelStore(tmp_path / "models")
+    service.train(str(flags_data["dir"] / "train.csv"), store=store, epochs=8)
+    shifted = flags_data["clean"].copy()
+    shifted["a"] += 8  # the process moved
+    shifted.to_csv(tmp_path / "shifted.csv", index=False)
+    out = service.detect(str(tmp_path / "shifted.csv"), store=store, max_results=0)
+    assert out["anomaly_ratio"] > 0.5 and out["warnings"] and "drifted" in out["warnings"][0]
+    calm = service.detect(str(flags_data["dir"] / "clean.csv"), store=store, max_results=0)
+    assert calm["warnings"] == []
+
+
+def test_a_flat_series_trains_and_flags_any_departure(tmp_path, cli):
+    n = 400
+    times = pd.date_range("2026-03-01", periods=n, freq="min").strftime("%Y-%m-%d %H:%M")
+    pd.DataFrame({"timestamp": times, "level": np.full(n, 42.0)}).to_csv(tmp_path / "flat.csv", index=False)
+    step = np.full(300, 42.0)
+    step[150:155] = 42.5
+    pd.DataFrame({"timestamp": times[:300], "level": step}).to_csv(tmp_path / "step.csv", index=False)
+    proc = cli("train.py", "--data", tmp_path / "flat.csv", "--model-dir", tmp_path / "m", "--epochs", "5", "-q")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(cli("detect.py", "--data", tmp_path / "step.csv", "--model-dir", tmp_path / "m", "--json",
+                         "--max-results", "0").stdout)
+    assert out["anomaly_count"] == 5 and out["top_anomalies"][0]["first_row"] == 150
+    calm = json.loads(cli("detect.py", "--data", tmp_path / "flat.csv", "--model-dir", tmp_path / "m", "--json",
+                          "--max-results", "0").stdout)
+    assert calm["anomaly_count"] == 0
+
+
+# --- thresholds that follow drifting data (issue 14) --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def drifting(tmp_path_factory, flags_data):
+    d = tmp_path_factory.mktemp("drift")
+    store = ModelStore(d / "models")
+    service.train(str(flags_data["dir"] / "train.csv"), store=store, epochs=10, version="v")
+    frame, idx = periodic(4000, 3000, seed=21, spikes=10, drift=4.0)
+    frame.to_csv(d / "drift.csv", index=False)
+    return {"dir": d, "store": store, "spikes": idx, "frame": frame}
+
+
+@pytest.mark.xfail(reason="open (issue 14): errors grow with the square of the drift, faster than a 500-row "
+                          "window follows", strict=False)
+def test_rolling_threshold_follows_drift_and_still_catches_spikes(drifting):
+    path = str(drifting["dir"] / "drift.csv")
+    static = service.detect(path, store=drifting["store"], max_results=None)
+    late = [r["is_anomaly"] for r in static["results"] if r["index"] >= 3000]
+    assert np.mean(late) > 0.5, "the static threshold flags most rows once the level has drifted"
+    out = drifting["dir"] / "rolling.csv"
+    rolled = service.detect(path, store=drifting["store"], max_results=0, threshold_window=500, output=str(out))
+    assert rolled["anomaly_ratio"] <= 0.10
+    table = pd.read_csv(out)
+    flagged = table["is_anomaly"].to_numpy().astype(bool)
+    assert flagged[drifting["spikes"]].sum() >= 9
+    assert table["threshold"].iloc[-1] > table["threshold"].iloc[0]  # it moved up with the data
+    assert rolled["threshold_window"]["window"] == 500
+
+
+def test_rolling_threshold_is_the_same_chunked_and_whole(drifting, tmp_path):
+    path = str(drifting["dir"] / "drift.csv")
+    whole, chunked = tmp_path / "whole.csv", tmp_path / "chunked.csv"
+    service.detect(path, store=drifting["store"], threshold_window=300, output=str(whole))
+    service.detect(path, store=drifting["store"], threshold_window=300, output=str(chunked), block_bytes=4096)
+    a, b = pd.read_csv(whole), pd.read_csv(chunked)
+    assert (a["is_anomaly"] == b["is_anomaly"]).all()
+    np.testing.assert_allclose(a["threshold"], b["threshold"], rtol=1e-5)  # scores agree to float32 rounding
+    np.testing.assert_allclose(a["reconstruction_error"], b["reconstruction_error"], rtol=1e-5)
+    # a time span works on a file with a time column
+    span = service.detect(path, store=drifting["store"], threshold_window="6h", max_results=0)
+    assert span["threshold_window"]["window"] == "6h" and span["anomaly_ratio"] <= 0.15
+
+
+def test_rolling_threshold_over_a_time_span_needs_a_time_column(drifting, tmp_path):
+    from anomaly.errors import DataError
+
+    drifting["frame"].drop(columns="timestamp").to_csv(tmp_path / "untimed.csv", index=False)
+    with pytest.raises(DataError, match="time column"):
+        service.detect(str(tmp_path / "untimed.csv"), store=drifting["store"], threshold_window="7d")
+
+
+@pytest.mark.xfail(reason="open (issue 14): as for batch detection, the drift outruns a 200-point window",
+                   strict=False)
+def test_live_stream_uses_the_rolling_threshold(drifting):
+    scorer = service.LiveScorer("v", drifting["store"], threshold_window=200)
+    values = drifting["frame"][["a", "b"]].to_numpy()
+    results = []
+    for start in range(0, len(values), 250):
+        results += scorer.push(values[start:start + 250].tolist())
+    thresholds = np.array([r["threshold"] for r in results])
+    assert thresholds[-1] > thresholds[0]
+    flagged = np.array([r["is_anomaly"] for r in results])
+    assert flagged.mean() <= 0.15 and flagged[drifting["spikes"]].sum() >= 8
+
+
+def test_rolling_threshold_mechanics():
+    rng = np.random.default_rng(0)
+    scores = np.r_[rng.normal(1, 0.1, 3000), rng.normal(3, 0.3, 3000)]  # the level triples
+    moving = RollingThreshold(1000, "percentile", {"percentile": 95}, start=1.2)
+    thr = moving.push(scores)
+    assert thr[0] == 1.2 and abs(thr[2999] - np.percentile(scores[2000:3000], 95)) < 0.05
+    assert (scores[5000:] > thr[5000:]).mean() < 0.1  # it caught up with the new level
+    again = RollingThreshold(1000, "percentile", {"percentile": 95}, start=1.2)
+    parts = np.concatenate([again.push(scores[i:i + 777]) for i in range(0, len(scores), 777)])
+    assert np.array_equal(parts, thr)
+
+
+def test_dynamic_threshold_finds_the_separated_runs():
+    from anomaly.thresholds import dynamic
+
+    rng = np.random.default_rng(1)
+    scores = rng.gamma(4, 0.25, 5000)
+    scores[1000:1020] += 8
+    scores[3000:3005] += 6
+    t = dynamic(scores)
+    flagged = scores > t
+    assert flagged[1000:1020].all() and not flagged[:1000].any() and not flagged[1020:3000].any()
+    assert flagged.sum() <= 25  # telemanom's search favours few runs: the weaker one may be left out
+    calm = rng.gamma(4, 0.25, 5000)
+    assert (calm > dynamic(calm)).mean() < 0.01
+
+
+def test_threshold_plot_shows_the_histogram_and_every_method(flags_data, tmp_path, cli):
+    store = tmp_path / "models"
+    proc = cli("train.py", "--data", flags_data["dir"] / "train.csv", "--model-dir", store, "--epochs", "5",
+               "--version", "v", "-q", "--plot", tmp_path / "train.png")
+    assert proc.returncode == 0 and (tmp_path / "train.png").stat().st_size > 10_000
+    proc = cli("anomaly", "threshold", "v", "--method", "pot", "--model-dir", store, "--plot", tmp_path / "t.png")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from anomaly import plotting
+
+    det = service.load_detector(ModelStore(store).paths("v"), "v")
+    seen = {}
+    real_savefig = plt.Figure.savefig
+
+    def capture(fig, *args, **kwargs):
+        seen["fig"] = fig
+        return real_savefig(fig, *args, **kwargs)
+
+    plt.Figure.savefig = capture
+    try:
+        plotting.plot_threshold_choice(tmp_path / "x.png", det.decision_scores_ if hasattr(det, "decision_scores_")
+                                       else det.score_samples(features(flags_data["train"])), det.threshold_info_)
+    finally:
+        plt.Figure.savefig = real_savefig
+    hist_ax = seen["fig"].axes[1]
+    assert len(hist_ax.patches) >= 50  # the histogram's bars
+    labels = [t.get_text() for t in hist_ax.get_legend().get_texts()]
+    for method in ("percentile", "meanstd", "iqr", "pot", "dynamic"):
+        assert any(label.startswith(method) for label in labels), labels
+    assert any("(stored)" in label and "flags 5.0%" in label for label in labels)
+    stored = [ln for ln in hist_ax.lines if ln.get_linewidth() == 2.5]
+    assert len(stored) == 1 and abs(stored[0].get_xdata()[0] - det.threshold_) < 1e-9
