@@ -193,7 +193,8 @@ def cmd_train(args) -> int:
     if rep.get("missing_values"):
         print(f"  missing values: {rep['missing_values']} ({rep['missing_policy']})")
     print(f"  epochs: {result['epochs_run']} (best {result['best_epoch']}{', stopped early' if result['stopped_early'] else ''}), "
-          f"loss {result['final_loss']:.5g}, {result['train_seconds']:.1f}s on {result['device']} ({result['precision']})")
+          f"loss {result['final_loss']:.5g}, {result['train_seconds']:.1f}s on {result['device']} "
+          f"({result['precision']})")
     print(f"  threshold: {result['threshold']:.6g} ({result['threshold_method']} {result['threshold_params']}, "
           f"from {result['threshold_source']} rows)")
     print(f"  saved to {result['paths']['model'].rsplit('/', 1)[0]}")

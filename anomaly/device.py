@@ -43,8 +43,9 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
                               "--device auto or cpu, or install a CUDA build of torch (README: GPU)")
         index = int(name.split(":")[1]) if ":" in name else None
         if index is not None and index >= torch.cuda.device_count():
-            raise DeviceError(f"device {name!r} is not available: this machine has "
-                              f"{torch.cuda.device_count()} CUDA device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+            count = torch.cuda.device_count()
+            raise DeviceError(f"device {name!r} is not available: this machine has {count} CUDA device(s), "
+                              f"cuda:0 to cuda:{count - 1}")
         return torch.device("cuda", torch.cuda.current_device() if index is None else index)
     if name == "mps":
         if not _mps_available():

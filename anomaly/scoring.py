@@ -110,7 +110,8 @@ def _mean(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
         return sums / counts[:, None].astype(np.float32)
 
 
-def row_errors(model: torch.nn.Module, X: np.ndarray, batch_size: int = SCORE_BATCH, precision: str = "fp32") -> np.ndarray:
+def row_errors(model: torch.nn.Module, X: np.ndarray, batch_size: int = SCORE_BATCH,
+               precision: str = "fp32") -> np.ndarray:
     """Per-row, per-feature errors of a whole in-memory matrix: shape (rows, features), NaN where unscored."""
     scorer = RowScorer(model, X.shape[1], batch_size, precision)
     head = scorer.push(X)

@@ -615,7 +615,7 @@ class LiveScorer:
             starts = torch.from_numpy(ends - self.span + 1).to(device)
             with torch.inference_mode():
                 err = self.detector.model_.errors(gather(torch.from_numpy(rows).to(device), starts, self.span))[:, -1]
-            errors[ends - len(self.history)] = err.double().cpu().numpy()
+            errors[ends - len(self.history)] = err.float().cpu().numpy()  # float32: MPS has no float64
         errors = self.smoother.push(errors.astype(np.float32))
         with np.errstate(invalid="ignore"):
             scores = errors.mean(axis=1)
