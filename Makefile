@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(PY) bench/detect_scale.py
 	$(PY) bench/train_speed.py
 	$(PY) bench/server_load.py
+	$(PY) bench/device_speed.py
 
 clean:
 	rm -rf $(VENV) examples/models examples/*.csv

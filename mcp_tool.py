@@ -32,21 +32,23 @@ def _safely(call, *args, **kwargs) -> dict:
 class MCPAnomalyDetectionTool:
     def __init__(self, model_path: str | None = None, threshold_path: str | None = None,
                  scaler_path: str | None = None, config_path: str | None = None, version: str | None = None,
-                 model_dir: str | None = None, results_dir: str = "results"):
+                 model_dir: str | None = None, results_dir: str = "results", device: str = "auto"):
         """Explicit artifact paths (classic layout) or a `version` of the store in `model_dir` (default
-        `models`, or the folder of `model_path`). Result CSVs go to `results_dir`."""
+        `models`, or the folder of `model_path`). Result CSVs go to `results_dir`. `device`: auto, cpu, cuda,
+        cuda:N or mps, for trainings and detections (each call may name another)."""
         if model_dir is None:
             model_dir = str(Path(model_path).parent) if model_path else "models"
         self.artifacts = {"model_path": model_path, "threshold_path": threshold_path, "scaler_path": scaler_path,
                           "config_path": config_path}
         self.version = version
-        self.toolbox = Toolbox(model_dir, results_dir, data_roots=None)  # in-process: any data file
+        self.toolbox = Toolbox(model_dir, results_dir, data_roots=None, device=device)  # in-process: any data file
 
     def run_detection(self, file_path: str, return_details: bool = True, max_results: int | None = None,
-                      time_column: str | None = None, threshold_window: int | str | None = None) -> dict:
+                      time_column: str | None = None, threshold_window: int | str | None = None,
+                      device: str | None = None) -> dict:
         return _safely(self.toolbox.run_detection, file_path, version=self.version, return_details=return_details,
                        max_results=max_results, time_column=time_column, threshold_window=threshold_window,
-                       **self.artifacts)
+                       device=device, **self.artifacts)
 
     def get_model_info(self) -> dict:
         return _safely(self.toolbox.get_model_info, version=self.version, **self.artifacts)
@@ -54,11 +56,12 @@ class MCPAnomalyDetectionTool:
     def train_model(self, data_file: str, version: str | None = None, epochs: int = defaults.EPOCHS,
                     batch_size: int = defaults.BATCH_SIZE, learning_rate: float = defaults.LEARNING_RATE,
                     encoding_dim: int | None = None, percentile: float = defaults.PERCENTILE,
-                    model_type: str = defaults.MODEL_TYPE, window: int | str = defaults.WINDOW, **artifacts) -> dict:
+                    model_type: str = defaults.MODEL_TYPE, window: int | str = defaults.WINDOW,
+                    device: str | None = None, **artifacts) -> dict:
         """Train a new version in the store (or to explicit artifact paths given here); never overwrites."""
         return _safely(self.toolbox.train_model, data_file, version=version, epochs=epochs, batch_size=batch_size,
                        learning_rate=learning_rate, encoding_dim=encoding_dim, percentile=percentile,
-                       model_type=model_type, window=window, **artifacts)
+                       model_type=model_type, window=window, device=device, **artifacts)
 
     def list_models(self) -> dict:
         return _safely(self.toolbox.list_models)

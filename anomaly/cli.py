@@ -60,6 +60,14 @@ def add_artifact_arguments(p: argparse.ArgumentParser) -> None:
                    "explicit scaler.pkl path")
 
 
+def add_device_arguments(p) -> None:
+    """--device and --precision (train, detect, evaluate); checked when used, so a bad one is one error line."""
+    g = p.add_argument_group("device")
+    g.add_argument("--device", default="auto", help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps")
+    g.add_argument("--precision", default="fp32", help="fp32; bf16 (mixed precision through torch.autocast: "
+                   "CPU and recent GPUs) or fp16 (CUDA only)")
+
+
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="training CSV/TXT file (.gz ok) of mostly normal rows")
     add_artifact_arguments(p)
@@ -99,6 +107,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     d.add_argument("--keep-constant", action="store_true", help="keep columns that are constant in training")
     h.add_argument("--plot", help="write a PNG: the calibration errors, their histogram and density, every "
                    "label-free method's threshold and the fraction of rows each flags (the stored one highlighted)")
+    add_device_arguments(p)
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
@@ -125,6 +134,7 @@ def add_detect_arguments(p: argparse.ArgumentParser) -> None:
                    "thresholds go to a 'threshold' column")
     p.add_argument("--top", type=int, default=10, help="top anomalies to print")
     p.add_argument("--plot", help="write a PNG: features over time, anomalies, labelled windows, score vs threshold")
+    add_device_arguments(p)
 
 
 def _store(args):
@@ -173,6 +183,7 @@ def cmd_train(args) -> int:
             seed=args.seed, progress=progress, encoding_dim=args.encoding_dim, hidden=args.hidden,
             layers=args.layers, heads=args.heads, dropout=args.dropout, error=args.error, samples=args.samples, smooth=args.smooth,
             threshold_options=_threshold_options(args), labels_file=args.labels_file, plot=args.plot,
+            device=args.device, precision=args.precision,
         )
     finally:
         if bar is not None:
@@ -192,7 +203,8 @@ def cmd_train(args) -> int:
     if rep.get("missing_values"):
         print(f"  missing values: {rep['missing_values']} ({rep['missing_policy']})")
     print(f"  epochs: {result['epochs_run']} (best {result['best_epoch']}{', stopped early' if result['stopped_early'] else ''}), "
-          f"loss {result['final_loss']:.5g}, {result['train_seconds']:.1f}s")
+          f"loss {result['final_loss']:.5g}, {result['train_seconds']:.1f}s on {result['device']} "
+          f"({result['precision']})")
     print(f"  threshold: {result['threshold']:.6g} ({result['threshold_method']} {result['threshold_params']}, "
           f"from {result['threshold_source']} rows)")
     print(f"  saved to {result['paths']['model'].rsplit('/', 1)[0]}")
@@ -221,7 +233,7 @@ def cmd_detect(args) -> int:
         args.data, version=args.version, store=_store(args), paths=paths, output=args.output,
         per_feature=args.per_feature, missing=args.missing, label_column=args.label_column,
         max_results=args.max_results, return_details=args.json, plot=args.plot, time_column=args.time_column,
-        threshold_window=args.threshold_window,
+        threshold_window=args.threshold_window, device=args.device, precision=args.precision,
     )
     if args.json:
         print(json.dumps(result, indent=2, allow_nan=False, default=str))

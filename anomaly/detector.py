@@ -13,6 +13,7 @@ import json
 import pickle
 import platform
 import struct
+import time
 import warnings
 from dataclasses import asdict
 from typing import Callable
@@ -21,12 +22,14 @@ import numpy as np
 import torch
 
 from . import __version__, defaults, models, period, thresholds, training
+from .device import check_precision, device_name, resolve_device
 from .errors import ArtifactError, DataError
 from .scoring import SCORE_BATCH, RowScorer, SpikeSmoother, row_errors, row_scores, smooth_errors, smooth_rows, spike_floor
 from .store import ArtifactPaths, atomic_write_bytes, atomic_write_text, check_complete, now_iso, read_json
 
 SCALERS = ("standard", "minmax", "robust")
 CONFIG_FORMAT = 1
+TRAINED_ON = ("device", "device_name", "precision", "train_seconds")  # model card: where and how long it trained
 
 
 def make_scaler(name: str):
@@ -74,6 +77,8 @@ class Detector:
         patience: int = defaults.PATIENCE,
         seed: int = defaults.SEED,
         smooth: int | None = None,
+        device: str = "auto",
+        precision: str = "fp32",
         **model_params,
     ):
         self.model_type = model_type
@@ -84,16 +89,20 @@ class Detector:
         self.epochs, self.batch_size, self.learning_rate = epochs, batch_size, learning_rate
         self.validation_split, self.patience, self.seed = validation_split, patience, seed
         self.smooth = smooth  # rows in the centred score smoothing; None = 2 * window - 1
+        self.device, self.precision = device, precision  # where the model trains and scores (`anomaly.device`)
         self.model_params = model_params
 
     # --- fitting ---------------------------------------------------------------------------------------
 
     def fit(self, X: np.ndarray, feature_names: list[str] | None = None, labels: np.ndarray | None = None,
             progress: training.ProgressFn | None = None, should_stop: Callable[[], bool] | None = None) -> "Detector":
+        started = time.perf_counter()
         X = np.asarray(X, np.float32)
         if X.ndim != 2 or not np.isfinite(X).all():
             raise DataError("training data must be a finite 2-D array (rows, features)")
         _check_training_args(self)
+        self.device_ = resolve_device(self.device)
+        check_precision(self.precision, self.device_)
         self.feature_names_ = list(feature_names or [f"x{i}" for i in range(X.shape[1])])
         self.window_auto_ = self.window == "auto"  # estimate one dominant period from the training rows
         self.window_ = period.auto_window(X) if self.window_auto_ else int(self.window)
@@ -104,7 +113,8 @@ class Detector:
         models.get(self.model_type)
         training.seed_everything(self.seed)
         self.model_config_ = models.make_config(self.model_type, X.shape[1], self.window_, self.model_params)
-        self.model_ = models.get(self.model_type).Model(self.model_config_)
+        # built on the CPU, then moved: the same seed gives the same initial weights on every device
+        self.model_ = models.get(self.model_type).Model(self.model_config_).to(self.device_)
         if len(X) < self.model_.span + 1:
             raise DataError(f"need at least {self.model_.span + 1} rows to train with window {self.window_}; got {len(X)}")
         self.scaler_ = make_scaler(self.scaler).fit(X)
@@ -113,7 +123,7 @@ class Detector:
         Z_train, Z_val = training.split_rows(Z, self.validation_split, self.model_.span + 1)
         self.history_ = training.fit(self.model_, Z_train, Z_val, epochs=self.epochs, batch_size=self.batch_size,
                                      learning_rate=self.learning_rate, patience=self.patience, seed=self.seed,
-                                     progress=progress, should_stop=should_stop)
+                                     progress=progress, should_stop=should_stop, precision=self.precision)
         self.smooth_ = smooth_rows(self.window_) if self.smooth is None else int(self.smooth)
         if self.smooth_ < 1:
             raise DataError(f"--smooth must be at least 1 row (1 = no smoothing), got {self.smooth_}")
@@ -138,6 +148,7 @@ class Detector:
             self.threshold_info_["note"] = ("constant training data: window 1, no smoothing, threshold just above "
                                             "the highest training score (any departure is flagged)")
         self.train_stats_ = thresholds.describe(self.decision_scores_[np.isfinite(self.decision_scores_)])
+        self.train_seconds_ = round(time.perf_counter() - started, 3)
         return self
 
     def set_threshold(self, method: str, scores: np.ndarray, labels: np.ndarray | None = None, **params) -> dict:
@@ -159,7 +170,7 @@ class Detector:
         return self._errors(self.transform(X))
 
     def _errors(self, Z: np.ndarray) -> np.ndarray:
-        return smooth_errors(row_errors(self.model_, Z), self.smooth_, self.spike_floor_)
+        return smooth_errors(row_errors(self.model_, Z, precision=self.precision), self.smooth_, self.spike_floor_)
 
     def score_samples(self, X: np.ndarray) -> np.ndarray:
         return row_scores(self.row_errors(X))
@@ -192,15 +203,24 @@ class Detector:
                          "validation_split": self.validation_split, "patience": self.patience, "seed": self.seed},
             "history": getattr(self, "history_", {}),
             "train_scores": getattr(self, "train_stats_", {}),
+            **self.trained_on(),
             "created": now_iso(),
             "library_versions": library_versions(),
             **(metadata or {}),
         }
 
+    def trained_on(self) -> dict:
+        """The model card's device, precision and training seconds; a loaded version keeps what it recorded."""
+        if hasattr(self, "train_seconds_"):
+            return {"device": str(self.device_), "device_name": device_name(self.device_),
+                    "precision": self.precision, "train_seconds": self.train_seconds_}
+        return {k: self.config_[k] for k in TRAINED_ON if k in getattr(self, "config_", {})}
+
     def save(self, paths: ArtifactPaths, metadata: dict | None = None) -> None:
         """Write the four artifact files, each atomically."""
         buf = io.BytesIO()
-        torch.save(self.model_.state_dict(), buf)
+        # weights from the CPU: the file loads on any device (map_location moves them where they are needed)
+        torch.save({k: v.detach().cpu() for k, v in self.model_.state_dict().items()}, buf)
         atomic_write_bytes(paths.model, buf.getvalue())
         atomic_write_text(paths.config, json.dumps(self.config_dict(metadata), indent=2, default=_json_default))
         atomic_write_text(paths.threshold, json.dumps(self.threshold_info_, indent=2, default=_json_default))
@@ -215,21 +235,25 @@ class Detector:
         atomic_write_bytes(paths.scaler, scaler_bytes)
 
     @classmethod
-    def load(cls, paths: ArtifactPaths, label: str = "") -> "Detector":
-        """Load a saved version. The scaler is a pickle: only load artifacts you trust (the server confines this)."""
+    def load(cls, paths: ArtifactPaths, label: str = "", device: str = "auto", precision: str = "fp32") -> "Detector":
+        """Load a saved version onto `device`, to score in `precision`. The scaler is a pickle: only load
+        artifacts you trust (the server confines this)."""
         label = label or str(paths.model.parent)
+        target = resolve_device(device)
+        check_precision(precision, target)
         check_complete(paths, label)
         config = read_json(paths.config)
         threshold = read_json(paths.threshold)
         try:
             det = cls(model_type=config["model_type"], window=config["window"], scaler=config["scaler"],
                       threshold_method=threshold["method"], threshold_params=threshold.get("params", {}),
-                      **config["training"])
+                      device=device, precision=precision, **config["training"])
             det.model_config_ = models.get(config["model_type"]).Config(**config["model"])
-            det.model_ = models.get(config["model_type"]).Model(det.model_config_)
+            det.model_ = models.get(config["model_type"]).Model(det.model_config_).to(target)
+            det.device_ = target
             with warnings.catch_warnings():  # a garbage file makes torch warn before it fails: one error line
                 warnings.simplefilter("ignore")
-                state = torch.load(paths.model, map_location="cpu", weights_only=True)
+                state = torch.load(paths.model, map_location=target, weights_only=True)
             det.model_.load_state_dict(state)
             if "scaler_affine" in config:
                 det.affine_ = AffineScaler(**config["scaler_affine"])
@@ -266,7 +290,7 @@ class StreamScorer:
 
     def __init__(self, detector: Detector, batch_size: int = SCORE_BATCH):
         self.detector = detector
-        self.rows = RowScorer(detector.model_, len(detector.feature_names_), batch_size)
+        self.rows = RowScorer(detector.model_, len(detector.feature_names_), batch_size, detector.precision)
         self.smoother = SpikeSmoother(detector.smooth_, detector.spike_floor_)
 
     def push(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -35,3 +35,7 @@ class PathNotAllowed(AnomalyError):
     """A path lies outside the allowed roots (server use)."""
 
     http_status = 403
+
+
+class DeviceError(AnomalyError):
+    """The asked-for device or precision is unknown or not available on this machine."""

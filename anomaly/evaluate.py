@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from . import defaults, metrics, thresholds
+from .cli import add_device_arguments
 from .errors import DataError, NotFound
 from .rolling import RollingThreshold
 
@@ -78,6 +79,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-train-rows", type=int, default=EVAL_MAX_TRAIN_ROWS, help="train on at most the first N rows")
     p.add_argument("--seed", type=int, default=defaults.SEED, help="seed for models, baselines and the random score")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    add_device_arguments(p)
     p.add_argument("--json", dest="json_path", help="write the full report here (rewritten after every series)")
     p.add_argument("--plots", help="write one plot per series and detector variant into this folder")
     p.add_argument("--quiet", "-q", action="store_true", help="print only the suite summary")
@@ -98,7 +100,7 @@ def _config(args) -> dict:
     return {k: getattr(args, k, None) for k in (
         "model_type", "window", "threshold_method", "percentile", "risk", "compare_thresholds", "baselines",
         "series", "sample", "smooth", "encoding_dim", "hidden", "dropout", "learning_rate", "epochs",
-        "batch_size", "patience", "max_train_rows", "seed")}
+        "batch_size", "patience", "max_train_rows", "seed", "device", "precision")}
 
 
 def find_series(suite: str | Path, only: list[str] | None = None) -> list[tuple[str, Path, Path]]:
@@ -196,9 +198,10 @@ def evaluate_series(series: str, train: Path, test: Path, args, tmp: Path, plot_
                                 epochs=args.epochs, batch_size=args.batch_size, patience=args.patience,
                                 seed=args.seed, threshold_method=args.threshold_method,
                                 percentile=args.percentile, threshold_options=t_opts,
-                                learning_rate=args.learning_rate, **_model_params(args))
+                                learning_rate=args.learning_rate, device=args.device, precision=args.precision,
+                                **_model_params(args))
             train_seconds = time.perf_counter() - started
-            det = service.load_detector(store.paths(res["version"]), res["version"])
+            det = service.load_detector(store.paths(res["version"]), res["version"], args.device, args.precision)
             test_table = data.read_table(test, features=det.feature_names_)
             if max_buffer is None:
                 # One VUS buffer range per series, from the period of its first feature (as TSB-AD does, and as

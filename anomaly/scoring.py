@@ -15,6 +15,8 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
+from .device import autocast, model_device
+
 SCORE_BATCH = 8192  # samples per forward pass when scoring
 SMALL_MODEL_PARAMETERS = 50_000
 
@@ -35,7 +37,7 @@ def gather(x: torch.Tensor, starts: torch.Tensor, span: int) -> torch.Tensor:
     """Samples (len(starts), span, features) cut from a (rows, features) tensor by slicing, not copying loops."""
     if span == 1:
         return x[starts].unsqueeze(1)
-    return x[starts.unsqueeze(1) + torch.arange(span)]
+    return x[starts.unsqueeze(1) + torch.arange(span, device=x.device)]
 
 
 def window_range(x: torch.Tensor, start: int, stop: int, span: int) -> torch.Tensor:
@@ -48,10 +50,11 @@ def window_range(x: torch.Tensor, start: int, stop: int, span: int) -> torch.Ten
 class RowScorer:
     """Streaming per-row errors: `push(chunk)` returns the rows that are final so far, `finish()` the rest."""
 
-    def __init__(self, model: torch.nn.Module, n_features: int, batch_size: int = SCORE_BATCH):
+    def __init__(self, model: torch.nn.Module, n_features: int, batch_size: int = SCORE_BATCH, precision: str = "fp32"):
         self.model = model
         self.span, self.scored = model.span, model.scored
         self.batch_size = max(1, batch_size)
+        self.device, self.precision = model_device(model), precision  # data goes where the model is
         # small models run on one thread (hand-offs cost more than they save); big ones use them all
         self.small = sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMETERS
         self.rows = np.empty((0, n_features), np.float32)  # rows carried over for the next samples
@@ -81,20 +84,22 @@ class RowScorer:
         return single_thread() if self.small else contextlib.nullcontext()
 
     def _row_by_row(self, chunk: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(chunk, dtype=np.float32))
+        x = torch.from_numpy(np.ascontiguousarray(chunk, dtype=np.float32)).to(self.device)  # once per block
         out = np.empty(chunk.shape, np.float32)
-        with torch.inference_mode(), self._threads():
+        with torch.inference_mode(), self._threads(), autocast(self.device, self.precision):
             for s in range(0, len(x), self.batch_size):
-                out[s:s + self.batch_size] = self.model.errors(x[s:s + self.batch_size].unsqueeze(1))[:, 0].numpy()
+                err = self.model.errors(x[s:s + self.batch_size].unsqueeze(1))[:, 0]
+                out[s:s + self.batch_size] = err.float().cpu().numpy()  # back to the host once per batch
         return out
 
     def _accumulate(self, rows: np.ndarray, sums: np.ndarray, counts: np.ndarray, n_samples: int) -> None:
-        x = torch.from_numpy(rows)
+        x = torch.from_numpy(rows).to(self.device)  # the whole block goes to the device once
         offset = self.span - self.scored  # position of the first scored row inside a sample
-        with torch.inference_mode(), self._threads():
+        with torch.inference_mode(), self._threads(), autocast(self.device, self.precision):
             for s in range(0, n_samples, self.batch_size):
                 b = min(self.batch_size, n_samples - s)
-                err = self.model.errors(window_range(x, s, s + b, self.span)).numpy()  # (b, scored, F)
+                # (b, scored, F), back to the host once per batch
+                err = self.model.errors(window_range(x, s, s + b, self.span)).float().cpu().numpy()
                 for k in range(self.scored):
                     r0 = s + offset + k
                     sums[r0:r0 + b] += err[:, k]
@@ -106,9 +111,10 @@ def _mean(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
         return sums / counts[:, None].astype(np.float32)
 
 
-def row_errors(model: torch.nn.Module, X: np.ndarray, batch_size: int = SCORE_BATCH) -> np.ndarray:
+def row_errors(model: torch.nn.Module, X: np.ndarray, batch_size: int = SCORE_BATCH,
+               precision: str = "fp32") -> np.ndarray:
     """Per-row, per-feature errors of a whole in-memory matrix: shape (rows, features), NaN where unscored."""
-    scorer = RowScorer(model, X.shape[1], batch_size)
+    scorer = RowScorer(model, X.shape[1], batch_size, precision)
     head = scorer.push(X)
     return np.concatenate([head, scorer.finish()])
 

@@ -46,12 +46,12 @@ _cache: dict = {}
 _cache_lock = threading.Lock()
 
 
-def load_detector(paths: ArtifactPaths, label: str = ""):
-    """Load a saved detector, cached in memory; a changed or replaced version is reloaded."""
+def load_detector(paths: ArtifactPaths, label: str = "", device: str = "auto", precision: str = "fp32"):
+    """Load a saved detector onto `device`, cached in memory; a changed or replaced version is reloaded."""
     from .store import check_complete
 
     check_complete(paths, label or str(paths.model.parent))
-    key = tuple(str(p.resolve()) for _, p in paths.items())
+    key = tuple(str(p.resolve()) for _, p in paths.items()) + (device, precision)
     stamp = tuple(p.stat().st_mtime_ns for _, p in paths.items())
     with _cache_lock:
         hit = _cache.get(key)
@@ -59,7 +59,7 @@ def load_detector(paths: ArtifactPaths, label: str = ""):
             return hit[1]
     from .detector import Detector  # torch: imported only once there is a model to load
 
-    det = Detector.load(paths, label)
+    det = Detector.load(paths, label, device, precision)
     with _cache_lock:
         if len(_cache) >= 16:
             _cache.pop(next(iter(_cache)))
@@ -111,6 +111,8 @@ def train(
     threshold_options: dict | None = None,
     labels_file: str | None = None,
     plot: str | None = None,
+    device: str = "auto",
+    precision: str = "fp32",
     **model_params,
 ) -> dict:
     """Train a detector on `data_file` and save it as a new version (or to explicit `paths`).
@@ -132,7 +134,8 @@ def train(
 
     det = Detector(model_type=model_type, window=window, scaler=scaler, threshold_method=threshold_method,
                    threshold_params=t_params, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-                   validation_split=validation_split, patience=patience, seed=seed, **model_params)
+                   validation_split=validation_split, patience=patience, seed=seed, device=device,
+                   precision=precision, **model_params)
     started = time.perf_counter()
     try:
         det.fit(table.X, table.features, labels=table.labels, progress=progress, should_stop=should_stop)
@@ -174,6 +177,8 @@ def train(
         "final_loss": hist["loss"][-1],
         "final_val_loss": hist["val_loss"][-1],
         "train_seconds": round(seconds, 3),
+        "device": str(det.device_),
+        "precision": det.precision,
         "data_report": table.report,
     }
 
@@ -233,6 +238,8 @@ def iter_detect(
     plot: str | None = None,
     time_column: str | None = None,
     threshold_window: int | str | None = None,
+    device: str = "auto",
+    precision: str = "fp32",
 ) -> Iterator[dict]:
     """Score a file block by block. Yields events: `progress`, `anomaly` (one per anomalous row, as soon as
     its block is scored) and finally `summary` (the same dict `detect` returns).
@@ -245,7 +252,7 @@ def iter_detect(
         paths, label = artifact_paths(version, store)
     else:
         label = str(paths.model.parent)
-    det = load_detector(paths, label)
+    det = load_detector(paths, label, device, precision)
     features = det.feature_names_
     numeric, _ = data.numeric_columns(p, fmt)
     label_col = data.find_label_column(list(fmt.names), label_column)
@@ -652,12 +659,13 @@ class LiveScorer:
     """
 
     def __init__(self, version: str | None = None, store: ModelStore | None = None,
-                 paths: ArtifactPaths | None = None, threshold_window: int | str | None = None):
+                 paths: ArtifactPaths | None = None, threshold_window: int | str | None = None,
+                 device: str = "auto"):
         if paths is None:
             paths, self.version = artifact_paths(version, store)
         else:
             self.version = str(paths.model.parent)
-        self.detector = load_detector(paths, self.version)
+        self.detector = load_detector(paths, self.version, device)
         self.features = list(self.detector.feature_names_)
         self.span = int(self.detector.model_.span)
         self.threshold = float(self.detector.threshold_)
@@ -707,10 +715,11 @@ class LiveScorer:
         ends = ends[ends >= self.span - 1]
         errors = np.full((len(Z), len(self.features)), np.nan)
         if len(ends):
-            starts = torch.from_numpy(ends - self.span + 1)
+            device = self.detector.device_
+            starts = torch.from_numpy(ends - self.span + 1).to(device)
             with torch.inference_mode():
-                err = self.detector.model_.errors(gather(torch.from_numpy(rows), starts, self.span))[:, -1]
-            errors[ends - len(self.history)] = err.double().numpy()
+                err = self.detector.model_.errors(gather(torch.from_numpy(rows).to(device), starts, self.span))[:, -1]
+            errors[ends - len(self.history)] = err.float().cpu().numpy()  # float32: MPS has no float64
         errors = self.smoother.push(errors.astype(np.float32))
         with np.errstate(invalid="ignore"):
             scores = errors.mean(axis=1)
@@ -733,7 +742,7 @@ class LiveScorer:
 
 def model_info(version: str | None = None, store: ModelStore | None = None, **explicit_paths) -> dict:
     paths, label = artifact_paths(version, store, **explicit_paths)
-    det = load_detector(paths, label)
+    det = load_detector(paths, label, device="cpu")  # only read: no need to wake a GPU
     config = det.config_
     return {
         "status": "success",
@@ -752,6 +761,7 @@ def model_info(version: str | None = None, store: ModelStore | None = None, **ex
         "threshold_stats": det.threshold_info_.get("stats"),
         "training": config.get("training"),
         "history": config.get("history"),
+        **{k: config.get(k) for k in ("device", "device_name", "precision", "train_seconds")},  # where it trained
         "data": config.get("data"),
         "created": config.get("created"),
         "library_versions": config.get("library_versions"),

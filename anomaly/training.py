@@ -11,6 +11,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .device import autocast, model_device
 from .scoring import gather, single_thread
 
 ProgressFn = Callable[[dict], None]
@@ -42,15 +43,21 @@ def fit(
     seed: int = 0,
     progress: ProgressFn | None = None,
     should_stop: Callable[[], bool] | None = None,
+    precision: str = "fp32",
 ) -> dict:
-    """Train in place; the weights of the best validation epoch are kept. Returns the training history."""
+    """Train in place on the device the model is on; the weights of the best validation epoch are kept.
+    Returns the training history."""
     generator = seed_everything(seed)
     span = model.span
-    x_train = torch.from_numpy(np.ascontiguousarray(X_train, dtype=np.float32))
-    x_val = torch.from_numpy(np.ascontiguousarray(X_val, dtype=np.float32)) if X_val is not None else None
+    device = model_device(model)
+    # The whole training matrix goes to the device once; batches are sliced there (no per-batch copies).
+    x_train = torch.from_numpy(np.ascontiguousarray(X_train, dtype=np.float32)).to(device)
+    x_val = torch.from_numpy(np.ascontiguousarray(X_val, dtype=np.float32)).to(device) if X_val is not None else None
     n_samples = len(x_train) - span + 1
     # fused Adam halves the per-step cost of small models on CPU (one kernel instead of one per tensor)
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate, fused=True)
+    # fp16 gradients underflow without loss scaling; for fp32 and bf16 the scaler is a pass-through
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     history: dict = {"loss": [], "val_loss": [], "best_epoch": None, "stopped_early": False, "seconds": 0.0}
     best, best_state, waited = math.inf, None, 0
     started = time.perf_counter()
@@ -58,18 +65,21 @@ def fit(
     with single_thread() if batch_size < 1024 else contextlib.nullcontext():
         for epoch in range(1, epochs + 1):
             model.train()
-            order = torch.randperm(n_samples, generator=generator)
-            total = torch.zeros(())
+            # drawn on the CPU generator (same seed, same order on every device), moved once per epoch
+            order = torch.randperm(n_samples, generator=generator).to(device)
+            total = torch.zeros((), device=device)
             for i in range(0, n_samples, batch_size):
                 batch = gather(x_train, order[i:i + batch_size], span)
-                loss = model.loss(batch)
+                with autocast(device, precision):
+                    loss = model.loss(batch)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += loss.detach() * len(batch)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                total += loss.detach().float() * len(batch)
             train_loss = total.item() / n_samples
             history["loss"].append(train_loss)
-            val_loss = evaluate_loss(model, x_val) if x_val is not None else None
+            val_loss = evaluate_loss(model, x_val, precision=precision) if x_val is not None else None
             history["val_loss"].append(val_loss)
             monitored = val_loss if val_loss is not None else train_loss
             if monitored < best - 1e-7:
@@ -94,13 +104,13 @@ def fit(
     return history
 
 
-def evaluate_loss(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 8192) -> float:
+def evaluate_loss(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 8192, precision: str = "fp32") -> float:
     model.eval()
     n = len(x) - model.span + 1
     total = 0.0
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(x.device, precision):
         for i in range(0, n, batch_size):
-            starts = torch.arange(i, min(i + batch_size, n))
+            starts = torch.arange(i, min(i + batch_size, n), device=x.device)
             total += model.loss(gather(x, starts, model.span)).item() * len(starts)
     model.train()
     return total / max(n, 1)

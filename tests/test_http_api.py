@@ -165,3 +165,17 @@ def _lines_until(response, n_scores: int, subscribed: threading.Event):
             seen += 1
         elif line == "" and seen >= n_scores:
             return
+
+
+def test_device_in_training_and_detection_requests(http):
+    assert http.get("/health").json()["device"] == "auto"  # the server's --device, the requests' default
+    trained = http.post("/api/train", json={"data_file": "train.csv", "epochs": 1, "window": 1, "version": "http-cpu",
+                                            "device": "cpu"}).json()
+    assert trained["device"] == "cpu" and trained["precision"] == "fp32"
+    ok = http.post("/api/detect", json={"file_path": "test.csv", "version": "http-cpu", "device": "cpu",
+                                        "max_results": 0})
+    assert ok.status_code == 200 and ok.json()["status"] == "success"
+    bad = http.post("/api/detect", json={"file_path": "test.csv", "version": "v1", "device": "tpu"})
+    assert bad.status_code == 400 and bad.json()["type"] == "DeviceError" and "unknown device" in bad.json()["error"]
+    stream = http.get("/api/detect/stream", params={"file_path": "test.csv", "version": "v1", "device": "tpu"})
+    assert stream.status_code == 400 and "unknown device" in stream.json()["error"]

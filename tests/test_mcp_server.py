@@ -197,3 +197,14 @@ def test_training_and_ten_detections_run_concurrently_and_health_stays_fast(serv
     during = [t for t, training in health_times if training]
     assert during, "no /health answer was seen while the training ran"
     assert max(t for t, _ in health_times) < 0.5, sorted(health_times)[-5:]
+
+
+def test_device_argument_of_train_model_and_run_detection(server):
+    trained = tool_json(call(server, "http", "train_model", {"data_file": "train.csv", "epochs": 1, "window": 1,
+                                                             "version": "mcp-cpu", "device": "cpu"}))
+    assert trained["device"] == "cpu"
+    detected = tool_json(call(server, "http", "run_detection", {"file_path": "test.csv", "version": "mcp-cpu",
+                                                                "device": "cpu", "max_results": 0}))
+    assert detected["status"] == "success"
+    bad = call(server, "http", "run_detection", {"file_path": "test.csv", "version": "v1", "device": "tpu"})
+    assert bad.is_error and "unknown device 'tpu'" in bad.content[0].text

@@ -69,3 +69,12 @@ def test_train_with_window_auto_records_the_estimated_period(workdir):
     assert result["status"] == "success" and 45 <= result["window"] <= 55
     info = MCPAnomalyDetectionTool(version="auto").get_model_info()
     assert info["window"] == result["window"]
+
+
+def test_device_for_the_tool_and_for_each_call(workdir):
+    trained = MCPAnomalyDetectionTool(device="cpu").train_model("train.csv", version="on-cpu", epochs=1, window=1)
+    assert trained["status"] == "success" and trained["device"] == "cpu"
+    ok = MCPAnomalyDetectionTool(version="on-cpu").run_detection("test.csv", max_results=0, device="cpu")
+    assert ok["status"] == "success"
+    bad = MCPAnomalyDetectionTool(version="on-cpu", device="tpu").run_detection("test.csv")
+    assert bad["status"] == "error" and bad["error_type"] == "DeviceError" and "unknown device" in bad["error"]

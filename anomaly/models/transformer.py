@@ -94,9 +94,9 @@ class Model(nn.Module):
     def loss(self, x: torch.Tensor) -> torch.Tensor:
         # Training hides a random segment of each window; validation a fixed one (window i hides segment
         # i % segments), so early stopping sees no sampling noise and validation costs one pass.
-        segment = (torch.randint(self.config.segments, (len(x),)) if self.training
-                   else torch.arange(len(x)) % self.config.segments)
-        recon, hide = self(x, segment.to(x.device))
+        segment = (torch.randint(self.config.segments, (len(x),), device=x.device) if self.training
+                   else torch.arange(len(x), device=x.device) % self.config.segments)
+        recon, hide = self(x, segment)
         hidden = hide[..., None].to(x.dtype)
         return ((recon - x).square() * hidden).sum() / (hidden.sum() * x.shape[2])
 

@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extra browser Origin to accept, e.g. https://dash.example (repeatable)")
     p.add_argument("--max-upload-mb", type=float, default=64, help="largest HTTP request body (413 above)")
     p.add_argument("--workers", type=int, default=2, help="concurrent scoring threads")
+    p.add_argument("--device", default="auto", help="where trainings and detections run unless a request names "
+                   "another: auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps")
     p.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"))
     return p
 
@@ -88,15 +90,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers < 1:
         print("error: --workers must be at least 1", file=sys.stderr)
         return 2
+    if args.device != "auto":  # "auto" always resolves: checking it would only import torch at start-up
+        from ..device import resolve_device
+        from ..errors import DeviceError
+        try:
+            resolve_device(args.device)  # a server asked for a GPU it lacks refuses to start
+        except DeviceError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     settings = Settings(host=args.host, port=args.port, data_roots=roots, model_dir=args.model_dir,
                         results_dir=args.results_dir, token=args.token or None, allowed_hosts=args.allowed_hosts,
-                        allowed_origins=args.allowed_origins, max_upload_mb=args.max_upload_mb, workers=args.workers)
+                        allowed_origins=args.allowed_origins, max_upload_mb=args.max_upload_mb, workers=args.workers,
+                        device=args.device)
     import uvicorn
 
     app = create_app(settings)
     shown = f"[{args.host}]" if ":" in args.host else args.host
     print(f"anomaly server on http://{shown}:{args.port}  MCP: /sse and /mcp  API docs: /docs  "
-          f"models: {Path(args.model_dir).resolve()}  data roots: {', '.join(str(Path(r).resolve()) for r in roots)}"
+          f"device: {args.device}  models: {Path(args.model_dir).resolve()}  "
+          f"data roots: {', '.join(str(Path(r).resolve()) for r in roots)}"
           f"{'  (token required)' if settings.token else ''}", file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=3)
     return 0

@@ -38,6 +38,7 @@ class Settings:
     max_upload_mb: float = 64
     workers: int = 2  # concurrent scoring threads
     train_workers: int = 1  # concurrent trainings
+    device: str = "auto"  # where trainings and detections run unless a request names another (`anomaly.device`)
 
     def access(self) -> Access:
         return Access(host=self.host, token=self.token, allowed_hosts=self.allowed_hosts,
@@ -47,7 +48,7 @@ class Settings:
 class Runtime:
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.toolbox = Toolbox(settings.model_dir, settings.results_dir, settings.data_roots)
+        self.toolbox = Toolbox(settings.model_dir, settings.results_dir, settings.data_roots, device=settings.device)
         self.score_limiter = anyio.CapacityLimiter(settings.workers)
         self.train_limiter = anyio.CapacityLimiter(settings.train_workers)
         self.started = time.time()
@@ -74,7 +75,7 @@ class Runtime:
 
     def health(self) -> dict:
         return {"status": "ok", "version": __version__, "uptime_s": round(time.time() - self.started, 1),
-                "model_dir": str(self.toolbox.store.root.resolve()),
+                "model_dir": str(self.toolbox.store.root.resolve()), "device": self.settings.device,
                 "training_running": self.train_limiter.borrowed_tokens,
                 "scoring_running": self.score_limiter.borrowed_tokens}
 

@@ -44,8 +44,12 @@ class ArtifactArgs(BaseModel):
     config_path: str | None = None
 
 
+DEVICE_DOC = "auto, cpu, cuda, cuda:N or mps (default: the server's --device)"
+
+
 class DetectRequest(ArtifactArgs):
     file_path: str = Field(description="CSV/TXT file on the server, inside an allowed data root")
+    device: str | None = Field(None, description=DEVICE_DOC)
     return_details: bool = True
     max_results: int | None = Field(None, ge=0, le=MAX_RESULTS_LIMIT,
                                     description=f"per-row results cap (default {defaults.MAX_RESULTS})")
@@ -64,6 +68,7 @@ class TrainRequest(ArtifactArgs):
     percentile: float = Field(defaults.PERCENTILE, gt=0, le=100)
     model_type: str = Field(defaults.MODEL_TYPE, description=f"one of {', '.join(MODEL_TYPES)}")
     window: int | Literal["auto"] = Field(defaults.WINDOW, description="rows per sample, or 'auto'")
+    device: str | None = Field(None, description=DEVICE_DOC)
 
 
 class LivePoints(BaseModel):
@@ -78,10 +83,12 @@ def detect_query(file_path: str, version: str | None = None, model_path: str | N
                  threshold_path: str | None = None, scaler_path: str | None = None, config_path: str | None = None,
                  return_details: bool = True,
                  max_results: int | None = Query(None, ge=0, le=MAX_RESULTS_LIMIT),
-                 time_column: str | None = None, threshold_window: str | None = None) -> DetectRequest:
+                 time_column: str | None = None, threshold_window: str | None = None,
+                 device: str | None = None) -> DetectRequest:
     return DetectRequest(file_path=file_path, version=version, model_path=model_path, threshold_path=threshold_path,
                          scaler_path=scaler_path, config_path=config_path, return_details=return_details,
-                         max_results=max_results, time_column=time_column, threshold_window=threshold_window)
+                         max_results=max_results, time_column=time_column, threshold_window=threshold_window,
+                         device=device)
 
 
 # --- SSE helpers -------------------------------------------------------------------------------------------
@@ -181,7 +188,8 @@ def build_router(runtime: Runtime, hub: LiveHub) -> APIRouter:
                  description="Detect on the request body: a CSV/TXT file (gzip ok), e.g. "
                              "`curl --data-binary @new.csv -H 'Content-Type: text/csv' .../api/detect/upload`.")
     async def detect_upload(request: Request, version: str | None = None, return_details: bool = True,
-                            max_results: int | None = Query(None, ge=0, le=MAX_RESULTS_LIMIT)) -> dict:
+                            max_results: int | None = Query(None, ge=0, le=MAX_RESULTS_LIMIT),
+                            device: str | None = None) -> dict:
         runtime.uploads.mkdir(parents=True, exist_ok=True)
         path = runtime.uploads / f"upload-{uuid.uuid4().hex[:12]}.csv"
         try:
@@ -191,7 +199,8 @@ def build_router(runtime: Runtime, hub: LiveHub) -> APIRouter:
             if path.stat().st_size == 0:
                 raise DataError("the request body is empty; send the CSV as the body")
             return clean(await runtime.score(toolbox.run_detection, str(path), version=version, trusted=True,
-                                             return_details=return_details, max_results=max_results))
+                                             return_details=return_details, max_results=max_results,
+                                             device=device))
         finally:
             path.unlink(missing_ok=True)
 

@@ -96,6 +96,7 @@ ThresholdPath = Annotated[str | None, Field(description="explicit threshold.json
 ScalerPath = Annotated[str | None, Field(description="explicit scaler.pkl inside the model store")]
 ConfigPath = Annotated[str | None, Field(description="explicit model_config.json inside the model store")]
 Version = Annotated[str | None, Field(description="model version name (default: the latest)")]
+Device = Annotated[str | None, Field(description="auto, cpu, cuda, cuda:N or mps (default: the server's --device)")]
 
 
 def build_mcp(runtime: Runtime) -> MCPServer:
@@ -127,6 +128,7 @@ def build_mcp(runtime: Runtime) -> MCPServer:
         threshold_window: Annotated[int | str | None, Field(description=(
             "rolling threshold over the preceding N rows (a number) or a time span such as '7d'; "
             "default: the model's fixed threshold"))] = None,
+        device: Device = None,
     ) -> DetectionResult:
         """Score every row of a CSV/TXT file with a trained model: counts, threshold, the strongest
         anomalies with the features that drove them, per-row results (capped) and a CSV with all rows."""
@@ -142,7 +144,7 @@ def build_mcp(runtime: Runtime) -> MCPServer:
         wanted = progress if _progress_token(ctx) is not None else None
         return await call(toolbox.run_detection, file_path, model_path, threshold_path, scaler_path, config_path,
                           version, return_details, max_results, wanted, time_column=time_column,
-                          threshold_window=threshold_window)
+                          threshold_window=threshold_window, device=device)
 
     @mcp.tool(annotations=ToolAnnotations(read_only_hint=True))
     async def get_model_info(
@@ -177,6 +179,7 @@ def build_mcp(runtime: Runtime) -> MCPServer:
         model_type: Annotated[str, Field(description=f"model type: {', '.join(MODEL_TYPES)}")] = defaults.MODEL_TYPE,
         window: Annotated[int | Literal["auto"], Field(description="rows per sample (1 = each row on its own; "
                                                                 "'auto' = the series' dominant period)")] = defaults.WINDOW,
+        device: Device = None,
     ) -> TrainResult:
         """Train an anomaly detector on a file of normal data and save it as a new model version. Reports
         progress (epoch and loss) while it runs."""
@@ -191,7 +194,7 @@ def build_mcp(runtime: Runtime) -> MCPServer:
                                          threshold_path=threshold_path, scaler_path=scaler_path,
                                          config_path=config_path, epochs=epochs, batch_size=batch_size,
                                          learning_rate=learning_rate, encoding_dim=encoding_dim,
-                                         percentile=percentile, model_type=model_type, window=window)
+                                         percentile=percentile, model_type=model_type, window=window, device=device)
         except AnomalyError as exc:
             raise ToolError(str(exc)) from None
         return _reply(to_json(result))

@@ -26,8 +26,9 @@ KEEP_RESULT_FILES = 200  # older result CSVs in the results folder are removed
 
 class Toolbox:
     def __init__(self, model_dir: str | Path = "models", results_dir: str | Path = "results",
-                 data_roots: list | None = None, keep_results: int = KEEP_RESULT_FILES):
+                 data_roots: list | None = None, keep_results: int = KEEP_RESULT_FILES, device: str = "auto"):
         self.store = ModelStore(model_dir)
+        self.device = device  # the default for trainings and detections; a call may name another
         self.policy = PathPolicy(data_roots, model_dir)
         self.results_dir = Path(results_dir)
         self.keep_results = keep_results
@@ -60,7 +61,7 @@ class Toolbox:
                       return_details: bool = True, max_results: int | None = None,
                       block_bytes: int = 32 << 20, trusted: bool = False,
                       anomaly_events: bool = True, time_column: str | None = None,
-                      threshold_window: int | str | None = None) -> Iterator[dict]:
+                      threshold_window: int | str | None = None, device: str | None = None) -> Iterator[dict]:
         """`service.iter_detect` with confined paths and the full per-row results written to a CSV.
         `trusted`: a file the server wrote itself (an upload), exempt from the data roots."""
         data_file = Path(file_path) if trusted else self.policy.data_file(file_path)
@@ -72,7 +73,7 @@ class Toolbox:
         events = service.iter_detect(str(data_file), paths=paths, output=str(output), max_results=cap,
                                      return_details=return_details, block_bytes=block_bytes,
                                      anomaly_events=anomaly_events, time_column=time_column,
-                                     threshold_window=threshold_window)
+                                     threshold_window=threshold_window, device=device or self.device)
         for event in events:
             if event["event"] == "summary":
                 event["version"] = label  # the version name, not its folder
@@ -84,11 +85,12 @@ class Toolbox:
                       scaler_path: str | None = None, config_path: str | None = None, version: str | None = None,
                       return_details: bool = True, max_results: int | None = None,
                       progress: Callable[[dict], None] | None = None, trusted: bool = False,
-                      time_column: str | None = None, threshold_window: int | str | None = None) -> dict:
+                      time_column: str | None = None, threshold_window: int | str | None = None,
+                      device: str | None = None) -> dict:
         return service.summary_of(self.detect_events(file_path, model_path, threshold_path, scaler_path, config_path,
                                                      version, return_details, max_results, trusted=trusted,
                                                      anomaly_events=False, time_column=time_column,
-                                                     threshold_window=threshold_window), progress)
+                                                     threshold_window=threshold_window, device=device), progress)
 
     def _new_result_path(self, data_file: Path, label: str) -> Path:
         stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", data_file.name.split(".")[0])[:60] or "data"
@@ -128,7 +130,7 @@ class Toolbox:
                     batch_size: int = defaults.BATCH_SIZE, learning_rate: float = defaults.LEARNING_RATE,
                     encoding_dim: int | None = None, percentile: float = defaults.PERCENTILE,
                     model_type: str = defaults.MODEL_TYPE, window: int | str = defaults.WINDOW,
-                    progress: Callable[[dict], None] | None = None) -> dict:
+                    progress: Callable[[dict], None] | None = None, device: str | None = None) -> dict:
         """Train a new version (never overwriting one, nor explicit artifact files that exist)."""
         data = self.policy.data_file(data_file)
         paths = self.explicit_paths(model_path, threshold_path, scaler_path, config_path)
@@ -138,10 +140,11 @@ class Toolbox:
                 raise VersionExists(f"{', '.join(existing)} already exist(s); training never overwrites a model")
         return service.train(str(data), version=version, store=self.store, paths=paths, model_type=model_type,
                              window=window, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-                             percentile=percentile, encoding_dim=encoding_dim, progress=progress)
+                             percentile=percentile, encoding_dim=encoding_dim, progress=progress,
+                             device=device or self.device)
 
     def live_scorer(self, version: str | None = None, threshold_window: int | None = None) -> service.LiveScorer:
-        return service.LiveScorer(version, self.store, threshold_window=threshold_window)
+        return service.LiveScorer(version, self.store, threshold_window=threshold_window, device=self.device)
 
 
 def fit_reply(summary: dict, limit: int = RESULTS_BYTES) -> dict:
