@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import json
 import sys
 
-from . import defaults
+from . import defaults, jsonsafe
 from .errors import AnomalyError
 from .models import MODEL_TYPES
 
@@ -171,7 +170,7 @@ def cmd_train(args) -> int:
         if bar is not None:
             bar.close()
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(jsonsafe.dumps(result, indent=2))
         return 0
     rep = result["data_report"]
     print(f"Trained {result['model_type']} model version {result['version']} on {result['rows']} rows, "
@@ -211,7 +210,7 @@ def cmd_detect(args) -> int:
         max_results=args.max_results, return_details=args.json, plot=args.plot,
     )
     if args.json:
-        print(json.dumps(result, indent=2, allow_nan=False, default=str))
+        print(jsonsafe.dumps(result, indent=2))
         return 0
     print_summary(result, args.top)
     return 0
@@ -250,7 +249,7 @@ def cmd_models(args) -> int:
     if args.action == "list":
         result = service.list_models(store)
         if args.json:
-            print(json.dumps(result, indent=2))
+            print(jsonsafe.dumps(result, indent=2))
             return 0
         if not result["models"]:
             print(f"no models in {store.root}")
@@ -267,10 +266,10 @@ def cmd_models(args) -> int:
     if not args.name:
         raise AnomalyError(f"'models {args.action}' needs a version name")
     if args.action == "show":
-        print(json.dumps(service.model_info(args.name, store), indent=2))
+        print(jsonsafe.dumps(service.model_info(args.name, store), indent=2))
     elif args.action == "delete":
         result = service.delete_model(args.name, store)
-        print(json.dumps(result) if args.json else f"deleted {result['deleted']}; latest is now {result['latest']}")
+        print(jsonsafe.dumps(result) if args.json else f"deleted {result['deleted']}; latest is now {result['latest']}")
     return 0
 
 

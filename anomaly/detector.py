@@ -27,6 +27,7 @@ from .store import ArtifactPaths, atomic_write_bytes, atomic_write_text, check_c
 
 SCALERS = ("standard", "minmax", "robust")
 CONFIG_FORMAT = 1
+SCALED_BOUND = 1e6  # standard units: far beyond any normal value, yet its squared error stays finite in float32
 
 
 def make_scaler(name: str):
@@ -40,20 +41,27 @@ def make_scaler(name: str):
 
 class AffineScaler:
     """Every supported scaler is per-feature affine, z = x * mul + add. model_config.json stores mul and add, so
-    detection needs neither scikit-learn nor unpickling scaler.pkl (which is kept for users and classic paths)."""
+    detection needs neither scikit-learn nor unpickling scaler.pkl (which is kept for users and classic paths).
+
+    Scaling runs in float64 and scaled values are clipped to +-SCALED_BOUND standard units before the model's
+    float32: a value beyond float32's range (or inf) is a huge but finite input, so it gets the largest error of
+    the file instead of becoming inf, NaN or a "missing" value."""
 
     def __init__(self, mul, add):
-        self.mul = np.asarray(mul, np.float32)
-        self.add = np.asarray(add, np.float32)
+        self.mul = np.asarray(mul, np.float64)
+        self.add = np.asarray(add, np.float64)
 
     @classmethod
     def from_sklearn(cls, scaler, n_features: int) -> "AffineScaler":
-        zero = scaler.transform(np.zeros((1, n_features), np.float32))[0]
-        one = scaler.transform(np.ones((1, n_features), np.float32))[0]
+        zero = scaler.transform(np.zeros((1, n_features), np.float64))[0]
+        one = scaler.transform(np.ones((1, n_features), np.float64))[0]
         return cls(one - zero, zero)
 
     def transform(self, X: np.ndarray) -> np.ndarray:
-        return X * self.mul + self.add
+        with np.errstate(over="ignore", invalid="ignore"):
+            Z = np.asarray(X, np.float64) * self.mul + self.add
+        np.clip(Z, -SCALED_BOUND, SCALED_BOUND, out=Z)  # NaN stays NaN: only a missing value is missing
+        return Z.astype(np.float32)
 
     def to_dict(self) -> dict:
         return {"mul": self.mul.tolist(), "add": self.add.tolist()}
@@ -90,7 +98,7 @@ class Detector:
 
     def fit(self, X: np.ndarray, feature_names: list[str] | None = None, labels: np.ndarray | None = None,
             progress: training.ProgressFn | None = None, should_stop: Callable[[], bool] | None = None) -> "Detector":
-        X = np.asarray(X, np.float32)
+        X = np.asarray(X, np.float64)  # float64: a column of 1e30 must not overflow the scaler's variance
         if X.ndim != 2 or not np.isfinite(X).all():
             raise DataError("training data must be a finite 2-D array (rows, features)")
         _check_training_args(self)
@@ -103,9 +111,11 @@ class Detector:
         self.model_ = models.get(self.model_type).Model(self.model_config_)
         if len(X) < self.model_.span + 1:
             raise DataError(f"need at least {self.model_.span + 1} rows to train with window {self.window_}; got {len(X)}")
-        self.scaler_ = make_scaler(self.scaler).fit(X)
-        self.affine_ = AffineScaler.from_sklearn(self.scaler_, X.shape[1])
-        Z = self.affine_.transform(X)
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an overflow is reported below, by column
+            self.scaler_ = make_scaler(self.scaler).fit(X)
+            self.affine_ = AffineScaler.from_sklearn(self.scaler_, X.shape[1])
+        Z = _checked_scaling(self.affine_, X, self.feature_names_)
         Z_train, Z_val = training.split_rows(Z, self.validation_split, self.model_.span + 1)
         self.history_ = training.fit(self.model_, Z_train, Z_val, epochs=self.epochs, batch_size=self.batch_size,
                                      learning_rate=self.learning_rate, patience=self.patience, seed=self.seed,
@@ -135,7 +145,7 @@ class Detector:
     # --- scoring ---------------------------------------------------------------------------------------
 
     def transform(self, X: np.ndarray) -> np.ndarray:
-        return self.affine_.transform(np.asarray(X, np.float32))
+        return self.affine_.transform(X)
 
     def row_errors(self, X: np.ndarray) -> np.ndarray:
         """Per-row, per-feature error (rows, features); rows without a score are NaN."""
@@ -264,6 +274,26 @@ class StreamScorer:
         if len(tail):
             errors = np.concatenate([errors, tail])
         return errors, row_scores(errors)
+
+
+def _checked_scaling(affine: AffineScaler, X: np.ndarray, names: list[str]) -> np.ndarray:
+    """The scaled training rows, or a clear refusal when a column cannot be scaled: values so large that their
+    variance overflows (the column would silently get weight 0), or so small (denormal) that they all scale to
+    the same float32 (the column would carry nothing)."""
+    broken = ~np.isfinite(affine.mul) | (affine.mul == 0) | ~np.isfinite(affine.add)
+    if broken.any():
+        cols = [names[i] for i in np.flatnonzero(broken)]
+        top = float(np.abs(X[:, broken]).max())
+        raise DataError(f"column(s) {', '.join(cols)} hold values too large to scale (up to {top:.3g}); "
+                        "divide them down before training")
+    Z = affine.transform(X)
+    lost = (np.ptp(X, axis=0) > 0) & (np.ptp(Z, axis=0) == 0)
+    if lost.any():
+        cols = [names[i] for i in np.flatnonzero(lost)]
+        top = float(np.abs(X[:, lost]).max())
+        raise DataError(f"column(s) {', '.join(cols)} vary too little to learn from (values up to {top:.3g}, "
+                        "below floating-point precision); multiply them up before training")
+    return Z
 
 
 def flag(scores: np.ndarray, threshold: float) -> np.ndarray:

@@ -8,7 +8,6 @@ IDs and number formatting survive untouched, and it is ~20x faster than `DataFra
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import jsonsafe
 from .data import CsvFormat
 from .errors import DataError
 
@@ -135,7 +135,7 @@ class ResultWriter:
     def close(self, summary: dict) -> None:
         self._drain()
         if self.kind == "json":
-            rest = json.dumps({k: v for k, v in summary.items() if k != "results"})[1:]
+            rest = jsonsafe.dumps({k: v for k, v in summary.items() if k != "results"})[1:]
             self.f.write(b"\n]" + (b", " + rest.encode() if rest != "}" else b"}"))
         self.f.close()
         try:
