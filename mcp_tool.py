@@ -40,7 +40,8 @@ class MCPAnomalyDetectionTool:
         self.artifacts = {"model_path": model_path, "threshold_path": threshold_path, "scaler_path": scaler_path,
                           "config_path": config_path}
         self.version = version
-        self.toolbox = Toolbox(model_dir, results_dir, data_roots=None)  # in-process: any data file
+        # in-process: any data file, and classic explicit files may use their scaler.pkl (the user's own files)
+        self.toolbox = Toolbox(model_dir, results_dir, data_roots=None, allow_pickle=True)
 
     def run_detection(self, file_path: str, return_details: bool = True, max_results: int | None = None) -> dict:
         return _safely(self.toolbox.run_detection, file_path, version=self.version, return_details=return_details,

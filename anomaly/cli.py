@@ -134,7 +134,8 @@ def _explicit_paths(args, training: bool):
     given = [args.model_path, args.config_path, args.threshold_path, scaler_path]
     if not any(given):
         return None
-    return ArtifactPaths.explicit(args.model_path, args.config_path, args.threshold_path, scaler_path)
+    # files the user named on their own command line: a classic model without scaler_affine may use its pickle
+    return ArtifactPaths.explicit(args.model_path, args.config_path, args.threshold_path, scaler_path, allow_pickle=True)
 
 
 def cmd_train(args) -> int:

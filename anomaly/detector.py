@@ -23,7 +23,8 @@ import torch
 from . import __version__, defaults, models, period, thresholds, training
 from .errors import ArtifactError, DataError
 from .scoring import SCORE_BATCH, CenteredMean, RowScorer, row_errors, row_scores, smooth_rows
-from .store import ArtifactPaths, atomic_write_bytes, atomic_write_text, check_complete, now_iso, read_json
+from .store import (MAX_SMOOTH, MAX_WINDOW, ArtifactPaths, atomic_write_bytes, atomic_write_text, check_complete, now_iso,
+                    read_json, validate_artifacts)
 
 SCALERS = ("standard", "minmax", "robust")
 CONFIG_FORMAT = 1
@@ -216,6 +217,7 @@ class Detector:
         check_complete(paths, label)
         config = read_json(paths.config)
         threshold = read_json(paths.threshold)
+        validate_artifacts(config, threshold, label, require_affine=not paths.allow_pickle)
         try:
             det = cls(model_type=config["model_type"], window=config["window"], scaler=config["scaler"],
                       threshold_method=threshold["method"], threshold_params=threshold.get("params", {}),
@@ -226,9 +228,10 @@ class Detector:
                 warnings.simplefilter("ignore")
                 state = torch.load(paths.model, map_location="cpu", weights_only=True)
             det.model_.load_state_dict(state)
+            _check_shape(det, config)
             if "scaler_affine" in config:
-                det.affine_ = AffineScaler(**config["scaler_affine"])
-            else:  # artifacts from elsewhere: only the pickle knows the scaling
+                det.affine_ = AffineScaler(config["scaler_affine"]["mul"], config["scaler_affine"]["add"])
+            else:  # classic files the user named (never a store version): only the pickle knows the scaling
                 import joblib
                 det.scaler_ = joblib.load(paths.scaler)
                 det.affine_ = AffineScaler.from_sklearn(det.scaler_, len(config["features"]))
@@ -276,6 +279,16 @@ class StreamScorer:
         return errors, row_scores(errors)
 
 
+def _check_shape(det: Detector, config: dict) -> None:
+    """The built model must be the one the config describes (a hand-edited window or span would misalign rows)."""
+    mc = det.model_config_
+    if mc.n_features != len(config["features"]) or mc.window != config["window"]:
+        raise ValueError(f"the model is for {mc.n_features} features and window {mc.window}, the config says "
+                         f"{len(config['features'])} and {config['window']}")
+    if det.model_.span != config.get("span", det.model_.span):
+        raise ValueError(f"span {config['span']} does not match the model's span {det.model_.span}")
+
+
 def _checked_scaling(affine: AffineScaler, X: np.ndarray, names: list[str]) -> np.ndarray:
     """The scaled training rows, or a clear refusal when a column cannot be scaled: values so large that their
     variance overflows (the column would silently get weight 0), or so small (denormal) that they all scale to
@@ -311,8 +324,10 @@ def _check_training_args(det: Detector) -> None:
         raise DataError(f"--learning-rate must be positive, got {det.learning_rate}")
     if not 0 <= det.validation_split < 1:
         raise DataError(f"--validation-split must be in [0, 1), got {det.validation_split}")
-    if det.window != "auto" and int(det.window) < 1:
-        raise DataError(f"--window must be at least 1, got {det.window}")
+    if det.window != "auto" and not 1 <= int(det.window) <= MAX_WINDOW:
+        raise DataError(f"--window must be from 1 to {MAX_WINDOW}, got {det.window}")
+    if det.smooth is not None and not 1 <= int(det.smooth) <= MAX_SMOOTH:
+        raise DataError(f"--smooth must be from 1 (no smoothing) to {MAX_SMOOTH} rows, got {det.smooth}")
 
 
 def library_versions() -> dict:

@@ -8,12 +8,13 @@ small text file naming the newest version, replaced atomically.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
 import tempfile
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Callable
@@ -23,6 +24,8 @@ from .errors import AnomalyError, ArtifactError, NotFound, VersionExists
 FILES = {"model": "model.pth", "config": "model_config.json", "threshold": "threshold.json", "scaler": "scaler.pkl"}
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 DEFAULT_ROOT = "models"
+MAX_WINDOW = 10_000  # rows per sample; training refuses more, loading calls more corrupt
+MAX_SMOOTH = 100_000  # rows in the score smoothing
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,9 @@ class ArtifactPaths:
     config: Path
     threshold: Path
     scaler: Path
+    # Classic explicit files the user named in their own process (CLI, mcp_tool) may fall back to unpickling
+    # scaler.pkl when model_config.json lacks the scaling; store versions and the server never do.
+    allow_pickle: bool = field(default=False, compare=False)
 
     @classmethod
     def in_folder(cls, folder: str | os.PathLike) -> "ArtifactPaths":
@@ -38,11 +44,12 @@ class ArtifactPaths:
         return cls(**{k: folder / v for k, v in FILES.items()})
 
     @classmethod
-    def explicit(cls, model=None, config=None, threshold=None, scaler=None) -> "ArtifactPaths":
+    def explicit(cls, model=None, config=None, threshold=None, scaler=None,
+                 allow_pickle: bool = False) -> "ArtifactPaths":
         """Classic-tool style paths; any not given sits beside the model file under its standard name."""
         given = {"model": model, "config": config, "threshold": threshold, "scaler": scaler}
         anchor = next(Path(p).parent for p in given.values() if p)
-        return cls(**{k: Path(v) if v else anchor / FILES[k] for k, v in given.items()})
+        return cls(**{k: Path(v) if v else anchor / FILES[k] for k, v in given.items()}, allow_pickle=allow_pickle)
 
     def items(self):
         return {"model": self.model, "config": self.config, "threshold": self.threshold, "scaler": self.scaler}.items()
@@ -119,8 +126,9 @@ class ModelStore:
     def latest(self) -> str | None:
         marker = self.root / "latest"
         if marker.is_file():
-            name = marker.read_text().strip()
-            if name and (self.root / name).is_dir():
+            name = marker.read_text(errors="replace").strip()
+            # only a version name: a marker saying "../elsewhere" must not lead out of the store
+            if VERSION_RE.match(name) and name != "latest" and (self.root / name).is_dir():
                 return name
         versions = self.versions()
         return versions[-1] if versions else None
@@ -144,17 +152,23 @@ class ModelStore:
         return paths
 
     def info(self, version: str) -> dict:
+        """One version's key facts; a broken version is reported as such (with the reason), never raised."""
         paths = ArtifactPaths.in_folder(self.root / version)
         try:
             config = read_json(paths.config)
             threshold = read_json(paths.threshold)
         except ArtifactError as exc:
             return {"version": version, "status": "incomplete", "error": str(exc)}
+        try:
+            validate_artifacts(config, threshold, version)
+        except ArtifactError as exc:
+            return {"version": version, "status": "broken", "error": str(exc)}
+        data = config.get("data") if isinstance(config.get("data"), dict) else {}
         return {"version": version, "status": "ok", "created": config.get("created"),
                 "model_type": config.get("model_type"), "features": config.get("features"),
                 "window": config.get("window"), "threshold": threshold.get("threshold"),
-                "threshold_method": threshold.get("method"), "rows": config.get("data", {}).get("rows"),
-                "data_file": config.get("data", {}).get("file")}
+                "threshold_method": threshold.get("method"), "rows": data.get("rows"),
+                "data_file": data.get("file")}
 
     def list(self) -> list[dict]:
         latest = self.latest()
@@ -185,6 +199,64 @@ def read_json(path: Path) -> dict:
         raise ArtifactError(f"missing artifact file {path}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"corrupt artifact file {path}: {exc}") from None
+    except RecursionError:
+        raise ArtifactError(f"corrupt artifact file {path}: nested too deeply") from None
+    except OSError as exc:
+        raise ArtifactError(f"cannot read artifact file {path}: {exc.strerror or exc}") from None
+
+
+def validate_artifacts(config, threshold, label: str, require_affine: bool = True) -> None:
+    """The schema of model_config.json and threshold.json, checked on every load and listing: a corrupt value
+    (a null scaler, a window of 0 or 1e9, a threshold of -inf, ...) is refused with its reason instead of giving
+    silently wrong scores. `require_affine`: the scaling must be in the config (store versions never unpickle)."""
+    from .models import MODEL_TYPES
+
+    def bad(problem: str):
+        raise ArtifactError(f"model {label} is corrupt: {problem}")
+
+    if not isinstance(config, dict):
+        bad(f"model_config.json holds {type(config).__name__}, not an object")
+    if not isinstance(threshold, dict):
+        bad(f"threshold.json holds {type(threshold).__name__}, not an object")
+    if config.get("model_type") not in MODEL_TYPES:
+        bad(f"unknown model_type {str(config.get('model_type'))[:40]!r}")
+    features = config.get("features")
+    if not (isinstance(features, list) and features and all(isinstance(f, str) for f in features)):
+        bad("features must be a non-empty list of column names")
+    if "n_features" in config and config["n_features"] != len(features):
+        bad(f"n_features {config['n_features']!r} does not match the {len(features)} features")
+    for key, low, high, default in (("window", 1, MAX_WINDOW, None), ("smooth", 1, MAX_SMOOTH, 1),
+                                    ("span", 1, MAX_WINDOW + 1, 1)):
+        value = config.get(key, default)
+        if not _whole(value) or not low <= value <= high:
+            bad(f"{key} must be a whole number from {low} to {high}, got {str(value)[:40]}")
+    for key in ("model", "training"):
+        if not isinstance(config.get(key), dict):
+            bad(f"{key} must be an object")
+    affine = config.get("scaler_affine", ...)
+    if affine is ... and require_affine:
+        bad("no scaler_affine in model_config.json (scaler.pkl is never unpickled for a stored version)")
+    if affine is not ...:
+        if not isinstance(affine, dict):
+            bad(f"scaler_affine must be an object, got {str(affine)[:40]}")
+        for key in ("mul", "add"):
+            values = affine.get(key)
+            if not (isinstance(values, list) and len(values) == len(features) and all(_finite(v) for v in values)):
+                bad(f"scaler_affine.{key} must be {len(features)} finite numbers")
+        if 0 in affine["mul"]:
+            bad("scaler_affine.mul holds a zero scale")
+    if not _finite(threshold.get("threshold")):
+        bad(f"threshold must be a finite number, got {str(threshold.get('threshold'))[:40]}")
+    if not isinstance(threshold.get("method"), str) or not isinstance(threshold.get("params", {}), dict):
+        bad("threshold.json needs a method name and a params object")
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -215,5 +287,5 @@ def now_iso() -> str:
     return datetime.now().astimezone().isoformat(timespec="seconds")
 
 
-__all__ = ["ArtifactPaths", "ModelStore", "FILES", "read_json", "atomic_write_bytes", "atomic_write_text", "now_iso",
+__all__ = ["ArtifactPaths", "ModelStore", "FILES", "read_json", "validate_artifacts", "atomic_write_bytes", "atomic_write_text", "now_iso",
            "check_complete"]
