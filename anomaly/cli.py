@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
+import signal
 import sys
+import threading
 
 from . import defaults, jsonsafe
 from .errors import AnomalyError
@@ -296,20 +299,48 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS = {"train": cmd_train, "detect": cmd_detect, "models": cmd_models}
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, a service manager stopping us): handled like Ctrl-C, so temporary files are removed."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command in COMMANDS:
-            return COMMANDS[args.command](args)
-        return importlib.import_module(PLUGIN_COMMANDS[args.command][0]).run(args)
+        with _sigterm_as_interrupt():
+            if args.command in COMMANDS:
+                return COMMANDS[args.command](args)
+            return importlib.import_module(PLUGIN_COMMANDS[args.command][0]).run(args)
     except AnomalyError as exc:
         print("error: " + " ".join(str(exc).split()), file=sys.stderr)  # always one line, whatever the cause
         return 2
+    except Terminated:
+        print("terminated; nothing was saved", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("interrupted; nothing was saved", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 1
+    except OSError as exc:  # the system said no (a name too long, a full disk): one line, as for any user error
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        print("error: " + " ".join(f"{exc.strerror or exc}{where}".split()), file=sys.stderr)
+        return 2
 
 
 def train_main() -> int:

@@ -13,6 +13,7 @@ import csv
 import gzip
 import io
 import os
+import stat
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,11 +79,15 @@ def _open_text_head(path: Path) -> tuple[bytes, str | None]:
 
 def check_file(path: str | os.PathLike) -> Path:
     p = Path(path)
-    if not p.exists():
-        raise NotFound(f"file not found: {p}")
-    if p.is_dir():
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise NotFound(f"file not found: {p}") from None
+    except (OSError, ValueError) as exc:  # a name too long, a NUL byte, a loop of links, no permission
+        raise DataError(f"cannot read {str(p)[:300]}: {getattr(exc, 'strerror', None) or exc}") from None
+    if stat.S_ISDIR(st.st_mode):
         raise DataError(f"{p} is a directory, not a data file")
-    if p.stat().st_size == 0:
+    if st.st_size == 0 and stat.S_ISREG(st.st_mode):
         raise DataError(f"{p} is empty")
     return p
 

@@ -113,6 +113,8 @@ def train(
     """Train a detector on `data_file` and save it as a new version (or to explicit `paths`).
     `labels_file` (one 0/1 label per data row) feeds the label-based threshold methods (best-f1, midpoint)."""
     store = store or ModelStore()
+    if paths is None:
+        store.check_root()  # a --model-dir that is a file fails now, not after the training
     if version is not None and paths is None:
         from .store import validate_version_name
         validate_version_name(version)
@@ -258,7 +260,7 @@ def iter_detect(
     writer = None
     if output:
         from .output import ResultWriter
-        writer = ResultWriter(output, fmt, fmt.header_line, result_cols)
+        writer = ResultWriter(output, fmt, fmt.header_line, result_cols, source=p)
     stream = det.stream()
     pending = _Pending()
     acc = _Summary(det.threshold_, features, max_results if return_details else 0, keep_all=label_col is not None)

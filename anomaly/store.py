@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -26,6 +27,12 @@ VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 DEFAULT_ROOT = "models"
 MAX_WINDOW = 10_000  # rows per sample; training refuses more, loading calls more corrupt
 MAX_SMOOTH = 100_000  # rows in the score smoothing
+# Temporary entries carry their writer's process id: `.tmp-<pid>-*` (a version being written), `.trash-<pid>-*`
+# (one being replaced or deleted), `.<file>.<pid>.*` (a file being replaced). A killed writer's leftovers are
+# removed by the next save or delete; a running writer's never are.
+TEMP_RE = re.compile(r"^\.(?:tmp-|trash-|latest\.)(\d+)[-.]")
+OLD_TEMP_PREFIXES = (".tmp-", ".trash-", ".latest.")  # from versions that did not record the writer
+STALE_AFTER_S = 3600.0  # a save takes seconds: an entry untouched this long is a leftover whoever made it
 
 
 @dataclass(frozen=True)
@@ -69,13 +76,14 @@ class ModelStore:
 
     def save(self, write: Callable[[ArtifactPaths], None], version: str | None = None, overwrite: bool = False) -> str:
         """Write a new version with `write(paths)` into a temporary folder, then rename it into place."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.ensure_root()
+        self.remove_stale()
         if version is not None:
             validate_version_name(version)
             if (self.root / version).exists() and not overwrite:
                 raise VersionExists(f"version {version!r} already exists in {self.root}; "
                                     "choose another --version or pass --overwrite")
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-", dir=self.root))
         try:
             write(ArtifactPaths.in_folder(tmp))
             for f in FILES.values():
@@ -91,7 +99,7 @@ class ModelStore:
         if version is not None:
             target = self.root / version
             if overwrite and target.exists():
-                trash = self.root / f".trash-{version}-{uuid.uuid4().hex[:8]}"
+                trash = self.root / f".trash-{os.getpid()}-{version}-{uuid.uuid4().hex[:8]}"
                 os.rename(target, trash)
                 os.rename(tmp, target)
                 shutil.rmtree(trash, ignore_errors=True)
@@ -110,6 +118,47 @@ class ModelStore:
             except OSError:
                 continue
         raise AnomalyError("could not find a free version name")
+
+    def check_root(self) -> None:
+        """Refuse a store that could not be created (a file in the way) before training, not after it."""
+        try:
+            folder = self.root
+            while not folder.exists() and folder.parent != folder:
+                folder = folder.parent
+            usable = folder.is_dir()
+        except OSError as exc:
+            raise AnomalyError(f"cannot use model store {self.root}: {exc.strerror or exc}") from None
+        if not usable:
+            raise AnomalyError(f"cannot use model store {self.root}: {folder} is a file, not a folder")
+
+    def ensure_root(self) -> None:
+        """Create the store folder, or say clearly why not (checked before training, not after it)."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise AnomalyError(f"model store {self.root} is a file, not a folder; give another --model-dir") from None
+        except OSError as exc:
+            raise AnomalyError(f"cannot create model store {self.root}: {exc.strerror or exc}") from None
+        if not self.root.is_dir():
+            raise AnomalyError(f"model store {self.root} is not a folder; give another --model-dir")
+
+    def remove_stale(self) -> None:
+        """Remove temporary entries left by a writer that was killed (see TEMP_RE); never a running writer's."""
+        try:
+            entries = list(self.root.iterdir())
+        except OSError:
+            return
+        for entry in entries:
+            match = TEMP_RE.match(entry.name)
+            if match:
+                stale = writer_gone(int(match.group(1)), entry)
+            else:
+                stale = entry.name.startswith(OLD_TEMP_PREFIXES) and _age(entry) > STALE_AFTER_S
+            if stale:
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
 
     def _set_latest(self, version: str) -> None:
         atomic_write_text(self.root / "latest", version + "\n")
@@ -176,7 +225,8 @@ class ModelStore:
 
     def delete(self, version: str) -> None:
         name = self.resolve(version)
-        trash = self.root / f".trash-{name}-{uuid.uuid4().hex[:8]}"
+        self.remove_stale()
+        trash = self.root / f".trash-{os.getpid()}-{name}-{uuid.uuid4().hex[:8]}"
         os.rename(self.root / name, trash)
         shutil.rmtree(trash, ignore_errors=True)
         remaining = self.versions()
@@ -266,7 +316,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -276,6 +326,27 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def writer_gone(pid: int, path: Path) -> bool:
+    """True when the process that made temporary entry `path` has exited (killed mid-write), or the entry has not
+    been touched for STALE_AFTER_S (its process id may have been reused since)."""
+    if pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except (ProcessLookupError, OverflowError):
+        return True
+    except PermissionError:  # it exists, run by another user
+        pass
+    return _age(path) > STALE_AFTER_S
+
+
+def _age(path: Path) -> float:
+    try:
+        return time.time() - path.lstat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def _fsync(path: Path) -> None:
