@@ -54,6 +54,15 @@ class AffineScaler:
 
     @classmethod
     def from_sklearn(cls, scaler, n_features: int) -> "AffineScaler":
+        # From the fitted parameters where they are known: transform(1) - transform(0) cancels to 0 for a column
+        # of ~1e30 (its mean dwarfs the 1), which silently gave that column no weight at all.
+        scale = getattr(scaler, "scale_", None)
+        if scale is not None and hasattr(scaler, "min_"):  # MinMaxScaler: x * scale_ + min_
+            return cls(scale, scaler.min_)
+        if scale is not None:  # StandardScaler (mean_), RobustScaler (center_): (x - center) / scale
+            center = getattr(scaler, "mean_", getattr(scaler, "center_", None))
+            center = np.zeros(n_features) if center is None else np.asarray(center, np.float64)
+            return cls(1.0 / np.asarray(scale, np.float64), -center / np.asarray(scale, np.float64))
         zero = scaler.transform(np.zeros((1, n_features), np.float64))[0]
         one = scaler.transform(np.ones((1, n_features), np.float64))[0]
         return cls(one - zero, zero)

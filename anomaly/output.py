@@ -129,6 +129,7 @@ class ResultWriter:
             self._write_json(start, frame, columns)
 
     def _write_csv(self, raw_lines: list[bytes], columns: dict[str, np.ndarray]) -> None:
+        raw_lines = self._pad_short_lines(raw_lines)
         suffix = np.full(len(raw_lines), b"", dtype="S1")
         for values in columns.values():
             if values.dtype.kind in "iub":
@@ -141,6 +142,18 @@ class ResultWriter:
         parts[0::2] = raw_lines
         parts[1::2] = suffix
         self._write_async(b"".join(parts))
+
+    def _pad_short_lines(self, raw_lines: list[bytes]) -> list[bytes]:
+        """A line with fewer fields than the header (a truncated last line: its rest is missing) gets empty
+        fields, so the result columns land under their own names. One count over the block finds out whether
+        any line is short; only then are lines counted one by one."""
+        if self.fmt.delimiter == "whitespace" or len(self.fmt.names) < 2:
+            return raw_lines
+        want = len(self.fmt.names) - 1
+        if b"".join(raw_lines).count(self.delim) == want * len(raw_lines):
+            return raw_lines
+        return [ln + self.delim * (want - ln.count(self.delim)) if ln.count(self.delim) < want else ln
+                for ln in raw_lines]
 
     def _write_async(self, data: bytes) -> None:
         self._wait()

@@ -203,12 +203,12 @@ class ModelStore:
     def info(self, version: str) -> dict:
         """One version's key facts; a broken version is reported as such (with the reason), never raised."""
         paths = ArtifactPaths.in_folder(self.root / version)
+        missing = [p.name for _, p in paths.items() if not p.is_file()]
+        if missing:
+            return {"version": version, "status": "incomplete", "error": f"missing {', '.join(missing)}"}
         try:
             config = read_json(paths.config)
             threshold = read_json(paths.threshold)
-        except ArtifactError as exc:
-            return {"version": version, "status": "incomplete", "error": str(exc)}
-        try:
             validate_artifacts(config, threshold, version)
         except ArtifactError as exc:
             return {"version": version, "status": "broken", "error": str(exc)}
@@ -280,6 +280,8 @@ def validate_artifacts(config, threshold, label: str, require_affine: bool = Tru
         value = config.get(key, default)
         if not _whole(value) or not low <= value <= high:
             bad(f"{key} must be a whole number from {low} to {high}, got {str(value)[:40]}")
+    if config.get("span", config["window"]) not in (config["window"], config["window"] + 1):  # exact: on load
+        bad(f"span {config['span']} does not fit window {config['window']}")
     for key in ("model", "training"):
         if not isinstance(config.get(key), dict):
             bad(f"{key} must be an object")
