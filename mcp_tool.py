@@ -17,16 +17,48 @@ import sys
 from pathlib import Path
 
 from anomaly import defaults
-from anomaly.errors import AnomalyError
+from anomaly.errors import AnomalyError, DataError
 from anomaly.server.core import clean
 from anomaly.server.tools import Toolbox
 
 
 def _safely(call, *args, **kwargs) -> dict:
     try:
+        _check_types(kwargs)
         return clean(call(*args, **kwargs))  # JSON-safe, exactly as the MCP tools return it
     except AnomalyError as exc:
         return {"status": "error", "error": str(exc), "error_type": type(exc).__name__}
+    except Exception as exc:  # the promise is a status dict, never an exception (an OS refusal, a bug)
+        message = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
+        return {"status": "error", "error": message, "error_type": type(exc).__name__}
+
+
+# The argument types the tools take. Over MCP and HTTP, pydantic checks them; in-process, this does, so that
+# max_results="5" is an error result instead of a TypeError deep inside.
+_STRINGS = ("version", "model_path", "threshold_path", "scaler_path", "config_path", "model_type")
+_INTEGERS = ("max_results", "epochs", "batch_size", "encoding_dim")
+_NUMBERS = ("learning_rate", "percentile")
+
+
+def _check_types(arguments: dict) -> None:
+    for name, value in arguments.items():
+        if value is None and name not in ("file_path", "data_file"):
+            continue
+        integer = isinstance(value, int) and not isinstance(value, bool)
+        if name in ("file_path", "data_file") + _STRINGS:
+            ok, want = isinstance(value, str), "a string"
+        elif name in _INTEGERS:
+            ok, want = integer, "a whole number"
+        elif name in _NUMBERS:
+            ok, want = integer or isinstance(value, float), "a number"
+        elif name == "return_details":
+            ok, want = isinstance(value, bool), "true or false"
+        elif name == "window":
+            ok, want = integer or value == "auto", "a whole number or 'auto'"
+        else:
+            continue
+        if not ok:
+            raise DataError(f"{name} must be {want}, got {type(value).__name__} {str(value)[:40]!r}")
 
 
 class MCPAnomalyDetectionTool:
@@ -41,7 +73,8 @@ class MCPAnomalyDetectionTool:
         self.artifacts = {"model_path": model_path, "threshold_path": threshold_path, "scaler_path": scaler_path,
                           "config_path": config_path}
         self.version = version
-        self.toolbox = Toolbox(model_dir, results_dir, data_roots=None, device=device)  # in-process: any data file
+        # in-process: any data file, and classic explicit files may use their scaler.pkl (the user's own files)
+        self.toolbox = Toolbox(model_dir, results_dir, data_roots=None, device=device, allow_pickle=True)
 
     def run_detection(self, file_path: str, return_details: bool = True, max_results: int | None = None,
                       time_column: str | None = None, threshold_window: int | str | None = None,

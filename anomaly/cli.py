@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
-import json
+import signal
 import sys
+import threading
 
-from . import defaults
+from . import defaults, jsonsafe
 from .errors import AnomalyError
 from .models import MODEL_TYPES
 
@@ -152,7 +154,8 @@ def _explicit_paths(args, training: bool):
     given = [args.model_path, args.config_path, args.threshold_path, scaler_path]
     if not any(given):
         return None
-    return ArtifactPaths.explicit(args.model_path, args.config_path, args.threshold_path, scaler_path)
+    # files the user named on their own command line: a classic model without scaler_affine may use its pickle
+    return ArtifactPaths.explicit(args.model_path, args.config_path, args.threshold_path, scaler_path, allow_pickle=True)
 
 
 def cmd_train(args) -> int:
@@ -189,7 +192,7 @@ def cmd_train(args) -> int:
         if bar is not None:
             bar.close()
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(jsonsafe.dumps(result, indent=2))
         return 0
     rep = result["data_report"]
     print(f"Trained {result['model_type']} model version {result['version']} on {result['rows']} rows, "
@@ -236,7 +239,7 @@ def cmd_detect(args) -> int:
         threshold_window=args.threshold_window, device=args.device, precision=args.precision,
     )
     if args.json:
-        print(json.dumps(result, indent=2, allow_nan=False, default=str))
+        print(jsonsafe.dumps(result, indent=2))
         return 0
     print_summary(result, args.top)
     return 0
@@ -288,7 +291,7 @@ def cmd_models(args) -> int:
     if args.action == "list":
         result = service.list_models(store)
         if args.json:
-            print(json.dumps(result, indent=2))
+            print(jsonsafe.dumps(result, indent=2))
             return 0
         if not result["models"]:
             print(f"no models in {store.root}")
@@ -305,10 +308,10 @@ def cmd_models(args) -> int:
     if not args.name:
         raise AnomalyError(f"'models {args.action}' needs a version name")
     if args.action == "show":
-        print(json.dumps(service.model_info(args.name, store), indent=2))
+        print(jsonsafe.dumps(service.model_info(args.name, store), indent=2))
     elif args.action == "delete":
         result = service.delete_model(args.name, store)
-        print(json.dumps(result) if args.json else f"deleted {result['deleted']}; latest is now {result['latest']}")
+        print(jsonsafe.dumps(result) if args.json else f"deleted {result['deleted']}; latest is now {result['latest']}")
     return 0
 
 
@@ -334,20 +337,48 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS = {"train": cmd_train, "detect": cmd_detect, "models": cmd_models}
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, a service manager stopping us): handled like Ctrl-C, so temporary files are removed."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command in COMMANDS:
-            return COMMANDS[args.command](args)
-        return importlib.import_module(PLUGIN_COMMANDS[args.command][0]).run(args)
+        with _sigterm_as_interrupt():
+            if args.command in COMMANDS:
+                return COMMANDS[args.command](args)
+            return importlib.import_module(PLUGIN_COMMANDS[args.command][0]).run(args)
     except AnomalyError as exc:
         print("error: " + " ".join(str(exc).split()), file=sys.stderr)  # always one line, whatever the cause
         return 2
+    except Terminated:
+        print("terminated; nothing was saved", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("interrupted; nothing was saved", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 1
+    except OSError as exc:  # the system said no (a name too long, a full disk): one line, as for any user error
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        print("error: " + " ".join(f"{exc.strerror or exc}{where}".split()), file=sys.stderr)
+        return 2
 
 
 def train_main() -> int:

@@ -1,8 +1,10 @@
 """Reading users' CSV/TXT files: one loader for training, detection, evaluation and the server.
 
 Delimiter (comma, tab, semicolon, whitespace), header row and BOM are sniffed from the first bytes; `.gz` is
-read transparently. Numeric columns are features (float32); other columns (timestamps, IDs, text) are carried
-along untouched. A `label` column is never a feature.
+read transparently. Numeric columns are features, read as float64 (a value beyond float32's range is a huge value,
+never a missing one); other columns (timestamps, IDs, text) are carried along untouched. A `label` column is never
+a feature. Training and detection read files through the same block reader (`iter_blocks`), so a file one of them
+accepts the other accepts too.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import csv
 import gzip
 import io
 import os
+import stat
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +57,7 @@ class Table:
 
     frame: pd.DataFrame
     features: list[str]
-    X: np.ndarray  # (rows, features) float32, missing values already handled
+    X: np.ndarray  # (rows, features) float64, missing (NaN) values already handled; inf is kept
     labels: np.ndarray | None = None
     time_column: str | None = None
     row_mask: np.ndarray | None = None  # rows kept when missing="drop" (None = all rows)
@@ -76,11 +79,15 @@ def _open_text_head(path: Path) -> tuple[bytes, str | None]:
 
 def check_file(path: str | os.PathLike) -> Path:
     p = Path(path)
-    if not p.exists():
-        raise NotFound(f"file not found: {p}")
-    if p.is_dir():
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise NotFound(f"file not found: {p}") from None
+    except (OSError, ValueError) as exc:  # a name too long, a NUL byte, a loop of links, no permission
+        raise DataError(f"cannot read {str(p)[:300]}: {getattr(exc, 'strerror', None) or exc}") from None
+    if stat.S_ISDIR(st.st_mode):
         raise DataError(f"{p} is a directory, not a data file")
-    if p.stat().st_size == 0:
+    if st.st_size == 0 and stat.S_ISREG(st.st_mode):
         raise DataError(f"{p} is empty")
     return p
 
@@ -114,6 +121,9 @@ def sniff(path: str | os.PathLike) -> CsvFormat:
         if exc.start < len(head) - 4:  # not just a multi-byte char cut at the sniff boundary
             raise DataError(f"{p} is not UTF-8 text (byte {exc.start}); save it as UTF-8 CSV") from None
         text = head[: exc.start].decode("utf-8")
+    if "\r" in text and "\n" not in text and text.rstrip("\r").count("\r"):
+        # pandas would read such a file whole and the block reader not at all: one contract, refuse it for both
+        raise DataError(f"{p} uses CR-only line endings (classic Mac); save it with LF or CRLF line endings")
     lines = [ln for ln in text.splitlines() if ln.strip()]
     if len(text) == len(head.decode("utf-8", "ignore")) and len(head) == SNIFF_BYTES and len(lines) > 1:
         lines = lines[:-1]  # the last line may be cut at the sniff boundary
@@ -264,10 +274,11 @@ def guess_time_column(frame: pd.DataFrame, features: list[str]) -> str | None:
 
 def handle_missing(X: np.ndarray, features: list[str], policy: str, where: str = "",
                    first_row: int = 0) -> tuple[np.ndarray, np.ndarray | None, dict]:
-    """Apply the missing-value policy to a float32 matrix. Returns (X, kept-row mask or None, report)."""
+    """Apply the missing-value policy to a float matrix. Returns (X, kept-row mask or None, report).
+    Only NaN (an empty or unparsable cell) is missing: +-inf and huge values are data, the strongest anomalies."""
     if policy not in MISSING_POLICIES:
         raise DataError(f"unknown missing-value policy {policy!r}; choose one of {', '.join(MISSING_POLICIES)}")
-    bad = ~np.isfinite(X)
+    bad = np.isnan(X)
     n_bad = int(bad.sum())
     report = {"missing_values": n_bad, "missing_policy": policy}
     if n_bad == 0:
@@ -277,14 +288,18 @@ def handle_missing(X: np.ndarray, features: list[str], policy: str, where: str =
     report["missing_by_column"] = {features[i]: int(n) for i, n in enumerate(per_col) if n}
     if policy == "error":
         first = first_row + int(np.flatnonzero(bad.any(axis=1))[0])  # row number in the file, not the block
-        raise DataError(f"{where}missing or non-finite values ({detail}; first at row {first}); "
+        raise DataError(f"{where}missing values ({detail}; first at row {first}); "
                         "use --missing interpolate or --missing drop")
     if policy == "drop":
         keep = ~bad.any(axis=1)
         report["rows_dropped"] = int((~keep).sum())
         return X[keep], keep, report
-    frame = pd.DataFrame(np.where(bad, np.nan, X))
-    filled = frame.interpolate(method="linear", limit_direction="both", axis=0).to_numpy(np.float32)
+    # inf - inf would make a gap next to an infinite value NaN: interpolate from the largest finite value instead
+    big = np.finfo(X.dtype).max
+    frame = pd.DataFrame(np.clip(X, -big, big))
+    filled = frame.interpolate(method="linear", limit_direction="both", axis=0).to_numpy(X.dtype, copy=True)
+    infinite = np.isinf(X)
+    filled[infinite] = X[infinite]
     if np.isnan(filled).any():  # a column with no value at all
         empty = [features[i] for i in np.flatnonzero(np.isnan(filled).all(axis=0))]
         raise DataError(f"{where}column(s) {', '.join(empty)} hold no numeric value at all")
@@ -310,7 +325,7 @@ def read_table(
     else:
         feats = choose_features(fmt, numeric, columns, label)
     frame = _read_full(p, fmt, feats + ([label] if label else []))
-    X = frame[feats].to_numpy(dtype=np.float32, copy=True)
+    X = frame[feats].to_numpy(dtype=np.float64, copy=True)
     report: dict = {"rows": int(len(frame)), "columns": list(fmt.names), "delimiter": fmt.delimiter,
                     "header": fmt.has_header, "ignored_columns": [c for c in fmt.names if c not in feats and c != label]}
     if len(frame) == 0:
@@ -333,17 +348,12 @@ def read_table(
 
 
 def _read_full(p: Path, fmt: CsvFormat, numeric_cols: list[str]) -> pd.DataFrame:
-    dtype = {c: np.float32 for c in numeric_cols}
-    try:
-        return _parse(p, fmt, dtype, compression=fmt.compression)
-    except ValueError as exc:
-        if isinstance(exc, DataError):
-            raise
-    # A numeric column holds a stray word further down: read as text, unparsable values become missing.
-    frame = _parse(p, fmt, {c: str for c in numeric_cols}, compression=fmt.compression)
-    for c in numeric_cols:
-        frame[c] = pd.to_numeric(frame[c], errors="coerce").astype(np.float32)
-    return frame
+    """The whole file, through the block reader detection uses (so both accept and refuse the same files).
+    `numeric_cols` are numbers (a stray word becomes missing); other columns are kept as read."""
+    frames = [block.frame for block in iter_blocks(p, fmt, numeric_cols)]
+    if not frames:
+        return pd.DataFrame({c: pd.Series(dtype=np.float64 if c in numeric_cols else object) for c in fmt.names})
+    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
 
 
 def _drop_unusable(X: np.ndarray, feats: list[str], drop_constant: bool) -> tuple[np.ndarray, list[str], dict]:
@@ -401,8 +411,8 @@ class Block:
 def iter_blocks(path: str | os.PathLike, fmt: CsvFormat, numeric_cols: list[str], block_bytes: int = 32 << 20,
                 all_columns: bool = True, text_cols: list[str] = ()) -> Iterator[Block]:
     """Yield consecutive blocks of data rows; memory stays bounded whatever the file size. Without
-    `all_columns` the frame holds only `numeric_cols` and `text_cols` (turning every text column into objects
-    costs time); `text_cols` (a time column) are kept as they are written."""
+    `all_columns` the frame holds only `numeric_cols` (turning text columns into objects costs time).
+    This is the one reader of data rows: training (`read_table`) and detection both go through it."""
     p = Path(path)
     opener = gzip.open if fmt.compression else open
     dtype = {c: np.float32 for c in numeric_cols}
@@ -419,29 +429,55 @@ def iter_blocks(path: str | os.PathLike, fmt: CsvFormat, numeric_cols: list[str]
             if not chunk:
                 carry, body = b"", data
             else:
-                cut = data.rfind(b"\n") + 1
-                # keep quoted fields that span lines together
-                while cut and data.count(b'"', 0, cut) % 2:
-                    cut = data.rfind(b"\n", 0, cut - 1) + 1
-                body, carry = data[:cut], data[cut:]
+                body, carry = _split_at_record_end(data)
+                if not body and len(carry) > 4 * block_bytes + SNIFF_BYTES:  # an unbalanced quote runs on and on
+                    raise DataError(f"malformed CSV in {p}: a quoted field opened after row {row} is never closed")
             if body and not body.isspace():
                 lines = body.split(b"\n")
                 if lines and lines[-1] == b"":
                     lines.pop()
                 if lines and lines[0].endswith(b"\r"):
                     lines = [ln[:-1] if ln.endswith(b"\r") else ln for ln in lines]
-                if b"" in lines:  # pandas skips blank lines; so do we
-                    lines = [ln for ln in lines if ln]
+                raw = lines
+                if not all(lines):  # pandas skips blank (and whitespace-only) lines; so do we
+                    lines = [ln for ln in lines if ln.strip()]
                 if lines:
                     # pandas skips blank lines and handles CRLF itself, so the block is parsed as it is
                     frame = _parse_block(body, fmt, dtype, p, None if all_columns else
                                          list(dict.fromkeys([*numeric_cols, *text_cols])), text_cols)
+                    if len(frame) != len(lines) and b'"' in body:
+                        lines = _quoted_records(raw)  # a quoted field spans lines: one record, several lines
                     if len(frame) != len(lines):
                         raise DataError(f"malformed CSV in {p}: line structure around row {row} could not be read")
                     yield Block(row, lines, frame)
                     row += len(lines)
             if not chunk:
                 break
+
+
+def _split_at_record_end(data: bytes) -> tuple[bytes, bytes]:
+    """(whole records, the rest): cut after the last newline that is not inside a quoted field."""
+    cut = data.rfind(b"\n") + 1
+    quotes = data.count(b'"', 0, cut)  # counted once, then stepped back line by line: linear, not quadratic
+    while cut and quotes % 2:
+        prev = data.rfind(b"\n", 0, cut - 1) + 1
+        quotes -= data.count(b'"', prev, cut)
+        cut = prev
+    return data[:cut], data[cut:]
+
+
+def _quoted_records(lines: list[bytes]) -> list[bytes]:
+    """Lines joined into records where a quoted field holds line breaks (an odd number of quotes so far)."""
+    records, current = [], None
+    for ln in lines:
+        current = ln if current is None else current + b"\n" + ln
+        if current.count(b'"') % 2 == 0:
+            if current.strip():
+                records.append(current)
+            current = None
+    if current is not None and current.strip():
+        records.append(current)
+    return records
 
 
 def prefetch(items: Iterator, depth: int = 1) -> Iterator:
@@ -492,7 +528,14 @@ def _parse_block(body: bytes, fmt: CsvFormat, dtype: dict, p: Path, usecols: lis
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", pd.errors.DtypeWarning)
-            frame = pd.read_csv(io.BytesIO(body), **kwargs)
+            try:
+                frame = pd.read_csv(io.BytesIO(body), **kwargs)
+            except pd.errors.ParserError:
+                if usecols is None:
+                    raise
+                # pandas refuses `usecols` when a block's first line is short (a truncated last line): read all
+                # columns, as a whole-file read would, and keep the wanted ones (the short line's rest is missing)
+                frame = pd.read_csv(io.BytesIO(body), **(kwargs | {"usecols": None}))[usecols]
     except pd.errors.ParserError as exc:
         raise DataError(f"malformed CSV in {p}: {' '.join(str(exc).split())}") from None
     except UnicodeDecodeError:

@@ -25,11 +25,13 @@ from . import __version__, defaults, models, period, thresholds, training
 from .device import check_precision, device_name, resolve_device
 from .errors import ArtifactError, DataError
 from .scoring import SCORE_BATCH, RowScorer, SpikeSmoother, row_errors, row_scores, smooth_errors, smooth_rows, spike_floor
-from .store import ArtifactPaths, atomic_write_bytes, atomic_write_text, check_complete, now_iso, read_json
+from .store import (MAX_SMOOTH, MAX_WINDOW, ArtifactPaths, atomic_write_bytes, atomic_write_text, check_complete, now_iso,
+                    read_json, validate_artifacts)
 
 SCALERS = ("standard", "minmax", "robust")
 CONFIG_FORMAT = 1
 TRAINED_ON = ("device", "device_name", "precision", "train_seconds")  # model card: where and how long it trained
+SCALED_BOUND = 1e6  # standard units: far beyond any normal value, yet its squared error stays finite in float32
 
 
 def make_scaler(name: str):
@@ -43,20 +45,36 @@ def make_scaler(name: str):
 
 class AffineScaler:
     """Every supported scaler is per-feature affine, z = x * mul + add. model_config.json stores mul and add, so
-    detection needs neither scikit-learn nor unpickling scaler.pkl (which is kept for users and classic paths)."""
+    detection needs neither scikit-learn nor unpickling scaler.pkl (which is kept for users and classic paths).
+
+    Scaling runs in float64 and scaled values are clipped to +-SCALED_BOUND standard units before the model's
+    float32: a value beyond float32's range (or inf) is a huge but finite input, so it gets the largest error of
+    the file instead of becoming inf, NaN or a "missing" value."""
 
     def __init__(self, mul, add):
-        self.mul = np.asarray(mul, np.float32)
-        self.add = np.asarray(add, np.float32)
+        self.mul = np.asarray(mul, np.float64)
+        self.add = np.asarray(add, np.float64)
 
     @classmethod
     def from_sklearn(cls, scaler, n_features: int) -> "AffineScaler":
-        zero = scaler.transform(np.zeros((1, n_features), np.float32))[0]
-        one = scaler.transform(np.ones((1, n_features), np.float32))[0]
+        # From the fitted parameters where they are known: transform(1) - transform(0) cancels to 0 for a column
+        # of ~1e30 (its mean dwarfs the 1), which silently gave that column no weight at all.
+        scale = getattr(scaler, "scale_", None)
+        if scale is not None and hasattr(scaler, "min_"):  # MinMaxScaler: x * scale_ + min_
+            return cls(scale, scaler.min_)
+        if scale is not None:  # StandardScaler (mean_), RobustScaler (center_): (x - center) / scale
+            center = getattr(scaler, "mean_", getattr(scaler, "center_", None))
+            center = np.zeros(n_features) if center is None else np.asarray(center, np.float64)
+            return cls(1.0 / np.asarray(scale, np.float64), -center / np.asarray(scale, np.float64))
+        zero = scaler.transform(np.zeros((1, n_features), np.float64))[0]
+        one = scaler.transform(np.ones((1, n_features), np.float64))[0]
         return cls(one - zero, zero)
 
     def transform(self, X: np.ndarray) -> np.ndarray:
-        return X * self.mul + self.add
+        with np.errstate(over="ignore", invalid="ignore"):
+            Z = np.asarray(X, np.float64) * self.mul + self.add
+        np.clip(Z, -SCALED_BOUND, SCALED_BOUND, out=Z)  # NaN stays NaN: only a missing value is missing
+        return Z.astype(np.float32)
 
     def to_dict(self) -> dict:
         return {"mul": self.mul.tolist(), "add": self.add.tolist()}
@@ -97,7 +115,7 @@ class Detector:
     def fit(self, X: np.ndarray, feature_names: list[str] | None = None, labels: np.ndarray | None = None,
             progress: training.ProgressFn | None = None, should_stop: Callable[[], bool] | None = None) -> "Detector":
         started = time.perf_counter()
-        X = np.asarray(X, np.float32)
+        X = np.asarray(X, np.float64)  # float64: a column of 1e30 must not overflow the scaler's variance
         if X.ndim != 2 or not np.isfinite(X).all():
             raise DataError("training data must be a finite 2-D array (rows, features)")
         _check_training_args(self)
@@ -117,9 +135,11 @@ class Detector:
         self.model_ = models.get(self.model_type).Model(self.model_config_).to(self.device_)
         if len(X) < self.model_.span + 1:
             raise DataError(f"need at least {self.model_.span + 1} rows to train with window {self.window_}; got {len(X)}")
-        self.scaler_ = make_scaler(self.scaler).fit(X)
-        self.affine_ = AffineScaler.from_sklearn(self.scaler_, X.shape[1])
-        Z = self.affine_.transform(X)
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an overflow is reported below, by column
+            self.scaler_ = make_scaler(self.scaler).fit(X)
+            self.affine_ = AffineScaler.from_sklearn(self.scaler_, X.shape[1])
+        Z = _checked_scaling(self.affine_, X, self.feature_names_)
         Z_train, Z_val = training.split_rows(Z, self.validation_split, self.model_.span + 1)
         self.history_ = training.fit(self.model_, Z_train, Z_val, epochs=self.epochs, batch_size=self.batch_size,
                                      learning_rate=self.learning_rate, patience=self.patience, seed=self.seed,
@@ -163,7 +183,7 @@ class Detector:
     # --- scoring ---------------------------------------------------------------------------------------
 
     def transform(self, X: np.ndarray) -> np.ndarray:
-        return self.affine_.transform(np.asarray(X, np.float32))
+        return self.affine_.transform(X)
 
     def row_errors(self, X: np.ndarray) -> np.ndarray:
         """Per-row, per-feature error (rows, features); rows without a score are NaN."""
@@ -244,6 +264,7 @@ class Detector:
         check_complete(paths, label)
         config = read_json(paths.config)
         threshold = read_json(paths.threshold)
+        validate_artifacts(config, threshold, label, require_affine=not paths.allow_pickle)
         try:
             det = cls(model_type=config["model_type"], window=config["window"], scaler=config["scaler"],
                       threshold_method=threshold["method"], threshold_params=threshold.get("params", {}),
@@ -255,9 +276,10 @@ class Detector:
                 warnings.simplefilter("ignore")
                 state = torch.load(paths.model, map_location=target, weights_only=True)
             det.model_.load_state_dict(state)
+            _check_shape(det, config)
             if "scaler_affine" in config:
-                det.affine_ = AffineScaler(**config["scaler_affine"])
-            else:  # artifacts from elsewhere: only the pickle knows the scaling
+                det.affine_ = AffineScaler(config["scaler_affine"]["mul"], config["scaler_affine"]["add"])
+            else:  # classic files the user named (never a store version): only the pickle knows the scaling
                 import joblib
                 det.scaler_ = joblib.load(paths.scaler)
                 det.affine_ = AffineScaler.from_sklearn(det.scaler_, len(config["features"]))
@@ -307,6 +329,36 @@ class StreamScorer:
         return errors, row_scores(errors)
 
 
+def _check_shape(det: Detector, config: dict) -> None:
+    """The built model must be the one the config describes (a hand-edited window or span would misalign rows)."""
+    mc = det.model_config_
+    if mc.n_features != len(config["features"]) or mc.window != config["window"]:
+        raise ValueError(f"the model is for {mc.n_features} features and window {mc.window}, the config says "
+                         f"{len(config['features'])} and {config['window']}")
+    if det.model_.span != config.get("span", det.model_.span):
+        raise ValueError(f"span {config['span']} does not match the model's span {det.model_.span}")
+
+
+def _checked_scaling(affine: AffineScaler, X: np.ndarray, names: list[str]) -> np.ndarray:
+    """The scaled training rows, or a clear refusal when a column cannot be scaled: values so large that their
+    variance overflows (the column would silently get weight 0), or so small (denormal) that they all scale to
+    the same float32 (the column would carry nothing)."""
+    broken = ~np.isfinite(affine.mul) | (affine.mul == 0) | ~np.isfinite(affine.add)
+    if broken.any():
+        cols = [names[i] for i in np.flatnonzero(broken)]
+        top = float(np.abs(X[:, broken]).max())
+        raise DataError(f"column(s) {', '.join(cols)} hold values too large to scale (up to {top:.3g}); "
+                        "divide them down before training")
+    Z = affine.transform(X)
+    lost = (np.ptp(X, axis=0) > 0) & (np.ptp(Z, axis=0) == 0)
+    if lost.any():
+        cols = [names[i] for i in np.flatnonzero(lost)]
+        top = float(np.abs(X[:, lost]).max())
+        raise DataError(f"column(s) {', '.join(cols)} vary too little to learn from (values up to {top:.3g}, "
+                        "below floating-point precision); multiply them up before training")
+    return Z
+
+
 def flag(scores: np.ndarray, threshold: float) -> np.ndarray:
     """1 where the score is above the threshold; unscored rows (NaN) are never anomalies."""
     with np.errstate(invalid="ignore"):
@@ -322,8 +374,10 @@ def _check_training_args(det: Detector) -> None:
         raise DataError(f"--learning-rate must be positive, got {det.learning_rate}")
     if not 0 <= det.validation_split < 1:
         raise DataError(f"--validation-split must be in [0, 1), got {det.validation_split}")
-    if det.window != "auto" and int(det.window) < 1:
-        raise DataError(f"--window must be at least 1, got {det.window}")
+    if det.window != "auto" and not 1 <= int(det.window) <= MAX_WINDOW:
+        raise DataError(f"--window must be from 1 to {MAX_WINDOW}, got {det.window}")
+    if det.smooth is not None and not 1 <= int(det.smooth) <= MAX_SMOOTH:
+        raise DataError(f"--smooth must be from 1 (no smoothing) to {MAX_SMOOTH} rows, got {det.smooth}")
 
 
 def library_versions() -> dict:

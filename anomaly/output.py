@@ -8,8 +8,9 @@ IDs and number formatting survive untouched, and it is ~20x faster than `DataFra
 
 from __future__ import annotations
 
-import json
+import glob
 import os
+import stat
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import jsonsafe
 from .data import CsvFormat
 from .errors import DataError
 
@@ -60,30 +62,64 @@ def format_scientific(values: np.ndarray) -> list[bytes]:
 
 
 class ResultWriter:
-    """Streams result rows to `path`: .csv/.txt (pass-through), .json, or .jsonl."""
+    """Streams result rows to `path`: .csv/.txt (pass-through), .json, or .jsonl.
 
-    def __init__(self, path: str | os.PathLike, fmt: CsvFormat, header_line: bytes | None, extra_columns: list[str]):
+    A regular file (or a new name) is written to a temporary name beside it and renamed into place at the end,
+    keeping an existing file's permissions; a symlink is written through to its target (the link stays a link);
+    a FIFO or character device (`/dev/stdout`, a named pipe) is streamed to directly; anything else (a block
+    device, a socket, the input file itself) is refused."""
+
+    def __init__(self, path: str | os.PathLike, fmt: CsvFormat, header_line: bytes | None, extra_columns: list[str],
+                 source: str | os.PathLike | None = None):
         self.path = Path(path)
         self.kind = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl"}.get(self.path.suffix.lower(), "csv")
         self.fmt, self.extra = fmt, extra_columns
         self.delim = fmt.out_delimiter.encode()
-        if self.path.is_dir():
-            raise DataError(f"cannot write output {self.path}: it is a folder; give a file name such as results.csv")
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
-        except OSError as exc:
-            raise DataError(f"cannot write output {self.path}: {exc.strerror or exc}") from None
-        self.f = os.fdopen(fd, "wb", buffering=1 << 20)
+        self.target, self.tmp = self._open_target(source)
         # one write in flight on a helper thread: writing releases the GIL, so the next block is scored meanwhile
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="result-writer")
         self.in_flight = None
         self.first = True
         if self.kind == "csv":
             header = header_line if header_line is not None else self.delim.join(n.encode() for n in fmt.names)
-            self.f.write(header + b"".join(self.delim + c.encode() for c in extra_columns) + b"\n")
+            self._write_async(header + b"".join(self.delim + c.encode() for c in extra_columns) + b"\n")
         elif self.kind == "json":
-            self.f.write(b'{"results": [\n')
+            self._write_async(b'{"results": [\n')
+
+    def _open_target(self, source) -> tuple[Path, str | None]:
+        """Open the file to write: (the real target, the temporary file renamed onto it at the end or None)."""
+        target = Path(os.path.realpath(self.path))  # through symlinks: the link stays, its target gets the rows
+        try:
+            st = os.stat(self.path)  # follows links, /dev/stdout's included
+        except FileNotFoundError:
+            st = None
+        except OSError as exc:
+            raise self._error(exc) from None
+        if st is not None:
+            if source is not None and os.path.samestat(st, os.stat(source)):
+                raise DataError(f"cannot write output {self.path}: it is the input file; give another name")
+            if stat.S_ISDIR(st.st_mode):
+                raise DataError(f"cannot write output {self.path}: it is a folder; give a file name such as results.csv")
+            if stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode):
+                try:  # a pipe or a terminal: there is nothing to replace, rows go straight to it
+                    self.f = open(self.path, "wb", buffering=1 << 20)
+                except OSError as exc:
+                    raise self._error(exc) from None
+                return target, None
+            if not stat.S_ISREG(st.st_mode):
+                raise DataError(f"cannot write output {self.path}: it is not a regular file")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_temp_files(target)
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name[:100]}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
+            os.fchmod(fd, stat.S_IMODE(st.st_mode) if st is not None else 0o666 & ~_umask())
+        except OSError as exc:
+            raise self._error(exc) from None
+        self.f = os.fdopen(fd, "wb", buffering=1 << 20)
+        return target, tmp
+
+    def _error(self, exc: OSError) -> DataError:
+        return DataError(f"cannot write output {self.path}: {exc.strerror or exc}")
 
     def write(self, start: int, raw_lines: list[bytes], frame: pd.DataFrame | None, columns: dict[str, np.ndarray]) -> None:
         """Rows `start..start+len(raw_lines)` with result `columns` (name -> array, one value per row)."""
@@ -93,6 +129,7 @@ class ResultWriter:
             self._write_json(start, frame, columns)
 
     def _write_csv(self, raw_lines: list[bytes], columns: dict[str, np.ndarray]) -> None:
+        raw_lines = self._pad_short_lines(raw_lines)
         suffix = np.full(len(raw_lines), b"", dtype="S1")
         for values in columns.values():
             if values.dtype.kind in "iub":
@@ -106,16 +143,35 @@ class ResultWriter:
         parts[1::2] = suffix
         self._write_async(b"".join(parts))
 
+    def _pad_short_lines(self, raw_lines: list[bytes]) -> list[bytes]:
+        """A line with fewer fields than the header (a truncated last line: its rest is missing) gets empty
+        fields, so the result columns land under their own names. One count over the block finds out whether
+        any line is short; only then are lines counted one by one."""
+        if self.fmt.delimiter == "whitespace" or len(self.fmt.names) < 2:
+            return raw_lines
+        want = len(self.fmt.names) - 1
+        if b"".join(raw_lines).count(self.delim) == want * len(raw_lines):
+            return raw_lines
+        return [ln + self.delim * (want - ln.count(self.delim)) if ln.count(self.delim) < want else ln
+                for ln in raw_lines]
+
     def _write_async(self, data: bytes) -> None:
-        if self.in_flight is not None:
-            self.in_flight.result()
+        self._wait()
         self.in_flight = self.pool.submit(self.f.write, data)
 
-    def _drain(self) -> None:
+    def _wait(self) -> None:
         if self.in_flight is not None:
-            self.in_flight.result()
-            self.in_flight = None
-        self.pool.shutdown()
+            future, self.in_flight = self.in_flight, None
+            try:
+                future.result()
+            except OSError as exc:  # a full disk, /dev/full, a pipe whose reader left
+                raise self._error(exc) from None
+
+    def _drain(self) -> None:
+        try:
+            self._wait()
+        finally:
+            self.pool.shutdown()
 
     def _write_json(self, start: int, frame: pd.DataFrame, columns: dict[str, np.ndarray]) -> None:
         out = frame.copy()
@@ -123,31 +179,60 @@ class ResultWriter:
         for name, values in columns.items():
             out[name] = values.astype(bool) if values.dtype.kind in "iub" else values.astype(np.float64)
         if self.kind == "jsonl":
-            self.f.write(out.to_json(orient="records", lines=True, double_precision=10).encode())
-            if not out.empty:
-                self.f.write(b"\n")
+            text = out.to_json(orient="records", lines=True, double_precision=10).encode()
+            self._write_async(text + (b"\n" if not out.empty else b""))
             return
         body = out.to_json(orient="records", double_precision=10)[1:-1]
         if body:
-            self.f.write((b"" if self.first else b",\n") + body.encode())
+            self._write_async((b"" if self.first else b",\n") + body.encode())
             self.first = False
 
     def close(self, summary: dict) -> None:
-        self._drain()
-        if self.kind == "json":
-            rest = json.dumps({k: v for k, v in summary.items() if k != "results"})[1:]
-            self.f.write(b"\n]" + (b", " + rest.encode() if rest != "}" else b"}"))
-        self.f.close()
         try:
-            os.replace(self.tmp, self.path)
-        except OSError as exc:  # e.g. a folder of that name appeared meanwhile
-            Path(self.tmp).unlink(missing_ok=True)
-            raise DataError(f"cannot write output {self.path}: {exc.strerror or exc}") from None
+            if self.kind == "json":
+                rest = jsonsafe.dumps({k: v for k, v in summary.items() if k != "results"})[1:]
+                self._write_async(b"\n]" + (b", " + rest.encode() if rest != "}" else b"}"))
+            self._drain()
+            self.f.close()
+            if self.tmp is not None:
+                os.replace(self.tmp, self.target)
+        except OSError as exc:  # e.g. a folder of that name appeared meanwhile, or the disk is full
+            self.abort()
+            raise self._error(exc) from None
+        except BaseException:
+            self.abort()
+            raise
 
     def abort(self) -> None:
         try:
             self._drain()
+        except (OSError, DataError):
+            pass
+        try:
+            self.f.close()
         except OSError:
             pass
-        self.f.close()
-        Path(self.tmp).unlink(missing_ok=True)
+        if self.tmp is not None:
+            Path(self.tmp).unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    """The process umask (new result files get the usual 0666 & ~umask, not mkstemp's 0600)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
+
+
+def remove_stale_temp_files(target: Path) -> None:
+    """Temporary files of earlier writes of `target` whose writer was killed (kill -9): their process is gone."""
+    from .store import writer_gone
+
+    for tmp in target.parent.glob(f".{glob.escape(target.name[:100])}.*.tmp"):
+        pid = tmp.name[len(target.name[:100]) + 2:].split(".", 1)[0]
+        if pid.isdigit() and writer_gone(int(pid), tmp):
+            tmp.unlink(missing_ok=True)

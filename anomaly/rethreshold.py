@@ -14,7 +14,7 @@ import argparse
 import json
 
 
-from . import defaults, thresholds
+from . import defaults, jsonsafe, thresholds
 from .errors import DataError
 
 
@@ -39,7 +39,7 @@ def run(args) -> int:
                          data_file=args.data, labels_file=args.labels_file, label_column=args.label_column,
                          percentile=args.percentile, k=args.k, risk=args.risk, plot=args.plot)
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(jsonsafe.dumps(result, indent=2))
     else:
         print(f"New version {result['version']} (from {result['source_version']}): threshold "
               f"{result['threshold']:.6g} ({result['threshold_method']} {result['threshold_params']}, "

@@ -118,6 +118,8 @@ def train(
     """Train a detector on `data_file` and save it as a new version (or to explicit `paths`).
     `labels_file` (one 0/1 label per data row) feeds the label-based threshold methods (best-f1, midpoint)."""
     store = store or ModelStore()
+    if paths is None:
+        store.check_root()  # a --model-dir that is a file fails now, not after the training
     if version is not None and paths is None:
         from .store import validate_version_name
         validate_version_name(version)
@@ -129,6 +131,7 @@ def train(
     if labels_file:
         file_labels = thresholds.load_labels(labels_file, len(table.frame))
         table.labels = file_labels if table.row_mask is None else file_labels[table.row_mask]
+    _refuse_infinite(table, data_file)
     t_params = threshold_params(threshold_method, percentile, k, **(threshold_options or {}))
     from .detector import Detector  # torch: imported after the cheap checks, so bad input fails fast
 
@@ -183,7 +186,22 @@ def train(
     }
 
 
+def _refuse_infinite(table: data.Table, data_file: str) -> None:
+    """Detection scores inf as the strongest anomaly; normal training rows cannot hold one (no scale fits it)."""
+    infinite = np.isinf(table.X)
+    if infinite.any():
+        col = table.features[int(np.flatnonzero(infinite.any(axis=0))[0])]
+        row = int(np.flatnonzero(infinite.any(axis=1))[0])
+        if table.row_mask is not None:
+            row = int(np.flatnonzero(table.row_mask)[row])
+        raise DataError(f"{data_file}: column {col} holds an infinite value (first at data row {row}); training "
+                        "rows must be finite numbers (leave a cell empty to mark it missing)")
+
+
 def fingerprint(X: np.ndarray) -> str:
+    # float32 bytes, as before the reader moved to float64: fingerprints of the same file stay comparable
+    with np.errstate(over="ignore"):
+        X = np.asarray(X, np.float32)
     return "sha256:" + hashlib.sha256(np.ascontiguousarray(X).tobytes() + str(X.shape).encode()).hexdigest()[:32]
 
 
@@ -269,7 +287,7 @@ def iter_detect(
     writer = None
     if output:
         from .output import ResultWriter
-        writer = ResultWriter(output, fmt, fmt.header_line, result_cols)
+        writer = ResultWriter(output, fmt, fmt.header_line, result_cols, source=p)
     stream = det.stream()
     pending = _Pending()
     acc = _Summary(det.threshold_, features, max_results if return_details else 0, keep_all=label_col is not None,
@@ -283,7 +301,7 @@ def iter_detect(
                                                 all_columns=json_output or bool(plot),
                                                 text_cols=[time_col] if time_col else []))
         for block in blocks:
-            X = block.frame[used].to_numpy(np.float32)
+            X = block.frame[used].to_numpy(np.float64)  # float64: 1e39 is a huge value, not an overflow to inf
             X, mask = filler.push(X, block.start)
             if label_col:
                 acc.add_labels(block.frame[label_col].to_numpy(), label_col)
@@ -328,11 +346,11 @@ class _MissingFiller:
     def __init__(self, features: list[str], policy: str, report: dict):
         self.features, self.policy, self.report = features, policy, report
         self.anchor: np.ndarray | None = None  # last row handed on (finite)
-        self.held = np.empty((0, len(features)), np.float32)  # raw rows waiting for a gap to close
+        self.held = np.empty((0, len(features)), np.float64)  # raw rows waiting for a gap to close
 
     def push(self, X: np.ndarray, start: int) -> tuple[np.ndarray, np.ndarray]:
         """(rows ready for scoring, this block's kept-row mask)."""
-        bad = ~np.isfinite(X)
+        bad = np.isnan(X)  # only an empty or unparsable cell is missing; inf is the strongest anomaly
         if bad.any():
             if self.policy == "error":
                 data.handle_missing(X, self.features, "error", where=f"rows {start}..{start + len(X) - 1}: ",
@@ -346,7 +364,7 @@ class _MissingFiller:
             self.report["values_filled"] += int(bad.sum())
         mask = np.ones(len(X), bool)
         rows = np.concatenate([self.held, X]) if len(self.held) else X
-        finite = np.isfinite(rows)
+        finite = ~np.isnan(rows)
         if finite.all():
             self.held = rows[:0]
             self.anchor = rows[-1] if len(rows) else self.anchor
@@ -697,9 +715,9 @@ class LiveScorer:
                 rows.append([float(v) for v in p])
             except (TypeError, ValueError):
                 raise DataError(f"point {i} has a non-numeric value") from None
-        X = np.asarray(rows, np.float32).reshape(len(rows), len(self.features))
-        if not np.isfinite(X).all():
-            raise DataError("points must be finite numbers (no NaN, inf or empty values)")
+        X = np.asarray(rows, np.float64).reshape(len(rows), len(self.features))
+        if np.isnan(X).any():  # a huge value or inf is scored (the strongest anomaly); a missing one cannot be
+            raise DataError("points must be numbers (no NaN or empty values)")
         return X
 
     def push(self, points: list) -> list[dict]:

@@ -8,12 +8,14 @@ small text file naming the newest version, replaced atomically.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
 import tempfile
+import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Callable
@@ -23,6 +25,14 @@ from .errors import AnomalyError, ArtifactError, NotFound, VersionExists
 FILES = {"model": "model.pth", "config": "model_config.json", "threshold": "threshold.json", "scaler": "scaler.pkl"}
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 DEFAULT_ROOT = "models"
+MAX_WINDOW = 10_000  # rows per sample; training refuses more, loading calls more corrupt
+MAX_SMOOTH = 100_000  # rows in the score smoothing
+# Temporary entries carry their writer's process id: `.tmp-<pid>-*` (a version being written), `.trash-<pid>-*`
+# (one being replaced or deleted), `.<file>.<pid>.*` (a file being replaced). A killed writer's leftovers are
+# removed by the next save or delete; a running writer's never are.
+TEMP_RE = re.compile(r"^\.(?:tmp-|trash-|latest\.)(\d+)[-.]")
+OLD_TEMP_PREFIXES = (".tmp-", ".trash-", ".latest.")  # from versions that did not record the writer
+STALE_AFTER_S = 3600.0  # a save takes seconds: an entry untouched this long is a leftover whoever made it
 
 
 @dataclass(frozen=True)
@@ -31,6 +41,9 @@ class ArtifactPaths:
     config: Path
     threshold: Path
     scaler: Path
+    # Classic explicit files the user named in their own process (CLI, mcp_tool) may fall back to unpickling
+    # scaler.pkl when model_config.json lacks the scaling; store versions and the server never do.
+    allow_pickle: bool = field(default=False, compare=False)
 
     @classmethod
     def in_folder(cls, folder: str | os.PathLike) -> "ArtifactPaths":
@@ -38,11 +51,12 @@ class ArtifactPaths:
         return cls(**{k: folder / v for k, v in FILES.items()})
 
     @classmethod
-    def explicit(cls, model=None, config=None, threshold=None, scaler=None) -> "ArtifactPaths":
+    def explicit(cls, model=None, config=None, threshold=None, scaler=None,
+                 allow_pickle: bool = False) -> "ArtifactPaths":
         """Classic-tool style paths; any not given sits beside the model file under its standard name."""
         given = {"model": model, "config": config, "threshold": threshold, "scaler": scaler}
         anchor = next(Path(p).parent for p in given.values() if p)
-        return cls(**{k: Path(v) if v else anchor / FILES[k] for k, v in given.items()})
+        return cls(**{k: Path(v) if v else anchor / FILES[k] for k, v in given.items()}, allow_pickle=allow_pickle)
 
     def items(self):
         return {"model": self.model, "config": self.config, "threshold": self.threshold, "scaler": self.scaler}.items()
@@ -62,13 +76,14 @@ class ModelStore:
 
     def save(self, write: Callable[[ArtifactPaths], None], version: str | None = None, overwrite: bool = False) -> str:
         """Write a new version with `write(paths)` into a temporary folder, then rename it into place."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.ensure_root()
+        self.remove_stale()
         if version is not None:
             validate_version_name(version)
             if (self.root / version).exists() and not overwrite:
                 raise VersionExists(f"version {version!r} already exists in {self.root}; "
                                     "choose another --version or pass --overwrite")
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-", dir=self.root))
         try:
             write(ArtifactPaths.in_folder(tmp))
             for f in FILES.values():
@@ -84,7 +99,7 @@ class ModelStore:
         if version is not None:
             target = self.root / version
             if overwrite and target.exists():
-                trash = self.root / f".trash-{version}-{uuid.uuid4().hex[:8]}"
+                trash = self.root / f".trash-{os.getpid()}-{version}-{uuid.uuid4().hex[:8]}"
                 os.rename(target, trash)
                 os.rename(tmp, target)
                 shutil.rmtree(trash, ignore_errors=True)
@@ -104,6 +119,47 @@ class ModelStore:
                 continue
         raise AnomalyError("could not find a free version name")
 
+    def check_root(self) -> None:
+        """Refuse a store that could not be created (a file in the way) before training, not after it."""
+        try:
+            folder = self.root
+            while not folder.exists() and folder.parent != folder:
+                folder = folder.parent
+            usable = folder.is_dir()
+        except OSError as exc:
+            raise AnomalyError(f"cannot use model store {self.root}: {exc.strerror or exc}") from None
+        if not usable:
+            raise AnomalyError(f"cannot use model store {self.root}: {folder} is a file, not a folder")
+
+    def ensure_root(self) -> None:
+        """Create the store folder, or say clearly why not (checked before training, not after it)."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise AnomalyError(f"model store {self.root} is a file, not a folder; give another --model-dir") from None
+        except OSError as exc:
+            raise AnomalyError(f"cannot create model store {self.root}: {exc.strerror or exc}") from None
+        if not self.root.is_dir():
+            raise AnomalyError(f"model store {self.root} is not a folder; give another --model-dir")
+
+    def remove_stale(self) -> None:
+        """Remove temporary entries left by a writer that was killed (see TEMP_RE); never a running writer's."""
+        try:
+            entries = list(self.root.iterdir())
+        except OSError:
+            return
+        for entry in entries:
+            match = TEMP_RE.match(entry.name)
+            if match:
+                stale = writer_gone(int(match.group(1)), entry)
+            else:
+                stale = entry.name.startswith(OLD_TEMP_PREFIXES) and _age(entry) > STALE_AFTER_S
+            if stale:
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+
     def _set_latest(self, version: str) -> None:
         atomic_write_text(self.root / "latest", version + "\n")
 
@@ -119,8 +175,9 @@ class ModelStore:
     def latest(self) -> str | None:
         marker = self.root / "latest"
         if marker.is_file():
-            name = marker.read_text().strip()
-            if name and (self.root / name).is_dir():
+            name = marker.read_text(errors="replace").strip()
+            # only a version name: a marker saying "../elsewhere" must not lead out of the store
+            if VERSION_RE.match(name) and name != "latest" and (self.root / name).is_dir():
                 return name
         versions = self.versions()
         return versions[-1] if versions else None
@@ -144,17 +201,23 @@ class ModelStore:
         return paths
 
     def info(self, version: str) -> dict:
+        """One version's key facts; a broken version is reported as such (with the reason), never raised."""
         paths = ArtifactPaths.in_folder(self.root / version)
+        missing = [p.name for _, p in paths.items() if not p.is_file()]
+        if missing:
+            return {"version": version, "status": "incomplete", "error": f"missing {', '.join(missing)}"}
         try:
             config = read_json(paths.config)
             threshold = read_json(paths.threshold)
+            validate_artifacts(config, threshold, version)
         except ArtifactError as exc:
-            return {"version": version, "status": "incomplete", "error": str(exc)}
+            return {"version": version, "status": "broken", "error": str(exc)}
+        data = config.get("data") if isinstance(config.get("data"), dict) else {}
         return {"version": version, "status": "ok", "created": config.get("created"),
                 "model_type": config.get("model_type"), "features": config.get("features"),
                 "window": config.get("window"), "threshold": threshold.get("threshold"),
-                "threshold_method": threshold.get("method"), "rows": config.get("data", {}).get("rows"),
-                "data_file": config.get("data", {}).get("file")}
+                "threshold_method": threshold.get("method"), "rows": data.get("rows"),
+                "data_file": data.get("file")}
 
     def list(self) -> list[dict]:
         latest = self.latest()
@@ -162,7 +225,8 @@ class ModelStore:
 
     def delete(self, version: str) -> None:
         name = self.resolve(version)
-        trash = self.root / f".trash-{name}-{uuid.uuid4().hex[:8]}"
+        self.remove_stale()
+        trash = self.root / f".trash-{os.getpid()}-{name}-{uuid.uuid4().hex[:8]}"
         os.rename(self.root / name, trash)
         shutil.rmtree(trash, ignore_errors=True)
         remaining = self.versions()
@@ -185,6 +249,66 @@ def read_json(path: Path) -> dict:
         raise ArtifactError(f"missing artifact file {path}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"corrupt artifact file {path}: {exc}") from None
+    except RecursionError:
+        raise ArtifactError(f"corrupt artifact file {path}: nested too deeply") from None
+    except OSError as exc:
+        raise ArtifactError(f"cannot read artifact file {path}: {exc.strerror or exc}") from None
+
+
+def validate_artifacts(config, threshold, label: str, require_affine: bool = True) -> None:
+    """The schema of model_config.json and threshold.json, checked on every load and listing: a corrupt value
+    (a null scaler, a window of 0 or 1e9, a threshold of -inf, ...) is refused with its reason instead of giving
+    silently wrong scores. `require_affine`: the scaling must be in the config (store versions never unpickle)."""
+    from .models import MODEL_TYPES
+
+    def bad(problem: str):
+        raise ArtifactError(f"model {label} is corrupt: {problem}")
+
+    if not isinstance(config, dict):
+        bad(f"model_config.json holds {type(config).__name__}, not an object")
+    if not isinstance(threshold, dict):
+        bad(f"threshold.json holds {type(threshold).__name__}, not an object")
+    if config.get("model_type") not in MODEL_TYPES:
+        bad(f"unknown model_type {str(config.get('model_type'))[:40]!r}")
+    features = config.get("features")
+    if not (isinstance(features, list) and features and all(isinstance(f, str) for f in features)):
+        bad("features must be a non-empty list of column names")
+    if "n_features" in config and config["n_features"] != len(features):
+        bad(f"n_features {config['n_features']!r} does not match the {len(features)} features")
+    for key, low, high, default in (("window", 1, MAX_WINDOW, None), ("smooth", 1, MAX_SMOOTH, 1),
+                                    ("span", 1, MAX_WINDOW + 1, 1)):
+        value = config.get(key, default)
+        if not _whole(value) or not low <= value <= high:
+            bad(f"{key} must be a whole number from {low} to {high}, got {str(value)[:40]}")
+    if config.get("span", config["window"]) not in (config["window"], config["window"] + 1):  # exact: on load
+        bad(f"span {config['span']} does not fit window {config['window']}")
+    for key in ("model", "training"):
+        if not isinstance(config.get(key), dict):
+            bad(f"{key} must be an object")
+    affine = config.get("scaler_affine", ...)
+    if affine is ... and require_affine:
+        bad("no scaler_affine in model_config.json (scaler.pkl is never unpickled for a stored version)")
+    if affine is not ...:
+        if not isinstance(affine, dict):
+            bad(f"scaler_affine must be an object, got {str(affine)[:40]}")
+        for key in ("mul", "add"):
+            values = affine.get(key)
+            if not (isinstance(values, list) and len(values) == len(features) and all(_finite(v) for v in values)):
+                bad(f"scaler_affine.{key} must be {len(features)} finite numbers")
+        if 0 in affine["mul"]:
+            bad("scaler_affine.mul holds a zero scale")
+    if not _finite(threshold.get("threshold")):
+        bad(f"threshold must be a finite number, got {str(threshold.get('threshold'))[:40]}")
+    if not isinstance(threshold.get("method"), str) or not isinstance(threshold.get("params", {}), dict):
+        bad("threshold.json needs a method name and a params object")
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -194,7 +318,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -206,6 +330,27 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def writer_gone(pid: int, path: Path) -> bool:
+    """True when the process that made temporary entry `path` has exited (killed mid-write), or the entry has not
+    been touched for STALE_AFTER_S (its process id may have been reused since)."""
+    if pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except (ProcessLookupError, OverflowError):
+        return True
+    except PermissionError:  # it exists, run by another user
+        pass
+    return _age(path) > STALE_AFTER_S
+
+
+def _age(path: Path) -> float:
+    try:
+        return time.time() - path.lstat().st_mtime
+    except OSError:
+        return 0.0
+
+
 def _fsync(path: Path) -> None:
     with open(path, "rb") as f:
         os.fsync(f.fileno())
@@ -215,5 +360,5 @@ def now_iso() -> str:
     return datetime.now().astimezone().isoformat(timespec="seconds")
 
 
-__all__ = ["ArtifactPaths", "ModelStore", "FILES", "read_json", "atomic_write_bytes", "atomic_write_text", "now_iso",
+__all__ = ["ArtifactPaths", "ModelStore", "FILES", "read_json", "validate_artifacts", "atomic_write_bytes", "atomic_write_text", "now_iso",
            "check_complete"]

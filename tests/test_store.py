@@ -128,7 +128,7 @@ def test_incomplete_or_garbage_versions(tmp_path):
     store.save(_write_fake, version="v2")
     (store.root / "v2" / FILES["config"]).write_text("{not json")
     info = {m["version"]: m for m in store.list()}
-    assert info["v2"]["status"] == "incomplete" and "corrupt" in info["v2"]["error"]
+    assert info["v2"]["status"] == "broken" and "corrupt" in info["v2"]["error"]
 
 
 def test_latest_marker_pointing_nowhere_falls_back(tmp_path):

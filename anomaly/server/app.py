@@ -62,8 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder clients may read data files from (repeatable; default: the working directory)")
     p.add_argument("--model-dir", default="models", help="model store; artifacts are only loaded from here")
     p.add_argument("--results-dir", default="results", help="where per-row result CSVs are written")
-    p.add_argument("--token", default=os.environ.get("ANOMALY_API_TOKEN"),
-                   help="bearer token required on every route (default: $ANOMALY_API_TOKEN)")
+    # The environment is read in main(), not as the default: --help prints defaults, and must not print a secret.
+    p.add_argument("--token", help="bearer token required on every route (default: $ANOMALY_API_TOKEN)")
     p.add_argument("--allowed-host", action="append", default=[], dest="allowed_hosts", metavar="HOST[:PORT]",
                    help="extra Host header value to accept, e.g. a DNS name (repeatable)")
     p.add_argument("--allowed-origin", action="append", default=[], dest="allowed_origins", metavar="ORIGIN",
@@ -72,12 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="concurrent scoring threads")
     p.add_argument("--device", default="auto", help="where trainings and detections run unless a request names "
                    "another: auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps")
+    p.add_argument("--header-timeout", type=float, default=10.0, help="seconds a client has to send a request's "
+                   "headers; a connection that has not is closed (idle keep-alive connections: 5 s)")
     p.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"))
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.token = args.token or os.environ.get("ANOMALY_API_TOKEN")
     if not is_loopback(args.host) and not args.token:
         print(f"error: refusing to listen on {args.host} without a token: anyone on the network could train, "
               "read files and run models. Pass --token or set ANOMALY_API_TOKEN.", file=sys.stderr)
@@ -98,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         except DeviceError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+    if not args.header_timeout > 0:
+        print("error: --header-timeout must be positive", file=sys.stderr)
+        return 2
     settings = Settings(host=args.host, port=args.port, data_roots=roots, model_dir=args.model_dir,
                         results_dir=args.results_dir, token=args.token or None, allowed_hosts=args.allowed_hosts,
                         allowed_origins=args.allowed_origins, max_upload_mb=args.max_upload_mb, workers=args.workers,
@@ -110,5 +116,51 @@ def main(argv: list[str] | None = None) -> int:
           f"device: {args.device}  models: {Path(args.model_dir).resolve()}  "
           f"data roots: {', '.join(str(Path(r).resolve()) for r in roots)}"
           f"{'  (token required)' if settings.token else ''}", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=3)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=3,
+                http=header_timeout_protocol(args.header_timeout), timeout_keep_alive=KEEP_ALIVE_S)
     return 0
+
+
+KEEP_ALIVE_S = 5  # an idle keep-alive connection is closed after this
+
+
+def header_timeout_protocol(seconds: float) -> type:
+    """uvicorn's h11 protocol with a header-read timeout, which uvicorn 0.54 lacks: its keep-alive timer starts
+    only after a response, so a client that connects and sends half a request line (or nothing) holds the
+    connection forever; hundreds of them exhaust the server. Here a connection waiting for a request's headers
+    is closed `seconds` after that wait began."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderTimeoutProtocol(H11Protocol):
+        header_timer = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._watch_headers()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            self._watch_headers()
+
+        def connection_lost(self, exc) -> None:
+            self._stop_watch()
+            super().connection_lost(exc)
+
+        def _watch_headers(self) -> None:
+            waiting = self.cycle is None or self.cycle.response_complete
+            if not waiting:
+                self._stop_watch()  # the headers are in: the request runs as long as it needs
+            elif self.header_timer is None and not self.transport.is_closing():
+                self.header_timer = self.loop.call_later(seconds, self._headers_too_slow)
+
+        def _stop_watch(self) -> None:
+            if self.header_timer is not None:
+                self.header_timer.cancel()
+                self.header_timer = None
+
+        def _headers_too_slow(self) -> None:
+            self.header_timer = None
+            if (self.cycle is None or self.cycle.response_complete) and not self.transport.is_closing():
+                self.transport.close()
+
+    return HeaderTimeoutProtocol

@@ -82,6 +82,10 @@ def _reply(encoded: tuple[str, dict]) -> CallToolResult:
     return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=data)
 
 
+def _unexpected(exc: Exception) -> str:
+    return " ".join(f"internal error: {type(exc).__name__}: {exc}".split())[:500]
+
+
 def _progress_token(ctx: Context):
     meta = ctx.request_context.meta or {}
     return meta.get("progress_token")
@@ -109,6 +113,8 @@ def build_mcp(runtime: Runtime) -> MCPServer:
             return _reply(await runtime.score(lambda: to_json(fn(*args, **kwargs))))
         except AnomalyError as exc:
             raise ToolError(str(exc)) from None
+        except Exception as exc:  # a bug or an OS refusal: still an error result that says what happened
+            raise ToolError(_unexpected(exc)) from None
 
     @mcp.tool(annotations=ToolAnnotations(read_only_hint=False, idempotent_hint=True))
     async def run_detection(
@@ -197,6 +203,8 @@ def build_mcp(runtime: Runtime) -> MCPServer:
                                          percentile=percentile, model_type=model_type, window=window, device=device)
         except AnomalyError as exc:
             raise ToolError(str(exc)) from None
+        except Exception as exc:
+            raise ToolError(_unexpected(exc)) from None
         return _reply(to_json(result))
 
     @mcp.tool(annotations=ToolAnnotations(read_only_hint=True))

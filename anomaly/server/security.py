@@ -19,7 +19,7 @@ from pathlib import Path
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import PathNotAllowed
+from ..errors import DataError, PathNotAllowed
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 MCP_PATHS = ("/sse", "/messages", "/mcp")
@@ -47,10 +47,11 @@ class PathPolicy:
 
     def data_file(self, path: str) -> Path:
         """A data file to read: relative paths are taken from the first data root."""
+        check_path_text(path)
         if self.data_roots is None:
             return Path(path)
         p = Path(path)
-        resolved = (p if p.is_absolute() else self.data_roots[0] / p).resolve()
+        resolved = _resolve(p if p.is_absolute() else self.data_roots[0] / p)
         if not any(resolved.is_relative_to(root) for root in self.data_roots):
             roots = ", ".join(str(r) for r in self.data_roots)
             raise PathNotAllowed(f"{path} is outside the allowed data roots ({roots})")
@@ -59,14 +60,39 @@ class PathPolicy:
     def artifact(self, path: str) -> Path:
         """A model artifact file: it must lie inside the model store (relative paths: from the working
         directory, as in `models/model.pth`, or from the store itself, as in `v1/model.pth`)."""
+        check_path_text(path)
         p = Path(path)
         candidates = [p] if p.is_absolute() else [Path.cwd() / p, self.model_root / p]
         for c in candidates:
-            resolved = c.resolve()
+            resolved = _resolve(c)
             if resolved.is_relative_to(self.model_root) and resolved != self.model_root:
                 return resolved
         raise PathNotAllowed(f"{path} is outside the model store {self.model_root}; "
                              "model files are only loaded from there")
+
+
+MAX_PATH_CHARS = 4096  # PATH_MAX
+MAX_NAME_BYTES = 255  # NAME_MAX: one path component
+
+
+def check_path_text(path) -> None:
+    """A client's path must be a string the OS can take: no NUL byte, no component over 255 bytes (otherwise
+    the OS call fails deep inside with an error that is not the user's to read)."""
+    if not isinstance(path, str):
+        raise DataError(f"a path must be a string, got {type(path).__name__}")
+    if "\x00" in path:
+        raise DataError("a path must not contain a NUL byte")
+    if len(path) > MAX_PATH_CHARS or any(len(part.encode("utf-8", "replace")) > MAX_NAME_BYTES
+                                         for part in path.split("/")):
+        raise DataError(f"path too long: {path[:80]}... (at most {MAX_NAME_BYTES} bytes a name, "
+                        f"{MAX_PATH_CHARS} characters in all)")
+
+
+def _resolve(p: Path) -> Path:
+    try:
+        return p.resolve()
+    except (OSError, RuntimeError, ValueError) as exc:  # a symlink loop, an unreadable folder on the way
+        raise DataError(f"cannot resolve path {str(p)[:200]}: {exc}") from None
 
 
 # --- the ASGI guard ----------------------------------------------------------------------------------------
@@ -90,13 +116,14 @@ class Access:
             names.append(f"[{self.host}]" if ":" in self.host else self.host)
         elif not self.allowed_hosts:
             return None
-        return [f"{n}:*" for n in names] + names + list(self.allowed_hosts)
+        return [n.lower() for n in [f"{n}:*" for n in names] + names + list(self.allowed_hosts)]
 
     def origins(self) -> list[str]:
         names = list(LOOPBACK_HOSTS)
         if self.host not in ("0.0.0.0", "::") and not is_loopback(self.host):
             names.append(f"[{self.host}]" if ":" in self.host else self.host)
-        return [f"http://{h}:*" for h in names] + [f"http://{h}" for h in names] + list(self.allowed_origins)
+        return [o.lower() for o in [f"http://{h}:*" for h in names] + [f"http://{h}" for h in names]
+                + list(self.allowed_origins)]
 
     def transport_security(self):
         """The same rules for the MCP SDK's own transport check (the guard already applied them)."""
@@ -135,12 +162,14 @@ class Guard:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        host = headers.get("host", "")
+        host = headers.get("host", "").lower()  # host names are case-insensitive (RFC 3986): LOCALHOST is localhost
+        if host != headers.get("host", ""):  # the MCP SDK checks Host again, case-sensitively: hand it lower case
+            scope = dict(scope, headers=[(k, v.lower()) if k.lower() == b"host" else (k, v) for k, v in scope["headers"]])
         if self.hosts is not None and not _matches(host, self.hosts):
             return await _reply(send, 421, f"host {host!r} is not allowed (DNS-rebinding protection); "
                                            "start the server with --allowed-host to add it")
         origin = headers.get("origin")
-        if origin and not _matches(origin, self.origins):
+        if origin and not _matches(origin.lower(), self.origins):
             return await _reply(send, 403, f"origin {origin!r} is not allowed; start the server with "
                                            "--allowed-origin to add it")
         if self.token is not None:
@@ -156,18 +185,27 @@ class Guard:
             return await _reply(send, 413, _too_large(limit))
         seen = 0
         started = False
+        too_large = False
 
         async def counted_receive() -> Message:
-            nonlocal seen
+            nonlocal seen, too_large
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
+                    too_large = True
                     raise BodyTooLarge(_too_large(limit))
             return message
 
         async def tracked_send(message: Message) -> None:
             nonlocal started
+            if too_large:
+                # A chunked body (no Content-Length) was cut off while the app read it; the app's own answer
+                # (FastAPI's 400 "error parsing the body") is replaced by the 413 that says why.
+                if message["type"] == "http.response.start" and not started:
+                    started = True
+                    await _reply(send, 413, _too_large(limit))
+                return
             if message["type"] == "http.response.start":
                 started = True
             await send(message)

@@ -15,23 +15,28 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from .. import defaults, service
-from ..errors import DataError, VersionExists
-from ..store import ArtifactPaths, ModelStore
+from ..errors import DataError, PathNotAllowed, VersionExists
+from ..store import VERSION_RE, ArtifactPaths, ModelStore
 from .security import PathPolicy
 
 MAX_RESULTS_LIMIT = 5000  # per-row results in one reply at most; the CSV always has every row
 RESULTS_BYTES = 400_000  # the rows of a reply serialise to at most this (the reply carries them twice)
-KEEP_RESULT_FILES = 200  # older result CSVs in the results folder are removed
+KEEP_RESULT_FILES = 200  # older result CSVs written by this tool in the results folder are removed
+# The names `_new_result_path` gives: only these are ever pruned, so a results folder that is also a data
+# folder keeps every file its user put there.
+RESULT_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+-\d{8}-\d{6}-[0-9a-f]{6}\.csv$")
 
 
 class Toolbox:
     def __init__(self, model_dir: str | Path = "models", results_dir: str | Path = "results",
-                 data_roots: list | None = None, keep_results: int = KEEP_RESULT_FILES, device: str = "auto"):
+                 data_roots: list | None = None, keep_results: int = KEEP_RESULT_FILES, device: str = "auto",
+                 allow_pickle: bool = False):
         self.store = ModelStore(model_dir)
         self.device = device  # the default for trainings and detections; a call may name another
         self.policy = PathPolicy(data_roots, model_dir)
         self.results_dir = Path(results_dir)
         self.keep_results = keep_results
+        self.allow_pickle = allow_pickle  # explicit classic files may fall back to scaler.pkl (in-process only)
         self._written = 0  # result files written, for pruning now and then
 
     # --- artifacts -----------------------------------------------------------------------------------
@@ -43,7 +48,7 @@ class Toolbox:
         if not any(given.values()):
             return None
         checked = {k: str(self.policy.artifact(v)) if v else None for k, v in given.items()}
-        paths = ArtifactPaths.explicit(**checked)
+        paths = ArtifactPaths.explicit(**checked, allow_pickle=self.allow_pickle)
         for _, p in paths.items():  # the defaulted siblings too
             self.policy.artifact(str(p))
         return paths
@@ -104,7 +109,8 @@ class Toolbox:
         if self._written % 16:  # listing the folder costs a stat per file: only now and then
             return
         try:
-            files = sorted(self.results_dir.glob("*.csv"), key=lambda p: p.stat().st_mtime)
+            ours = [p for p in self.results_dir.glob("*.csv") if RESULT_NAME_RE.match(p.name)]
+            files = sorted(ours, key=lambda p: p.stat().st_mtime)
             for old in files[:-self.keep_results] if len(files) > self.keep_results else []:
                 old.unlink(missing_ok=True)
         except OSError:
@@ -135,6 +141,7 @@ class Toolbox:
         data = self.policy.data_file(data_file)
         paths = self.explicit_paths(model_path, threshold_path, scaler_path, config_path)
         if paths is not None:
+            self._check_new_version_folder(paths)
             existing = [str(p) for _, p in paths.items() if p.exists()]
             if existing:
                 raise VersionExists(f"{', '.join(existing)} already exist(s); training never overwrites a model")
@@ -142,6 +149,19 @@ class Toolbox:
                              window=window, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                              percentile=percentile, encoding_dim=encoding_dim, progress=progress,
                              device=device or self.device)
+
+    def _check_new_version_folder(self, paths: ArtifactPaths) -> None:
+        """Explicit training paths name files in one version folder directly inside the store: a client must not
+        create hidden or nested folders there (`.hidden/`, `a/b/c/`) nor write into `latest`."""
+        root = self.policy.model_root
+        for _, p in paths.items():
+            folder = p.parent
+            if folder.parent != root or not VERSION_RE.match(folder.name) or folder.name == "latest":
+                raise PathNotAllowed(f"{p} is not in a version folder directly inside the model store; "
+                                     f"give e.g. {root / 'v1' / 'model.pth'} (version names: letters, digits, "
+                                     "'_', '-', '.', not 'latest')")
+            if folder.exists() and not folder.is_dir():
+                raise PathNotAllowed(f"{folder} is a file, not a version folder")
 
     def live_scorer(self, version: str | None = None, threshold_window: int | None = None) -> service.LiveScorer:
         return service.LiveScorer(version, self.store, threshold_window=threshold_window, device=self.device)
