@@ -15,6 +15,7 @@ import io
 import os
 import stat
 import warnings
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -72,7 +73,7 @@ def _open_text_head(path: Path) -> tuple[bytes, str | None]:
     try:
         with opener(path, "rb") as f:
             head = f.read(SNIFF_BYTES)
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"{path}: cannot read compressed file ({exc})") from None
     return head, compression
 
@@ -195,11 +196,13 @@ def _parse(source, fmt: CsvFormat, dtype: dict | None, compression=None, usecols
         return pd.read_csv(source, compression=compression, dtype=dtype, usecols=usecols, nrows=nrows, **_read_kwargs(fmt))
     except pd.errors.EmptyDataError:
         raise DataError(f"{getattr(source, 'name', source)} holds no data rows") from None
-    except pd.errors.ParserError as exc:
-        msg = " ".join(str(exc).split())
-        raise DataError(f"malformed CSV in {getattr(source, 'name', source)}: {msg}") from None
     except UnicodeDecodeError:
         raise DataError(f"{getattr(source, 'name', source)} is not UTF-8 text") from None
+    except ValueError as exc:  # ParserError, or a row whose fields do not match the header's names
+        msg = " ".join(str(exc).split())
+        raise DataError(f"malformed CSV in {getattr(source, 'name', source)}: {msg}") from None
+    except (EOFError, OSError, zlib.error) as exc:  # a truncated or corrupt .gz
+        raise DataError(f"{getattr(source, 'name', source)}: cannot read compressed file ({exc})") from None
 
 
 def find_label_column(names: list[str], label_column: str | None) -> str | None:
@@ -419,12 +422,12 @@ def iter_blocks(path: str | os.PathLike, fmt: CsvFormat, numeric_cols: list[str]
     row = 0
     with opener(p, "rb") as f:
         if fmt.bom:
-            f.read(3)
+            _read_chunk(f, 3, p)
         if fmt.has_header:
-            f.readline()
+            _read_chunk(f, -1, p, line=True)
         carry = b""
         while True:
-            chunk = f.read(block_bytes)
+            chunk = _read_chunk(f, block_bytes, p)
             data = carry + chunk
             if not chunk:
                 carry, body = b"", data
@@ -453,6 +456,13 @@ def iter_blocks(path: str | os.PathLike, fmt: CsvFormat, numeric_cols: list[str]
                     row += len(lines)
             if not chunk:
                 break
+
+
+def _read_chunk(f, size: int, p: Path, line: bool = False) -> bytes:
+    try:
+        return f.readline() if line else f.read(size)
+    except (EOFError, OSError, zlib.error) as exc:  # a truncated or corrupt .gz
+        raise DataError(f"{p}: cannot read compressed file ({exc})") from None
 
 
 def _split_at_record_end(data: bytes) -> tuple[bytes, bytes]:
@@ -536,10 +546,10 @@ def _parse_block(body: bytes, fmt: CsvFormat, dtype: dict, p: Path, usecols: lis
                 # pandas refuses `usecols` when a block's first line is short (a truncated last line): read all
                 # columns, as a whole-file read would, and keep the wanted ones (the short line's rest is missing)
                 frame = pd.read_csv(io.BytesIO(body), **(kwargs | {"usecols": None}))[usecols]
-    except pd.errors.ParserError as exc:
-        raise DataError(f"malformed CSV in {p}: {' '.join(str(exc).split())}") from None
     except UnicodeDecodeError:
         raise DataError(f"{p} is not UTF-8 text") from None
+    except ValueError as exc:  # ParserError, or a row whose fields do not match the header's names
+        raise DataError(f"malformed CSV in {p}: {' '.join(str(exc).split())}") from None
     for c in dtype:
         if not pd.api.types.is_numeric_dtype(frame[c]):  # a stray word: unparsable values become missing
             frame[c] = pd.to_numeric(frame[c], errors="coerce")
