@@ -214,7 +214,7 @@ class Detector:
             "n_features": len(self.feature_names_),
             "window": self.window_,
             "smooth": self.smooth_,
-            **({"spike_floor": self.spike_floor_.tolist()} if self.spike_floor_ is not None else {}),
+            **({"spike_floor": self.spike_floor_} if self.spike_floor_ is not None else {}),
             **({"window_auto": True} if getattr(self, "window_auto_", False) else {}),
             "span": self.model_.span,
             "scaler": self.scaler,
@@ -298,7 +298,7 @@ class Detector:
         det.window_auto_ = bool(config.get("window_auto", False))
         det.smooth_ = int(config.get("smooth", 1))  # versions saved before smoothing existed score unsmoothed
         floor = config.get("spike_floor")  # versions saved before it smooth spikes like everything else
-        det.spike_floor_ = None if floor is None else np.asarray(floor, np.float32)
+        det.spike_floor_ = None if floor is None else float(np.max(floor))
         det.threshold_info_ = threshold
         det.history_ = config.get("history", {})
         det.train_stats_ = config.get("train_scores", {})

@@ -205,7 +205,9 @@ def test_ctrl_c_during_training_leaves_no_version(dataset, tmp_path):
     root = tmp_path / "models"
     proc = subprocess.Popen(cli_command("train.py", "--data", dataset["train"], "--model-dir", root,
                                         "--epochs", "100000", "--patience", "0", "--batch-size", "8"),
-                            env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            # a test run started in the background inherits an ignored SIGINT: restore Ctrl-C
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = bytearray()
     started = threading.Event()
 
