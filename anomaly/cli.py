@@ -252,7 +252,7 @@ def print_summary(result: dict, top: int = 10) -> None:
                  else f"{result['threshold']:.6g} ({result['threshold_method']})")
     expected = result.get("expected_ratio")
     print(f"Rows: {result['total_rows']}  anomalies: {result['anomaly_count']} ({100 * result['anomaly_ratio']:.2f}%"
-          + (f"; normal data: ~{100 * expected:.1f}%" if expected is not None else "")
+          + (f"; normal data: ~{100 * expected:.2g}%" if expected is not None else "")
           + f") in {result['anomaly_segments']} segment(s)  threshold: {threshold}  model: {result['version']}")
     for warning in result.get("warnings", []):
         print(f"  warning: {warning}")

@@ -444,7 +444,7 @@ def _emit(pending: _Pending, final: bool, det, acc: "_Summary", writer, per_feat
         threshold = thresholder(scores, data.parse_times(times) if moving and thresholder.rolling.by_time else None) \
             if thresholder is not None else det.threshold_
         flags = flag(scores, threshold)
-        acc.add(block.start, scores, flags, row_err, times)
+        acc.add(block.start, scores, flags, row_err, times, threshold if moving else None)
         if plot is not None:
             plot.add_frame(block.start, block.frame, scores, flags, row_err, threshold if moving else None)
         if writer:
@@ -501,12 +501,13 @@ class _Summary:
         self.normal_rows: list[dict] = []
         self.keep_all = keep_all
         self.all_scores: list[np.ndarray] = []
+        self.all_thresholds: list[np.ndarray] = []  # per-row thresholds of a rolling threshold
         self.labels: list[np.ndarray] = []
         self.label_column = None
         self.period_sample: list[np.ndarray] = []
 
     def add(self, start: int, scores: np.ndarray, flags: np.ndarray, row_err: np.ndarray,
-            times: np.ndarray | None = None) -> None:
+            times: np.ndarray | None = None, thresholds: np.ndarray | None = None) -> None:
         self.rows += len(scores)
         self.scored += int(np.isfinite(scores).sum())
         idx = np.flatnonzero(flags)
@@ -522,6 +523,8 @@ class _Summary:
             self.normal_rows += [_row(start, i, scores, times, False) for i in take]
         if self.keep_all:
             self.all_scores.append(scores)
+            if thresholds is not None:
+                self.all_thresholds.append(np.broadcast_to(thresholds, scores.shape))
 
     def _add_segments(self, start: int, scores: np.ndarray, flags: np.ndarray, row_err: np.ndarray,
                       times: np.ndarray | None) -> None:
@@ -626,7 +629,8 @@ class _Summary:
         from .metrics import max_buffer_for
         sample = self.period_sample
         max_buffer = max_buffer_for(np.concatenate(sample)) if sample else None
-        return threshold_report(labels, scores, self.threshold, max_buffer=max_buffer) | {"label_column": self.label_column}
+        threshold = np.concatenate(self.all_thresholds) if self.all_thresholds else self.threshold
+        return threshold_report(labels, scores, threshold, max_buffer=max_buffer) | {"label_column": self.label_column}
 
 
 def _row(start: int, i: int, scores: np.ndarray, times: np.ndarray | None, anomaly: bool) -> dict:

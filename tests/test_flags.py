@@ -141,14 +141,14 @@ def test_a_flat_series_trains_and_flags_any_departure(tmp_path, cli):
 def drifting(tmp_path_factory, flags_data):
     d = tmp_path_factory.mktemp("drift")
     store = ModelStore(d / "models")
-    service.train(str(flags_data["dir"] / "train.csv"), store=store, epochs=10, version="v")
+    # meanstd: mean + 3 std of the window follows a level that keeps rising; a window's 95th percentile lags
+    # it (the newest rows are above most of the window), as README says
+    service.train(str(flags_data["dir"] / "train.csv"), store=store, epochs=10, version="v", threshold_method="meanstd")
     frame, idx = periodic(4000, 3000, seed=21, spikes=10, drift=4.0)
     frame.to_csv(d / "drift.csv", index=False)
     return {"dir": d, "store": store, "spikes": idx, "frame": frame}
 
 
-@pytest.mark.xfail(reason="open (issue 14): errors grow with the square of the drift, faster than a 500-row "
-                          "window follows", strict=False)
 def test_rolling_threshold_follows_drift_and_still_catches_spikes(drifting):
     path = str(drifting["dir"] / "drift.csv")
     static = service.detect(path, store=drifting["store"], max_results=None)
@@ -186,10 +186,8 @@ def test_rolling_threshold_over_a_time_span_needs_a_time_column(drifting, tmp_pa
         service.detect(str(tmp_path / "untimed.csv"), store=drifting["store"], threshold_window="7d")
 
 
-@pytest.mark.xfail(reason="open (issue 14): as for batch detection, the drift outruns a 200-point window",
-                   strict=False)
 def test_live_stream_uses_the_rolling_threshold(drifting):
-    scorer = service.LiveScorer("v", drifting["store"], threshold_window=200)
+    scorer = service.LiveScorer("v", drifting["store"], threshold_window=500)
     values = drifting["frame"][["a", "b"]].to_numpy()
     results = []
     for start in range(0, len(values), 250):
@@ -197,7 +195,7 @@ def test_live_stream_uses_the_rolling_threshold(drifting):
     thresholds = np.array([r["threshold"] for r in results])
     assert thresholds[-1] > thresholds[0]
     flagged = np.array([r["is_anomaly"] for r in results])
-    assert flagged.mean() <= 0.15 and flagged[drifting["spikes"]].sum() >= 8
+    assert flagged.mean() <= 0.10 and flagged[drifting["spikes"]].sum() >= 9
 
 
 def test_rolling_threshold_mechanics():
