@@ -223,7 +223,7 @@ class SpikeSmoother:
         self.emitted = 0
         self.before: float | None = None  # the score of the row before the held one
         self.held: np.ndarray | None = None  # the last raw row, waiting for the row after it
-        self.spikes: np.ndarray | None = None  # spike parts of rows the mean has not emitted yet
+        self.spikes = np.empty(0)  # spike parts of rows the mean has not emitted yet
 
     def push(self, errors: np.ndarray, final: bool = False) -> np.ndarray:
         if self.floor is None:
@@ -244,7 +244,7 @@ class SpikeSmoother:
         if ready:
             self.before = score[ready - 1:ready]
         self.held = raw[ready:]
-        self.spikes = spike if self.spikes is None else np.concatenate([self.spikes, spike])
+        self.spikes = np.concatenate([self.spikes, spike])
         self.sustained = np.concatenate([self.sustained, sustained])
         return self._emit(self.mean.push(np.column_stack([rows, sustained]).astype(np.float32), final))
 
