@@ -24,7 +24,7 @@ from serverproc import ServerProcess, mcp_client, server_dirs, tool_json
 
 import mcp_tool
 from anomaly import cli as anomaly_cli
-from anomaly.server.tools import Toolbox
+from anomaly.server.toolbox import Toolbox
 from anomaly.store import ModelStore
 
 from conftest import PYTHON, REPO, assert_user_error, cli_command, cli_env, run_cli
