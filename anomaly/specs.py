@@ -47,10 +47,10 @@ class Opt:
     cli_default: Any = "<field default>"  # a flag whose default differs (the CLI prints every row)
 
 
-def _p(default: Any, help: str, opt: Opt = Opt(), **bounds: Any) -> Any:
-    """A field: default, help and bounds; `opt` travels in json_schema_extra-free metadata."""
+def _p(default: Any, help: str, opt: Opt | None = None, **bounds: Any) -> Any:
+    """A field: default, help and bounds; `opt` travels in the field's metadata (not in its JSON schema)."""
     field = Field(default, description=help, **bounds)
-    field.metadata.append(opt)
+    field.metadata.append(opt or Opt())
     return field
 
 
