@@ -280,8 +280,8 @@ def add_arguments(parser: argparse.ArgumentParser, spec_cls: type[Spec], only: t
             kwargs["action"] = "store_true"
         else:
             kwargs["type"], choices = _converter(name, info.annotation)
-            if choices:
-                kwargs["choices"] = choices
+            if choices:  # shown, not enforced by argparse: the spec refuses a wrong one in one error line
+                kwargs["metavar"] = "{" + ",".join(map(str, choices)) + "}"
         group.add_argument(*flags, **kwargs)
 
 
