@@ -137,3 +137,18 @@ def test_versions_get_the_users_umask(trained, tmp_path):
     folder = tmp_path / "m" / name
     assert stat.S_IMODE(folder.stat().st_mode) == 0o775  # not mkdtemp's 0700: a colleague may read it
     assert stat.S_IMODE((folder / "note.json").stat().st_mode) == 0o664  # not mkstemp's 0600
+
+
+def test_readme_client_configs_are_valid_json_and_name_the_installed_commands():
+    import re
+
+    from conftest import REPO
+
+    text = (REPO / "README.md").read_text()
+    blocks = [json.loads(b) for b in re.findall(r"```json\n(.*?)```", text, re.S) if "mcpServers" in b or '"servers"' in b]
+    servers = [s for b in blocks for s in (b.get("mcpServers") or b.get("servers")).values()]
+    commands = {s.get("command", "").rsplit("/", 1)[-1] for s in servers}
+    assert {"anomaly-mcp", "uvx", "npx"} <= commands
+    assert any("${AUTH_HEADER}" in " ".join(s.get("args", [])) and "AUTH_HEADER" in s.get("env", {}) for s in servers)
+    assert all(set(s.get("env", {})) <= {"ANOMALY_MODEL_DIR", "ANOMALY_DATA_ROOTS", "ANOMALY_RESULTS_DIR", "AUTH_HEADER"}
+               for s in servers)
