@@ -1,6 +1,6 @@
 """Classic baselines scored on the same windows as a detector, for `anomaly evaluate`.
 
-Each baseline follows the scikit-learn / PyOD convention: `fit(X_train)`, `score_samples(X)` (one score per
+Each baseline follows the scikit-learn / PyOD convention: `fit(X_train)`, `decision_function(X)` (one score per
 row, higher = more anomalous). Rows are scaled with a StandardScaler fitted on the training rows, cut into
 windows of `window` consecutive rows (flattened), and a window's score is shared by its rows: a row's score is
 the mean over the windows that cover it, as the detector's reconstruction error is.
@@ -44,7 +44,7 @@ class _Windowed:
         self._fit(np.ascontiguousarray(W))
         return self
 
-    def score_samples(self, X: np.ndarray) -> np.ndarray:
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
         if len(X) < self.window:
             return np.full(len(X), np.nan)
         W = windows(self._scale(X), self.window)
@@ -102,7 +102,7 @@ class ZScoreBaseline:
         self.std_ = np.where(std > 0, std, 1.0)
         return self
 
-    def score_samples(self, X: np.ndarray) -> np.ndarray:
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
         return np.abs((np.asarray(X, np.float64) - self.mean_) / self.std_).mean(1)
 
 

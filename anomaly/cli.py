@@ -10,15 +10,15 @@ import signal
 import sys
 import threading
 
-from . import defaults, jsonsafe
+from . import __version__, jsonsafe, logs, specs
 from .errors import AnomalyError
-from .models import MODEL_TYPES
 
-SCALER_TYPES = ("standard", "minmax", "robust")
 # Subcommands that live in their own module: `add_arguments(parser)` and `run(args) -> int`.
 PLUGIN_COMMANDS = {
     "evaluate": ("anomaly.evaluate", "measure detection quality on a labelled suite"),
     "threshold": ("anomaly.rethreshold", "set a new threshold on an existing version (writes a new version)"),
+    "serve": ("anomaly.server.serve", "run the MCP server (SSE and Streamable HTTP) and the HTTP API"),
+    "mcp": ("anomaly.server.stdio", "run the MCP server over stdio (for Claude Desktop and other local clients)"),
 }
 
 
@@ -31,26 +31,6 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def _csv_list(value: str) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
-
-
-def _int_list(value: str) -> list[int]:
-    try:
-        return [int(v) for v in _csv_list(value)]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {value!r}") from None
-
-
-def _window(value: str):
-    if value == "auto":
-        return value
-    try:
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--window takes a whole number or 'auto', got {value!r}") from None
-
-
 def add_artifact_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model artifacts (default: the versioned store)")
     g.add_argument("--version", help="model version name (detect: default the latest)")
@@ -58,85 +38,40 @@ def add_artifact_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", dest="model_path", help="explicit weights file (classic layout), e.g. models/model.pth")
     g.add_argument("--threshold", dest="threshold_path", help="explicit threshold.json path")
     g.add_argument("--config", dest="config_path", help="explicit model_config.json path")
-    g.add_argument("--scaler", dest="scaler", help="scaler type (standard, minmax, robust; train only) or an "
-                   "explicit scaler.pkl path")
-
-
-def add_device_arguments(p) -> None:
-    """--device and --precision (train, detect, evaluate); checked when used, so a bad one is one error line."""
-    g = p.add_argument_group("device")
-    g.add_argument("--device", default="auto", help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps")
-    g.add_argument("--precision", default="fp32", help="fp32; bf16 (mixed precision through torch.autocast: "
-                   "CPU and recent GPUs) or fp16 (CUDA only)")
+    g.add_argument("--scaler", dest="scaler", help=f"scaler type ({', '.join(specs.SCALERS)}; train only; default "
+                   f"{specs.TrainSpec.model_fields['scaler'].default}) or an explicit scaler.pkl path")
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """The data file and where the version goes; every training parameter comes from `TrainSpec`."""
     p.add_argument("--data", required=True, help="training CSV/TXT file (.gz ok) of mostly normal rows")
     add_artifact_arguments(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing --version")
-    m = p.add_argument_group("model")
-    m.add_argument("--model-type", default=defaults.MODEL_TYPE, help=f"model type: {', '.join(MODEL_TYPES)}")
-    m.add_argument("--window", type=_window, default=defaults.WINDOW, help="rows per sample (1 = each row on its own; 'auto' "
-                   "estimates the dominant period)")
-    m.add_argument("--smooth", type=int, help="rows in the centred moving average of scores (default 2 * window - 1; "
-                   "1 = off)")
-    m.add_argument("--encoding-dim", type=int, help="bottleneck size (default: from the input width)")
-    m.add_argument("--hidden", type=_int_list, help="hidden layer sizes, e.g. 64,32 (default: from the input width)")
-    m.add_argument("--layers", type=int, help="recurrent/attention layers (sequence models)")
-    m.add_argument("--heads", type=int, help="attention heads (transformer)")
-    m.add_argument("--dropout", type=float, help="dropout rate")
-    m.add_argument("--error", choices=("mse", "mae"), help="forecast error (lstm)")
-    m.add_argument("--samples", type=int, help="latent samples for the reconstruction probability (vae)")
-    t = p.add_argument_group("training")
-    t.add_argument("--epochs", type=int, default=defaults.EPOCHS, help="maximum epochs")
-    t.add_argument("--batch-size", type=int, default=defaults.BATCH_SIZE, help="mini-batch size")
-    t.add_argument("--learning-rate", type=float, default=defaults.LEARNING_RATE, help="Adam learning rate")
-    t.add_argument("--validation-split", type=float, default=defaults.VALIDATION_SPLIT, help="last fraction of rows held out for early "
-                   "stopping and threshold calibration (0 = none)")
-    t.add_argument("--patience", type=int, default=defaults.PATIENCE, help="epochs without validation improvement before stopping")
-    t.add_argument("--seed", type=int, default=defaults.SEED, help="random seed (same seed + data = same weights)")
-    h = p.add_argument_group("threshold")
-    h.add_argument("--threshold-method", default=defaults.THRESHOLD_METHOD, help="percentile, meanstd, iqr, pot; "
-                   "with labels: best-f1, midpoint")
-    h.add_argument("--percentile", type=float, default=defaults.PERCENTILE, help="percentile of normal errors (percentile method)")
-    h.add_argument("--k", type=float, help="k for meanstd (mean + k*std, default 3) or iqr (Q3 + k*IQR, default 1.5)")
-    h.add_argument("--risk", type=float, help="pot: probability that a normal row exceeds the threshold (default 1e-3)")
-    h.add_argument("--labels", dest="labels_file", help="0/1 labels, one per training row (a 'label' column or a "
-                   "single-column file), for best-f1 / midpoint; or give the data a --label-column")
-    d = p.add_argument_group("data")
-    add_data_arguments(d)
-    d.add_argument("--columns", type=_csv_list, help="feature columns, comma-separated (default: all numeric)")
-    d.add_argument("--keep-constant", action="store_true", help="keep columns that are constant in training")
-    h.add_argument("--plot", help="write a PNG: the calibration errors, their histogram and density, every "
-                   "label-free method's threshold and the fraction of rows each flags (the stored one highlighted)")
-    add_device_arguments(p)
+    specs.add_arguments(p, specs.TrainSpec)
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
-def add_data_arguments(g) -> None:
-    g.add_argument("--label-column", help="column of 0/1 labels (never a feature; default: a column named 'label')")
-    g.add_argument("--missing", default=defaults.MISSING, choices=("interpolate", "drop", "error"),
-                   help="missing/non-finite values: interpolate (edges filled), drop rows, or error")
-
-
 def add_detect_arguments(p: argparse.ArgumentParser) -> None:
+    """The data file and which model; every detection parameter comes from `DetectSpec`."""
     p.add_argument("--data", required=True, help="CSV/TXT file (.gz ok) to score")
     add_artifact_arguments(p)
-    p.add_argument("--output", "-o", help="write every row with reconstruction_error and is_anomaly "
-                   "(.csv keeps the input columns; .json / .jsonl write JSON)")
     p.add_argument("--json", action="store_true", help="print the machine-readable summary as JSON")
-    p.add_argument("--max-results", type=int, help="with --json: cap per-row results (anomalies first; default all)")
-    p.add_argument("--per-feature", action="store_true", help="add each feature's share of the error")
-    add_data_arguments(p)
-    p.add_argument("--time-column", help="column that says when each row happened, reported with every anomaly "
-                   "(default: a column named timestamp, time, date or datetime)")
-    p.add_argument("--threshold-window", help="rolling threshold: the version's threshold method over the preceding "
-                   "N rows that were not flagged (a number), or over a time span such as 7d or 12h; per-row "
-                   "thresholds go to a 'threshold' column")
     p.add_argument("--top", type=int, default=10, help="top anomalies to print")
-    p.add_argument("--plot", help="write a PNG: features over time, anomalies, labelled windows, score vs threshold")
-    add_device_arguments(p)
+    specs.add_arguments(p, specs.DetectSpec)
+
+
+def add_device_arguments(p: argparse.ArgumentParser) -> None:
+    """--device and --precision, as `TrainSpec` defines them (for commands of their own, e.g. evaluate)."""
+    specs.add_arguments(p, specs.TrainSpec, only=("device", "precision"))
+
+
+def add_logging_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("logging")
+    g.add_argument("--log-level", default=None, choices=logs.LEVELS,
+                   help="log messages at this level and above to stderr (default: warning; ANOMALY_LOG_LEVEL)")
+    g.add_argument("--log-json", action="store_true", default=None,
+                   help="one JSON object per log line (for log collectors; ANOMALY_LOG_JSON)")
 
 
 def _store(args):
@@ -146,10 +81,10 @@ def _store(args):
 
 def _explicit_paths(args, training: bool):
     from .store import ArtifactPaths
-    scaler_path = args.scaler if args.scaler and args.scaler not in SCALER_TYPES else None
+    scaler_path = args.scaler if args.scaler and args.scaler not in specs.SCALERS else None
     if training and scaler_path and not scaler_path.endswith((".pkl", ".joblib")) and "/" not in scaler_path:
         # a mistyped scaler type must not become a file name (and put the whole model in the current folder)
-        raise AnomalyError(f"unknown scaler {scaler_path!r}; choose one of {', '.join(SCALER_TYPES)} "
+        raise AnomalyError(f"unknown scaler {scaler_path!r}; choose one of {', '.join(specs.SCALERS)} "
                            "(or give a scaler.pkl path)")
     given = [args.model_path, args.config_path, args.threshold_path, scaler_path]
     if not any(given):
@@ -161,14 +96,16 @@ def _explicit_paths(args, training: bool):
 def cmd_train(args) -> int:
     from . import service
 
+    # every training parameter is checked here, before the data is read or a bar is drawn
+    spec = specs.parse(specs.TrainSpec, **_spec_args(args, specs.TrainSpec),
+                       **({"scaler": args.scaler} if args.scaler in specs.SCALERS else {}))
     paths = _explicit_paths(args, training=True)
-    scaler = args.scaler if args.scaler in SCALER_TYPES else defaults.SCALER
     bar = None  # opened after the first epoch: bad input then prints nothing but its one error line
 
     def progress(ev: dict) -> None:
         nonlocal bar
         if bar is None and not args.quiet:
-            bar = _progress_bar(args.epochs)
+            bar = _progress_bar(spec.epochs)
         if bar is not None:
             bar.update(1)
             post = {"loss": f"{ev['loss']:.4g}"}
@@ -177,17 +114,8 @@ def cmd_train(args) -> int:
             bar.set_postfix(post)
 
     try:
-        result = service.train(
-            args.data, version=args.version, overwrite=args.overwrite, store=_store(args), paths=paths,
-            model_type=args.model_type, window=args.window, epochs=args.epochs, batch_size=args.batch_size,
-            learning_rate=args.learning_rate, percentile=args.percentile, threshold_method=args.threshold_method,
-            k=args.k, scaler=scaler, columns=args.columns, label_column=args.label_column, missing=args.missing,
-            keep_constant=args.keep_constant, validation_split=args.validation_split, patience=args.patience,
-            seed=args.seed, progress=progress, encoding_dim=args.encoding_dim, hidden=args.hidden,
-            layers=args.layers, heads=args.heads, dropout=args.dropout, error=args.error, samples=args.samples, smooth=args.smooth,
-            threshold_options=_threshold_options(args), labels_file=args.labels_file, plot=args.plot,
-            device=args.device, precision=args.precision,
-        )
+        result = service.train(args.data, spec, version=args.version, overwrite=args.overwrite, store=_store(args),
+                               paths=paths, progress=progress)
     finally:
         if bar is not None:
             bar.close()
@@ -216,8 +144,9 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _threshold_options(args) -> dict:
-    return {name: getattr(args, name) for name in ("risk",) if getattr(args, name, None) is not None}
+def _spec_args(args, spec_cls) -> dict:
+    """The parsed flags that are fields of `spec_cls`."""
+    return {name: getattr(args, name) for name in specs.fields(spec_cls, cli=True) if hasattr(args, name)}
 
 
 def _progress_bar(total: int):
@@ -231,13 +160,9 @@ def _progress_bar(total: int):
 def cmd_detect(args) -> int:
     from . import service
 
+    spec = specs.parse(specs.DetectSpec, **_spec_args(args, specs.DetectSpec), return_details=args.json)
     paths = _explicit_paths(args, training=False)
-    result = service.detect(
-        args.data, version=args.version, store=_store(args), paths=paths, output=args.output,
-        per_feature=args.per_feature, missing=args.missing, label_column=args.label_column,
-        max_results=args.max_results, return_details=args.json, plot=args.plot, time_column=args.time_column,
-        threshold_window=args.threshold_window, device=args.device, precision=args.precision,
-    )
+    result = service.detect(args.data, spec, version=args.version, store=_store(args), paths=paths)
     if args.json:
         print(jsonsafe.dumps(result, indent=2))
         return 0
@@ -319,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = HelpFormatter
     parser = argparse.ArgumentParser(prog="anomaly", description="Time-series anomaly detection on CSV/TXT data.",
                                      formatter_class=fmt)
+    parser.add_argument("--version", action="version", version=f"anomaly {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     add_train_arguments(sub.add_parser("train", help="train a model on normal data", formatter_class=fmt))
     add_detect_arguments(sub.add_parser("detect", help="score a file with a trained model", formatter_class=fmt))
@@ -331,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
         if importlib.util.find_spec(module) is not None:
             p = sub.add_parser(name, help=help_text, formatter_class=fmt)
             importlib.import_module(module).add_arguments(p)
+    for p in sub.choices.values():
+        add_logging_arguments(p)
     return parser
 
 
@@ -359,6 +287,7 @@ def _sigterm_as_interrupt():
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logs.configure(args.log_level, args.log_json)
     try:
         with _sigterm_as_interrupt():
             if args.command in COMMANDS:

@@ -1,9 +1,12 @@
-"""`Detector`: scaler + model + threshold, with scikit-learn / PyOD conventions.
+"""`DetectorCore`: scaler + model + threshold: fitting, scoring, saving and loading.
 
-    det = Detector(model_type="dense", window=1).fit(X)
-    det.score_samples(X_new)   # anomaly score per row, higher = more anomalous (as PyOD's decision_function)
-    det.predict(X_new)         # 1 = anomaly, 0 = normal
-    det.decision_scores_, det.threshold_
+This is what detection, the live stream and the servers load (`anomaly.loader`); it never imports
+scikit-learn (about 1 s of start-up) unless it trains. The public estimator, `anomaly.Detector`
+(`anomaly.estimator`), adds scikit-learn's conventions on top: `get_params`/`clone`/`Pipeline`, DataFrame
+input matched by column name, `score_samples` with higher = more normal.
+
+    core.decision_function(X)  # anomaly score per row, higher = more anomalous (PyOD's convention)
+    core.predict(X)            # 1 = anomaly, 0 = normal
 """
 
 from __future__ import annotations
@@ -24,9 +27,25 @@ import torch
 from . import __version__, defaults, models, period, thresholds, training
 from .device import check_precision, device_name, resolve_device
 from .errors import ArtifactError, DataError
-from .scoring import SCORE_BATCH, RowScorer, SpikeSmoother, row_errors, row_scores, smooth_errors, smooth_rows, spike_floor
-from .store import (MAX_SMOOTH, MAX_WINDOW, ArtifactPaths, atomic_write_bytes, atomic_write_text, check_complete, now_iso,
-                    read_json, validate_artifacts)
+from .scoring import (
+    SCORE_BATCH,
+    RowScorer,
+    SpikeSmoother,
+    row_errors,
+    row_scores,
+    smooth_errors,
+    smooth_rows,
+    spike_floor,
+)
+from .store import (
+    ArtifactPaths,
+    atomic_write_bytes,
+    atomic_write_text,
+    check_complete,
+    now_iso,
+    read_json,
+    validate_artifacts,
+)
 
 SCALERS = ("standard", "minmax", "robust")
 CONFIG_FORMAT = 1
@@ -80,7 +99,10 @@ class AffineScaler:
         return {"mul": self.mul.tolist(), "add": self.add.tolist()}
 
 
-class Detector:
+class DetectorCore:
+    """Every constructor argument is stored as given (scikit-learn's contract, so `clone` works on the
+    estimator); what `fit` derives from them ends in an underscore."""
+
     def __init__(
         self,
         model_type: str = defaults.MODEL_TYPE,
@@ -97,23 +119,35 @@ class Detector:
         smooth: int | None = None,
         device: str = "auto",
         precision: str = "fp32",
-        **model_params,
+        encoding_dim: int | None = None,
+        hidden: list[int] | None = None,
+        layers: int | None = None,
+        heads: int | None = None,
+        dropout: float | None = None,
+        error: str | None = None,
+        samples: int | None = None,
     ):
         self.model_type = model_type
         self.window = window
         self.scaler = scaler
         self.threshold_method = threshold_method
-        self.threshold_params = dict({"percentile": defaults.PERCENTILE} if threshold_params is None else threshold_params)
+        self.threshold_params = threshold_params  # None = {"percentile": 95}
         self.epochs, self.batch_size, self.learning_rate = epochs, batch_size, learning_rate
         self.validation_split, self.patience, self.seed = validation_split, patience, seed
         self.smooth = smooth  # rows in the centred score smoothing; None = 2 * window - 1
         self.device, self.precision = device, precision  # where the model trains and scores (`anomaly.device`)
-        self.model_params = model_params
+        # the network's hyperparameters; each model type takes the ones that apply to it (`models.make_config`)
+        self.encoding_dim, self.hidden, self.layers, self.heads = encoding_dim, hidden, layers, heads
+        self.dropout, self.error, self.samples = dropout, error, samples
+
+    @property
+    def model_params(self) -> dict:
+        return {name: getattr(self, name) for name in models.MODEL_PARAMS if getattr(self, name) is not None}
 
     # --- fitting ---------------------------------------------------------------------------------------
 
     def fit(self, X: np.ndarray, feature_names: list[str] | None = None, labels: np.ndarray | None = None,
-            progress: training.ProgressFn | None = None, should_stop: Callable[[], bool] | None = None) -> "Detector":
+            progress: training.ProgressFn | None = None, should_stop: Callable[[], bool] | None = None) -> DetectorCore:
         started = time.perf_counter()
         X = np.asarray(X, np.float64)  # float64: a column of 1e30 must not overflow the scaler's variance
         if X.ndim != 2 or not np.isfinite(X).all():
@@ -146,7 +180,7 @@ class Detector:
                                      progress=progress, should_stop=should_stop, precision=self.precision)
         self.smooth_ = smooth_rows(self.window_) if self.smooth is None else int(self.smooth)
         if self.smooth_ < 1:
-            raise DataError(f"--smooth must be at least 1 row (1 = no smoothing), got {self.smooth_}")
+            raise DataError(f"smooth must be at least 1 row (1 = no smoothing), got {self.smooth_}")
         if self.flat_:
             self.smooth_ = 1
         raw = row_errors(self.model_, Z)
@@ -160,7 +194,8 @@ class Detector:
         self.threshold_source_ = "training"
         self.calibration_ = {"rows": int(np.isfinite(self.decision_scores_).sum()), "held_out_rows": n_val,
                              "fitted_rows": len(Z) - n_val}
-        self.set_threshold(self.threshold_method, self.decision_scores_, labels, **self.threshold_params)
+        params = {"percentile": defaults.PERCENTILE} if self.threshold_params is None else self.threshold_params
+        self.set_threshold(self.threshold_method, self.decision_scores_, labels, **params)
         if self.flat_:  # identical rows differ only by float rounding: any departure from the constant is anomalous
             top = float(np.nanmax(self.decision_scores_))
             self.threshold_ = self.threshold_info_["threshold"] = float(np.nextafter(top, np.inf))
@@ -192,13 +227,13 @@ class Detector:
     def _errors(self, Z: np.ndarray) -> np.ndarray:
         return smooth_errors(row_errors(self.model_, Z, precision=self.precision), self.smooth_, self.spike_floor_)
 
-    def score_samples(self, X: np.ndarray) -> np.ndarray:
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        """Anomaly score per row: higher = more anomalous (NaN: a row no sample scores)."""
         return row_scores(self.row_errors(X))
 
-    decision_function = score_samples
-
     def predict(self, X: np.ndarray) -> np.ndarray:
-        return flag(self.score_samples(X), self.threshold_)
+        """1 = anomaly, 0 = normal."""
+        return flag(self.decision_function(X), self.threshold_)
 
     def stream(self, batch_size: int = SCORE_BATCH) -> "StreamScorer":
         return StreamScorer(self, batch_size)
@@ -255,7 +290,7 @@ class Detector:
         atomic_write_bytes(paths.scaler, scaler_bytes)
 
     @classmethod
-    def load(cls, paths: ArtifactPaths, label: str = "", device: str = "auto", precision: str = "fp32") -> "Detector":
+    def load(cls, paths: ArtifactPaths, label: str = "", device: str = "auto", precision: str = "fp32") -> DetectorCore:
         """Load a saved version onto `device`, to score in `precision`. The scaler is a pickle: only load
         artifacts you trust (the server confines this)."""
         label = label or str(paths.model.parent)
@@ -310,7 +345,7 @@ class Detector:
 class StreamScorer:
     """Scores consecutive chunks of raw rows; each `push` returns (errors, scores) of the rows now final."""
 
-    def __init__(self, detector: Detector, batch_size: int = SCORE_BATCH):
+    def __init__(self, detector: DetectorCore, batch_size: int = SCORE_BATCH):
         self.detector = detector
         self.rows = RowScorer(detector.model_, len(detector.feature_names_), batch_size, detector.precision)
         self.smoother = SpikeSmoother(detector.smooth_, detector.spike_floor_)
@@ -329,7 +364,7 @@ class StreamScorer:
         return errors, row_scores(errors)
 
 
-def _check_shape(det: Detector, config: dict) -> None:
+def _check_shape(det: DetectorCore, config: dict) -> None:
     """The built model must be the one the config describes (a hand-edited window or span would misalign rows)."""
     mc = det.model_config_
     if mc.n_features != len(config["features"]) or mc.window != config["window"]:
@@ -365,19 +400,13 @@ def flag(scores: np.ndarray, threshold: float) -> np.ndarray:
         return (scores > threshold).astype(np.int8)
 
 
-def _check_training_args(det: Detector) -> None:
-    if int(det.epochs) < 1:
-        raise DataError(f"--epochs must be at least 1, got {det.epochs}")
-    if int(det.batch_size) < 1:
-        raise DataError(f"--batch-size must be at least 1, got {det.batch_size}")
-    if not det.learning_rate > 0:
-        raise DataError(f"--learning-rate must be positive, got {det.learning_rate}")
-    if not 0 <= det.validation_split < 1:
-        raise DataError(f"--validation-split must be in [0, 1), got {det.validation_split}")
-    if det.window != "auto" and not 1 <= int(det.window) <= MAX_WINDOW:
-        raise DataError(f"--window must be from 1 to {MAX_WINDOW}, got {det.window}")
-    if det.smooth is not None and not 1 <= int(det.smooth) <= MAX_SMOOTH:
-        raise DataError(f"--smooth must be from 1 (no smoothing) to {MAX_SMOOTH} rows, got {det.smooth}")
+def _check_training_args(det: DetectorCore) -> None:
+    """The same bounds as the service's `TrainSpec` (one definition); messages name the parameter."""
+    from .specs import TrainSpec, parse
+
+    names = ("model_type", "window", "smooth", "epochs", "batch_size", "learning_rate", "validation_split",
+             "patience", "seed", "scaler", "threshold_method", "precision", *models.MODEL_PARAMS)
+    parse(TrainSpec, strict=False, **{n: getattr(det, n) for n in names if getattr(det, n) is not None})
 
 
 def library_versions() -> dict:
@@ -393,3 +422,12 @@ def _json_default(o):
     if isinstance(o, np.ndarray):
         return o.tolist()
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def __getattr__(name: str):
+    """`anomaly.detector.Detector` is the scikit-learn estimator, imported (with scikit-learn) on first use."""
+    if name == "Detector":
+        from .estimator import Detector
+
+        return Detector
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -197,7 +197,7 @@ def evaluate_series(series: str, train: Path, test: Path, args, tmp: Path, plot_
             res = service.train(str(train_file), store=store, model_type=model_type, window=window,
                                 epochs=args.epochs, batch_size=args.batch_size, patience=args.patience,
                                 seed=args.seed, threshold_method=args.threshold_method,
-                                percentile=args.percentile, threshold_options=t_opts,
+                                percentile=args.percentile, **t_opts,
                                 learning_rate=args.learning_rate, device=args.device, precision=args.precision,
                                 **_model_params(args))
             train_seconds = time.perf_counter() - started
@@ -208,7 +208,7 @@ def evaluate_series(series: str, train: Path, test: Path, args, tmp: Path, plot_
                 # `detect --label-column` does), shared by every detector.
                 max_buffer = row["max_buffer"] = metrics.max_buffer_for(test_table.X[:, 0])
             started = time.perf_counter()
-            scores = det.score_samples(test_table.X)
+            scores = det.decision_function(test_table.X)
             score_seconds = time.perf_counter() - started
             rep = _report(labels, scores, det.threshold_, max_buffer)
             rep |= {"threshold": det.threshold_, "train_seconds": round(train_seconds, 3),
@@ -218,7 +218,7 @@ def evaluate_series(series: str, train: Path, test: Path, args, tmp: Path, plot_
             train_X = train_table.X
             row["rows_train"] = int(len(train_X))
             held_out = det.threshold_info_.get("source") == "validation"
-            train_scores = det.score_samples(train_X)
+            train_scores = det.decision_function(train_X)
             calib = _calibration(train_scores, held_out)
             rep["f1_at"] = {}
             for method in args.compare_thresholds:
@@ -296,10 +296,10 @@ def _baseline(name: str, window: int, train_X, test_X, labels, max_buffer, args)
         raise DataError(f"unknown baseline {name!r}; choose from {', '.join(BASELINES)}")
     started = time.perf_counter()
     model = BASELINES[name](window=window, seed=args.seed).fit(train_X)
-    train_scores = model.score_samples(train_X)
+    train_scores = model.decision_function(train_X)
     train_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    scores = model.score_samples(test_X)
+    scores = model.decision_function(test_X)
     score_seconds = time.perf_counter() - started
     if args.threshold_method in thresholds.NEEDS_LABELS:  # the training files carry no labels
         thr = float(np.nanpercentile(train_scores, defaults.PERCENTILE))

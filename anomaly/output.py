@@ -21,6 +21,7 @@ import pandas as pd
 from . import jsonsafe
 from .data import CsvFormat
 from .errors import DataError
+from .store import umask
 
 _DIGITS = np.frombuffer(b"0123456789", np.uint8)
 
@@ -112,7 +113,7 @@ class ResultWriter:
             target.parent.mkdir(parents=True, exist_ok=True)
             remove_stale_temp_files(target)
             fd, tmp = tempfile.mkstemp(prefix=f".{target.name[:100]}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
-            os.fchmod(fd, stat.S_IMODE(st.st_mode) if st is not None else 0o666 & ~_umask())
+            os.fchmod(fd, stat.S_IMODE(st.st_mode) if st is not None else 0o666 & ~umask())
         except OSError as exc:
             raise self._error(exc) from None
         self.f = os.fdopen(fd, "wb", buffering=1 << 20)
@@ -214,18 +215,6 @@ class ResultWriter:
             pass
         if self.tmp is not None:
             Path(self.tmp).unlink(missing_ok=True)
-
-
-def _umask() -> int:
-    """The process umask (new result files get the usual 0666 & ~umask, not mkstemp's 0600)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except OSError:
-        pass
-    return 0o022
 
 
 def remove_stale_temp_files(target: Path) -> None:

@@ -11,8 +11,6 @@ detection results stay reproducible. The scores the threshold is computed from:
 from __future__ import annotations
 
 import argparse
-import json
-
 
 from . import defaults, jsonsafe, thresholds
 from .errors import DataError
@@ -72,7 +70,7 @@ def rethreshold(version: str, method: str, *, model_dir: str = "models", new_ver
         if not data_file:
             raise DataError(f"version {name} does not record its training file; pass --data FILE")
         table = data.read_table(data_file, features=det.feature_names_)
-        scores = det.score_samples(table.X)
+        scores = det.decision_function(table.X)
         # The rows the original threshold came from: every training row (versions from before that: the tail).
         split = float(det.config_.get("training", {}).get("validation_split", defaults.VALIDATION_SPLIT))
         n_val = int(round(len(scores) * split))
@@ -81,7 +79,7 @@ def rethreshold(version: str, method: str, *, model_dir: str = "models", new_ver
         source = f"{'held-out tail of ' if held_out else ''}training file {data_file}"
     else:
         table = data.read_table(data_file, features=det.feature_names_, label_column=label_column)
-        scores = det.score_samples(table.X)
+        scores = det.decision_function(table.X)
         labels = table.labels
         if labels_file:
             labels = thresholds.load_labels(labels_file, len(table.frame))

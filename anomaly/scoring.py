@@ -9,7 +9,6 @@ anomaly. Rows arrive in chunks; a row is emitted once no later sample can score 
 from __future__ import annotations
 
 import contextlib
-import warnings
 from contextlib import contextmanager
 
 import numpy as np

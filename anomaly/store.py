@@ -12,6 +12,7 @@ import math
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
 import uuid
@@ -85,6 +86,7 @@ class ModelStore:
                                     "choose another --version or pass --overwrite")
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-", dir=self.root))
         try:
+            os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes it 0700; a model holds no secret: colleagues may read it
             write(ArtifactPaths.in_folder(tmp))
             for f in FILES.values():
                 _fsync(tmp / f)
@@ -320,6 +322,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", dir=path.parent)
     try:
+        # mkstemp makes it 0600; the file gets what an ordinary write would: the mode of the file it replaces,
+        # else 0666 & ~umask (nothing the store writes is a secret)
+        try:
+            mode = stat.S_IMODE(path.stat().st_mode)
+        except OSError:
+            mode = 0o666 & ~umask()
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -328,6 +337,19 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def umask() -> int:
+    """The process umask, read without changing it (os.umask can only be read by setting it, which races
+    with other threads creating files)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
 
 
 def writer_gone(pid: int, path: Path) -> bool:

@@ -44,7 +44,7 @@ def main() -> None:
         det = Detector(model_type=model_type, window=window, epochs=args.epochs).fit(X)
         seconds = time.perf_counter() - started
         started = time.perf_counter()
-        det.score_samples(X)
+        det.decision_function(X)
         score_seconds = time.perf_counter() - started
         base = base or seconds
         row = {"model": model_type, "window": det.window_, "epochs": det.history_["epochs_run"],

@@ -51,7 +51,7 @@ def main() -> None:
     ours = Detector(epochs=args.epochs, batch_size=args.batch_size, validation_split=0.0, hidden=[args.hidden[0]],
                     encoding_dim=args.hidden[1], window=1, smooth=1).fit(train)
     ours_s = time.perf_counter() - t
-    ours_auc = roc_auc_score(labels, ours.score_samples(test))
+    ours_auc = roc_auc_score(labels, ours.decision_function(test))
 
     from pyod.models.auto_encoder import AutoEncoder
 

@@ -116,7 +116,7 @@ def test_failed_runs_leave_no_output_and_no_version(bad_inputs, trained):
 
 @pytest.mark.parametrize("argv,fragment", [
     (["train", "--data", "{train}", "--epochs", "0"], "epochs"),
-    (["train", "--data", "{train}", "--validation-split", "1.5"], "validation-split"),
+    (["train", "--data", "{train}", "--validation-split", "1.5"], "validation_split"),
     (["train", "--data", "{train}", "--percentile", "100"], "percentile"),
     (["train", "--data", "{train}", "--threshold-method", "magic"], "magic"),
     (["train", "--data", "{train}", "--scaler", "zscore"], "unknown scaler 'zscore'"),
@@ -285,7 +285,7 @@ def test_classic_explicit_paths_for_train_and_detect(dataset, tmp_path, capsys):
     det = Detector.load(ArtifactPaths(model=paths["--model"], config=paths["--config"],
                                       threshold=paths["--threshold"], scaler=art / "scaler.pkl"))
     X = dataset["test_frame"][dataset["features"]].to_numpy(np.float32)
-    np.testing.assert_allclose(got, det.score_samples(X), rtol=1e-5)
+    np.testing.assert_allclose(got, det.decision_function(X), rtol=1e-5)
     train_rows = dataset["train_frame"].iloc[:300][dataset["features"]].to_numpy(np.float32)
     lo, hi = train_rows.min(axis=0), train_rows.max(axis=0)  # min-max scaling from the training rows only
     np.testing.assert_allclose(det.transform(X[:5]), (X[:5] - lo) / (hi - lo), rtol=1e-4, atol=1e-5)

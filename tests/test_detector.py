@@ -106,9 +106,9 @@ def test_fit_sets_pyod_attributes_and_threshold_from_every_training_row(X):
     assert det.threshold_info_["calibration"]["rows"] == len(X)
     assert det.threshold_info_["expected_rate"] == pytest.approx(0.10, abs=0.01)
     assert det.threshold_ == pytest.approx(expected, rel=1e-6)
-    np.testing.assert_allclose(det.score_samples(X), det.decision_scores_, rtol=1e-5)
+    np.testing.assert_allclose(det.decision_function(X), det.decision_scores_, rtol=1e-5)
     # predict is score > threshold
-    np.testing.assert_array_equal(det.predict(X), (det.score_samples(X) > det.threshold_).astype(np.int8))
+    np.testing.assert_array_equal(det.predict(X), (det.decision_function(X) > det.threshold_).astype(np.int8))
 
 
 def test_score_is_mean_squared_error_in_scaled_space(X):
@@ -117,7 +117,7 @@ def test_score_is_mean_squared_error_in_scaled_space(X):
     with torch.no_grad():
         recon = det.model_(Z.unsqueeze(1)).squeeze(1)
     expected = ((recon - Z) ** 2).mean(1).numpy()
-    np.testing.assert_allclose(det.score_samples(X[:50]), expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(det.decision_function(X[:50]), expected, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("method,params", [("meanstd", {"k": 2.0}), ("iqr", {"k": 1.5})])
@@ -149,7 +149,7 @@ def test_save_load_round_trip_gives_identical_scores(tmp_path, X):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pth", "model_config.json", "scaler.pkl", "threshold.json"]
     loaded = Detector.load(paths)
     X_new = _series(120, seed=3)
-    np.testing.assert_array_equal(loaded.score_samples(X_new), det.score_samples(X_new))
+    np.testing.assert_array_equal(loaded.decision_function(X_new), det.decision_function(X_new))
     assert loaded.threshold_ == det.threshold_ and loaded.window_ == 3
     assert loaded.feature_names_ == ["a", "b", "c"]
     # weights-only file: a plain state dict of tensors
@@ -173,7 +173,7 @@ def test_training_needs_finite_data_and_enough_rows(X):
 
 def test_window_every_row_gets_exactly_one_score(X):
     det = _fit(X, window=5, epochs=3, smooth=1)  # the overlap mean alone, without score smoothing
-    scores = det.score_samples(X[:37])
+    scores = det.decision_function(X[:37])
     assert scores.shape == (37,) and np.isfinite(scores).all()
     # a row's score is the mean of its errors over all windows that contain it
     Z = torch.from_numpy(det.transform(X[:37]))
@@ -273,7 +273,7 @@ def test_chunked_detection_matches_the_in_memory_detector(trained_window, datase
     result = service.detect(str(f), version="w5", store=trained_window["store"], block_bytes=700, max_results=None)
     by_index = {r["index"]: r["reconstruction_error"] for r in result["results"]}
     assert sorted(by_index) == list(range(300))
-    np.testing.assert_allclose([by_index[i] for i in range(300)], det.score_samples(X), rtol=1e-4)
+    np.testing.assert_allclose([by_index[i] for i in range(300)], det.decision_function(X), rtol=1e-4)
 
 
 def test_missing_error_names_the_row_in_the_file(trained, dataset, tmp_path):

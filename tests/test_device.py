@@ -114,7 +114,7 @@ def test_weights_are_saved_device_neutral_and_load_anywhere(trained_window):
     on_cpu = Detector.load(paths, device="cpu")
     on_auto = Detector.load(paths, device="auto")
     assert on_cpu.device_ == torch.device("cpu") and on_auto.device_ == devices.resolve_device("auto")
-    np.testing.assert_allclose(on_auto.score_samples(X), on_cpu.score_samples(X), rtol=1e-5, equal_nan=True)
+    np.testing.assert_allclose(on_auto.decision_function(X), on_cpu.decision_function(X), rtol=1e-5, equal_nan=True)
 
 
 def test_scores_are_equal_on_cpu_and_auto(cli, trained_window, dataset, tmp_path):
@@ -150,9 +150,9 @@ def test_bf16_scores_are_within_the_stated_tolerance_of_fp32(series, model_type,
     train, test = series
     det = Detector(model_type=model_type, window=window, smooth=smooth, epochs=3, batch_size=64,
                    device="cpu").fit(train)
-    fp32 = det.score_samples(test)
+    fp32 = det.decision_function(test)
     det.precision = "bf16"
-    bf16 = det.score_samples(test)
+    bf16 = det.decision_function(test)
     ok = np.isfinite(fp32)
     assert np.array_equal(ok, np.isfinite(bf16))
     assert np.max(np.abs(bf16[ok] - fp32[ok]) / np.abs(fp32[ok])) <= BF16_MAX_REL
@@ -166,7 +166,7 @@ def test_bf16_training_on_cpu(series, tmp_path):
     store = ModelStore(tmp_path / "models")
     name = store.save(lambda p: det.save(p), version="bf16")
     assert json.loads(store.paths(name).config.read_text())["precision"] == "bf16"
-    assert np.isfinite(Detector.load(store.paths(name), device="cpu").score_samples(test)).all()
+    assert np.isfinite(Detector.load(store.paths(name), device="cpu").decision_function(test)).all()
 
 
 # --- GPU only (skipped without CUDA) -----------------------------------------------------------------------
@@ -182,7 +182,7 @@ def test_gpu_training_and_scoring_match_the_cpu(series, model_type, tmp_path):
     name = store.save(lambda p: det.save(p), version="gpu")
     assert json.loads(store.paths(name).config.read_text())["device"].startswith("cuda")
     on_cpu = Detector.load(store.paths(name), device="cpu")  # trained on the GPU, scored on the CPU
-    np.testing.assert_allclose(on_cpu.score_samples(test), det.score_samples(test), rtol=1e-3, atol=1e-5,
+    np.testing.assert_allclose(on_cpu.decision_function(test), det.decision_function(test), rtol=1e-3, atol=1e-5,
                                equal_nan=True)
 
 
@@ -192,9 +192,9 @@ def test_gpu_mixed_precision_stays_within_the_tolerance(series, precision):
     train, test = series
     det = Detector(window=8, epochs=3, batch_size=64, device="cuda", precision=precision).fit(train)
     assert all(np.isfinite(det.history_["loss"]))
-    mixed = det.score_samples(test)
+    mixed = det.decision_function(test)
     det.precision = "fp32"
-    fp32 = det.score_samples(test)
+    fp32 = det.decision_function(test)
     ok = np.isfinite(fp32)
     assert np.max(np.abs(mixed[ok] - fp32[ok]) / np.abs(fp32[ok])) <= BF16_MAX_REL
     assert spearmanr(mixed[ok], fp32[ok])[0] >= BF16_MIN_SPEARMAN

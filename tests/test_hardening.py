@@ -20,14 +20,14 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
-from serverproc import ServerProcess, mcp_client, server_dirs, tool_json
 
 import mcp_tool
 from anomaly import cli as anomaly_cli
-from anomaly.server.tools import Toolbox
+from anomaly.server.toolbox import Toolbox
 from anomaly.store import ModelStore
 
 from conftest import PYTHON, REPO, assert_user_error, cli_command, cli_env, run_cli
+from serverproc import ServerProcess, mcp_client, server_dirs, tool_json
 
 HUGE = ["3e38", "1e308", "-1e308", "1e39", "1e20", "inf", "-inf"]
 HUGE_ROWS = [100, 200, 300, 400, 500, 600, 700]

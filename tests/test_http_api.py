@@ -7,6 +7,7 @@ import threading
 
 import numpy as np
 import pytest
+
 from serverproc import ServerProcess, parse_sse, server_dirs
 
 

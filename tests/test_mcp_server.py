@@ -11,9 +11,10 @@ import anyio
 import httpx
 import numpy as np
 import pytest
-from serverproc import ServerProcess, mcp_client, server_dirs, tool_json
 
 from anomaly import synthetic
+
+from serverproc import ServerProcess, mcp_client, server_dirs, tool_json
 
 TRANSPORTS = ["sse", "http"]
 

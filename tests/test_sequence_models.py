@@ -51,7 +51,7 @@ def fitted(request) -> Detector:
 
 def test_each_model_ranks_each_injected_anomaly_above_normal_rows(fitted):
     X, kind = with_anomalies()
-    scores = fitted.score_samples(X)
+    scores = fitted.decision_function(X)
     for k, name in KINDS.items():
         rows = np.isfinite(scores) & ((kind == 0) | (kind == k))
         auc = roc_auc_score(kind[rows] == k, scores[rows])
@@ -61,7 +61,7 @@ def test_each_model_ranks_each_injected_anomaly_above_normal_rows(fitted):
 
 def test_one_score_per_row_and_nan_only_for_missing_history(fitted):
     X, _ = with_anomalies()
-    scores = fitted.score_samples(X)
+    scores = fitted.decision_function(X)
     assert scores.shape == (len(X),)
     unscored = np.flatnonzero(~np.isfinite(scores))
     if fitted.model_type == "lstm":  # a forecaster has no forecast for the first `window` rows
@@ -75,7 +75,7 @@ def test_one_score_per_row_and_nan_only_for_missing_history(fitted):
 
 def test_chunked_streaming_gives_the_same_scores(fitted):
     X, _ = with_anomalies()
-    whole = fitted.score_samples(X)
+    whole = fitted.decision_function(X)
     stream = fitted.stream(batch_size=50)  # small batches and uneven chunks: windows straddle the boundaries
     parts = [stream.push(X[a:b])[1] for a, b in [(0, 5), (5, 33), (33, 34), (34, 400), (400, 600)]]
     streamed = np.concatenate([*parts, stream.finish()[1]])
@@ -87,7 +87,7 @@ def test_save_load_round_trip_gives_identical_scores(fitted, tmp_path):
     paths = ArtifactPaths.in_folder(tmp_path)
     fitted.save(paths)
     loaded = Detector.load(paths)
-    np.testing.assert_array_equal(loaded.score_samples(X), fitted.score_samples(X))
+    np.testing.assert_array_equal(loaded.decision_function(X), fitted.decision_function(X))
     assert loaded.threshold_ == fitted.threshold_
     config = json.loads(paths.config.read_text())
     assert config["model_type"] == fitted.model_type and config["window"] == WINDOW
@@ -109,7 +109,7 @@ def test_vae_scores_are_deterministic_and_use_the_configured_samples():
     X = sines(300, 0)
     det = Detector(model_type="vae", window=1, epochs=2, seed=0, samples=3).fit(X)
     assert det.model_.scoring_eps.shape == (3, det.model_config_.encoding_dim)
-    np.testing.assert_array_equal(det.score_samples(X), det.score_samples(X))
+    np.testing.assert_array_equal(det.decision_function(X), det.decision_function(X))
 
 
 def test_model_options_map_to_each_model_and_bad_ones_are_user_errors():
@@ -209,7 +209,7 @@ def test_live_stream_scores_points_one_by_one_with_a_window_model(csv_files, tmp
     assert [o["reconstruction_error"] is None for o in out] == [i < WINDOW for i in range(320)]
     assert not any(o["is_anomaly"] for o in out[:WINDOW])
     # A forecaster scores each row from exactly one window, so live scores equal batch scores.
-    batch = Detector.load(ArtifactPaths.in_folder(store.root / "live")).score_samples(X[:320])
+    batch = Detector.load(ArtifactPaths.in_folder(store.root / "live")).decision_function(X[:320])
     live_scores = np.array([np.nan if o["reconstruction_error"] is None else o["reconstruction_error"] for o in out])
     np.testing.assert_allclose(live_scores, batch, rtol=1e-4, equal_nan=True)
     assert out[300]["is_anomaly"] and out[300]["reconstruction_error"] == max(live_scores[WINDOW:])

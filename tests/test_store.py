@@ -185,7 +185,7 @@ def test_two_trainings_started_at_the_same_moment(dataset, tmp_path):
     procs = [subprocess.Popen(cli_command("train.py", *args), env=cli_env(), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=240) for p in procs]
-    for p, (out, err) in zip(procs, outs):
+    for p, (_out, err) in zip(procs, outs):
         assert p.returncode == 0, err
     names = [json.loads(out)["version"] for out, _ in outs]
     assert names[0] != names[1]

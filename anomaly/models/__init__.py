@@ -30,6 +30,9 @@ MODEL_TYPES: dict[str, str] = {
     "vae": "anomaly.models.vae",
 }
 
+# The hyperparameters a model type may take (each takes the ones in its Config and ignores the rest).
+MODEL_PARAMS = ("encoding_dim", "hidden", "layers", "heads", "dropout", "error", "samples")
+
 
 def get(model_type: str) -> ModuleType:
     if model_type not in MODEL_TYPES:

@@ -1,26 +1,27 @@
 """One FastAPI app, served by one uvicorn process: MCP over SSE (`/sse`, messages at `/messages/`), MCP
 Streamable HTTP (`/mcp`), and the HTTP API with SSE push (`/health`, `/api/...`, docs at `/docs`).
-
-    python server.py [--host 127.0.0.1] [--port 3001] [--data-root DIR ...] [--model-dir models] [--token T]
+Started by `anomaly serve` (`serve.py`).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import os
-import sys
-from pathlib import Path
+import logging
+import time
 
 import anyio
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
-from .core import Runtime, Settings
+from ..settings import Settings
+from .core import Runtime
 from .http_api import add_error_handlers, build_router
 from .live import LiveHub
-from .mcp_tools import build_mcp
-from .security import MCP_MAX_BODY, Guard, is_loopback
+from .mcp_app import build_mcp
+from .security import MCP_MAX_BODY, Guard
+
+log = logging.getLogger("anomaly.server")
 
 
 def create_app(settings: Settings) -> Guard:
@@ -50,75 +51,40 @@ def create_app(settings: Settings) -> Guard:
     app.router.routes.extend(sse_app.routes)  # /sse and /messages/
     app.router.routes.extend(http_app.routes)  # /mcp
     app.state.runtime = runtime
-    return Guard(app, access)
+    return RequestLog(Guard(app, access))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="server.py", description="MCP server (SSE and Streamable HTTP) and HTTP API "
-                                "for anomaly detection.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--host", default="127.0.0.1", help="address to bind; a non-loopback one needs --token")
-    p.add_argument("--port", type=int, default=3001)
-    p.add_argument("--data-root", action="append", dest="data_roots", metavar="DIR",
-                   help="folder clients may read data files from (repeatable; default: the working directory)")
-    p.add_argument("--model-dir", default="models", help="model store; artifacts are only loaded from here")
-    p.add_argument("--results-dir", default="results", help="where per-row result CSVs are written")
-    # The environment is read in main(), not as the default: --help prints defaults, and must not print a secret.
-    p.add_argument("--token", help="bearer token required on every route (default: $ANOMALY_API_TOKEN)")
-    p.add_argument("--allowed-host", action="append", default=[], dest="allowed_hosts", metavar="HOST[:PORT]",
-                   help="extra Host header value to accept, e.g. a DNS name (repeatable)")
-    p.add_argument("--allowed-origin", action="append", default=[], dest="allowed_origins", metavar="ORIGIN",
-                   help="extra browser Origin to accept, e.g. https://dash.example (repeatable)")
-    p.add_argument("--max-upload-mb", type=float, default=64, help="largest HTTP request body (413 above)")
-    p.add_argument("--workers", type=int, default=2, help="concurrent scoring threads")
-    p.add_argument("--device", default="auto", help="where trainings and detections run unless a request names "
-                   "another: auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps")
-    p.add_argument("--header-timeout", type=float, default=10.0, help="seconds a client has to send a request's "
-                   "headers; a connection that has not is closed (idle keep-alive connections: 5 s)")
-    p.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"))
-    return p
+class RequestLog:
+    """One log line per HTTP request, rejected ones included: method, path, status, milliseconds, and what
+    the route added to `request.state.log` (file, rows). Logged when the response ends (a stream: its end)."""
 
+    def __init__(self, app: ASGIApp):
+        self.app = app
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    args.token = args.token or os.environ.get("ANOMALY_API_TOKEN")
-    if not is_loopback(args.host) and not args.token:
-        print(f"error: refusing to listen on {args.host} without a token: anyone on the network could train, "
-              "read files and run models. Pass --token or set ANOMALY_API_TOKEN.", file=sys.stderr)
-        return 2
-    roots = args.data_roots or [os.getcwd()]
-    missing = [r for r in roots if not Path(r).is_dir()]
-    if missing:
-        print(f"error: --data-root {', '.join(missing)} is not a folder", file=sys.stderr)
-        return 2
-    if args.workers < 1:
-        print("error: --workers must be at least 1", file=sys.stderr)
-        return 2
-    if args.device != "auto":  # "auto" always resolves: checking it would only import torch at start-up
-        from ..device import resolve_device
-        from ..errors import DeviceError
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        facts: dict = {}
+        scope.setdefault("state", {})["log"] = facts
+        status = {"code": 0}
+
+        async def watch(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        started = time.perf_counter()
         try:
-            resolve_device(args.device)  # a server asked for a GPU it lacks refuses to start
-        except DeviceError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-    if not args.header_timeout > 0:
-        print("error: --header-timeout must be positive", file=sys.stderr)
-        return 2
-    settings = Settings(host=args.host, port=args.port, data_roots=roots, model_dir=args.model_dir,
-                        results_dir=args.results_dir, token=args.token or None, allowed_hosts=args.allowed_hosts,
-                        allowed_origins=args.allowed_origins, max_upload_mb=args.max_upload_mb, workers=args.workers,
-                        device=args.device)
-    import uvicorn
-
-    app = create_app(settings)
-    shown = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"anomaly server on http://{shown}:{args.port}  MCP: /sse and /mcp  API docs: /docs  "
-          f"device: {args.device}  models: {Path(args.model_dir).resolve()}  "
-          f"data roots: {', '.join(str(Path(r).resolve()) for r in roots)}"
-          f"{'  (token required)' if settings.token else ''}", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=3,
-                http=header_timeout_protocol(args.header_timeout), timeout_keep_alive=KEEP_ALIVE_S)
-    return 0
+            await self.app(scope, receive, watch)
+        finally:
+            ms = (time.perf_counter() - started) * 1000
+            code = status["code"] or 500
+            outcome = "ok" if code < 400 else "user_error" if code < 500 else "error"
+            shown = " ".join(f"{k}={v}" for k, v in facts.items() if v is not None)
+            log.info("http %s %s %s %.0fms %s", scope["method"], scope["path"], code, ms, shown,
+                     extra={"kind": "http", "call": f"{scope['method']} {scope['path']}", "status": code,
+                            "ms": round(ms, 1), "outcome": outcome, **{k: v for k, v in facts.items() if v is not None}})
 
 
 KEEP_ALIVE_S = 5  # an idle keep-alive connection is closed after this

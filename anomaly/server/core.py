@@ -1,4 +1,5 @@
-"""What the MCP tools and the HTTP routes share: settings, the toolbox, worker threads and JSON cleaning.
+"""What the MCP tools and the HTTP routes share: the toolbox, worker threads and JSON cleaning (the settings
+are `anomaly.settings.Settings`).
 
 Torch work never runs on the event loop: it goes to worker threads through capacity limiters (one for
 training, one for scoring), so while a model trains, other clients' detections, `/health` and SSE streams
@@ -8,9 +9,8 @@ keep answering.
 from __future__ import annotations
 
 import json
-import os
+import logging
 import time
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -21,28 +21,10 @@ import anyio.to_thread
 import numpy as np
 
 from .. import __version__
-from .security import Access
-from .tools import Toolbox
+from ..settings import Settings
+from .toolbox import Toolbox
 
-
-@dataclass
-class Settings:
-    host: str = "127.0.0.1"
-    port: int = 3001
-    data_roots: list[str] = field(default_factory=lambda: [os.getcwd()])
-    model_dir: str = "models"
-    results_dir: str = "results"
-    token: str | None = None
-    allowed_hosts: list[str] = field(default_factory=list)
-    allowed_origins: list[str] = field(default_factory=list)
-    max_upload_mb: float = 64
-    workers: int = 2  # concurrent scoring threads
-    train_workers: int = 1  # concurrent trainings
-    device: str = "auto"  # where trainings and detections run unless a request names another (`anomaly.device`)
-
-    def access(self) -> Access:
-        return Access(host=self.host, token=self.token, allowed_hosts=self.allowed_hosts,
-                      allowed_origins=self.allowed_origins, max_body=int(self.max_upload_mb * (1 << 20)))
+log = logging.getLogger("anomaly.server")
 
 
 class Runtime:
@@ -67,8 +49,8 @@ class Runtime:
                 return
             try:
                 anyio.from_thread.run(on_epoch, event)
-            except Exception:  # a listener that went away must not kill the training
-                pass
+            except Exception:  # a listener that went away must not kill the training; the log says why
+                log.warning("progress report failed; training goes on", exc_info=True)
 
         return await anyio.to_thread.run_sync(partial(self.toolbox.train_model, progress=progress, **kwargs),
                                               limiter=self.train_limiter)

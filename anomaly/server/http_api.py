@@ -11,22 +11,25 @@
 from __future__ import annotations
 
 import json
+import logging
 import uuid
-from typing import Any, AsyncIterator, Callable, Iterator, Literal
+from typing import Any, AsyncIterator, Callable, Iterator
 
 import anyio
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .. import defaults
+from .. import specs
 from ..errors import AnomalyError, DataError
-from ..models import MODEL_TYPES
+from ..logs import log_call
+from ..specs import MAX_RESULTS_LIMIT
 from .core import Runtime, clean
 from .live import LiveHub
 from .security import BodyTooLarge
-from .tools import MAX_RESULTS_LIMIT
+
+log = logging.getLogger("anomaly.server")
 
 STREAM_BLOCK_BYTES = 1 << 20  # the streaming endpoint scores in 1 MiB blocks, so events flow early
 HEARTBEAT_S = 15.0
@@ -37,6 +40,8 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 class ArtifactArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # an unknown key is a 422 naming it, never silently dropped
+
     version: str | None = Field(None, description="model version (default: the latest)")
     model_path: str | None = Field(None, description="explicit model.pth inside the model store")
     threshold_path: str | None = None
@@ -44,31 +49,13 @@ class ArtifactArgs(BaseModel):
     config_path: str | None = None
 
 
-DEVICE_DOC = "auto, cpu, cuda, cuda:N or mps (default: the server's --device)"
-
-
-class DetectRequest(ArtifactArgs):
-    file_path: str = Field(description="CSV/TXT file on the server, inside an allowed data root")
-    device: str | None = Field(None, description=DEVICE_DOC)
-    return_details: bool = True
-    max_results: int | None = Field(None, ge=0, le=MAX_RESULTS_LIMIT,
-                                    description=f"per-row results cap (default {defaults.MAX_RESULTS})")
-    time_column: str | None = Field(None, description="column with each row's time (default: one named "
-                                                      "timestamp/time/date/datetime)")
-    threshold_window: int | str | None = Field(None, description="rolling threshold over the preceding N rows "
-                                               "or a time span such as '7d' (default: the fixed threshold)")
-
-
-class TrainRequest(ArtifactArgs):
-    data_file: str = Field(description="CSV/TXT file of mostly normal rows, inside an allowed data root")
-    epochs: int = Field(defaults.EPOCHS, ge=1, le=100_000)
-    batch_size: int = Field(defaults.BATCH_SIZE, ge=1, le=1_000_000)
-    learning_rate: float = Field(defaults.LEARNING_RATE, gt=0, le=10)
-    encoding_dim: int | None = Field(None, ge=1, le=10_000)
-    percentile: float = Field(defaults.PERCENTILE, gt=0, le=100)
-    model_type: str = Field(defaults.MODEL_TYPE, description=f"one of {', '.join(MODEL_TYPES)}")
-    window: int | Literal["auto"] = Field(defaults.WINDOW, description="rows per sample, or 'auto'")
-    device: str | None = Field(None, description=DEVICE_DOC)
+# The bodies: the artifact fields above plus every remote field of the operation's spec (`anomaly.specs`).
+DetectRequest = specs.request_model(
+    "DetectRequest", specs.DetectSpec, ArtifactArgs,
+    file_path=(str, Field(description="CSV/TXT file on the server, inside an allowed data root")))
+TrainRequest = specs.request_model(
+    "TrainRequest", specs.TrainSpec, ArtifactArgs,
+    data_file=(str, Field(description="CSV/TXT file of mostly normal rows, inside an allowed data root")))
 
 
 class LivePoints(BaseModel):
@@ -79,16 +66,17 @@ class LivePoints(BaseModel):
         "rolling threshold over the preceding N points of the channel (default: the model's fixed threshold)"))
 
 
-def detect_query(file_path: str, version: str | None = None, model_path: str | None = None,
-                 threshold_path: str | None = None, scaler_path: str | None = None, config_path: str | None = None,
-                 return_details: bool = True,
-                 max_results: int | None = Query(None, ge=0, le=MAX_RESULTS_LIMIT),
-                 time_column: str | None = None, threshold_window: str | None = None,
-                 device: str | None = None) -> DetectRequest:
-    return DetectRequest(file_path=file_path, version=version, model_path=model_path, threshold_path=threshold_path,
-                         scaler_path=scaler_path, config_path=config_path, return_details=return_details,
-                         max_results=max_results, time_column=time_column, threshold_window=threshold_window,
-                         device=device)
+def detect_query(request: Request) -> BaseModel:
+    """GET /api/detect/stream: the same fields as the POST body, from the query string (validated alike)."""
+    try:
+        return DetectRequest.model_validate(dict(request.query_params))
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from None
+
+
+def _set(req: BaseModel) -> dict:
+    """The fields the client gave (the spec fills in the rest, so defaults live in one place)."""
+    return req.model_dump(exclude_unset=True)
 
 
 # --- SSE helpers -------------------------------------------------------------------------------------------
@@ -117,6 +105,9 @@ async def event_stream(runtime: Runtime, make: Callable[[], Iterator[dict]]) -> 
                 event = await runtime.score(next, events, done)
         except AnomalyError as exc:
             yield sse("error", error_body(exc))
+        except Exception as exc:  # midway through a 200 stream: the client gets an error event, the log the traceback
+            log.exception("event stream failed")
+            yield sse("error", {"error": f"internal error: {type(exc).__name__}: {exc}"[:500]})
         finally:
             with anyio.CancelScope(shield=True):  # a client that left: close the generator (drops its CSV)
                 await anyio.to_thread.run_sync(events.close)
@@ -144,13 +135,17 @@ def build_router(runtime: Runtime, hub: LiveHub) -> APIRouter:
         return clean(await runtime.score(toolbox.get_model_info, version=version))
 
     @router.post("/api/train", tags=["training"])
-    async def train(req: TrainRequest) -> dict:
-        return clean(await runtime.train(**req.model_dump()))
+    async def train(req: TrainRequest, request: Request) -> dict:
+        request.state.log["file"] = req.data_file
+        result = await runtime.train(**_set(req))
+        request.state.log |= {"rows": result.get("rows"), "version": result.get("version")}
+        return clean(result)
 
     @router.post("/api/train/stream", tags=["training"],
                  description="Server-Sent Events: `epoch` {epoch, epochs, loss, val_loss} after every epoch, "
                              "then `result` (the train result) or `error`.")
-    async def train_stream(req: TrainRequest) -> StreamingResponse:
+    async def train_stream(req: TrainRequest, request: Request) -> StreamingResponse:
+        request.state.log["file"] = req.data_file
         toolbox.policy.data_file(req.data_file)  # a path outside the roots is a 403 before the stream starts
         send, receive = anyio.create_memory_object_stream[tuple[str, dict]](1000)
 
@@ -160,15 +155,18 @@ def build_router(runtime: Runtime, hub: LiveHub) -> APIRouter:
         async def job() -> None:
             with send:
                 try:
-                    message = ("result", await runtime.train(on_epoch, **req.model_dump()))
+                    with log_call("job", "train_stream", file=req.data_file, version=req.version) as line:
+                        result = await runtime.train(on_epoch, **_set(req))
+                        line["rows"], line["version"] = result.get("rows"), result.get("version")
+                    message = ("result", result)
                 except AnomalyError as exc:
                     message = ("error", error_body(exc))
-                except Exception as exc:  # a background job must never take the server down
+                except Exception as exc:  # a background job must never take the server down (logged above)
                     message = ("error", {"error": f"training failed: {type(exc).__name__}: {exc}"[:500]})
                 try:
                     await send.send(message)  # waits while a slow client catches up
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                    pass  # the client left; the model is saved all the same
+                    log.info("train_stream client left; the model is saved all the same")
 
         # The training outlives the request: a client that disconnects still gets its model saved.
         runtime.task_group.start_soon(job)
@@ -181,8 +179,11 @@ def build_router(runtime: Runtime, hub: LiveHub) -> APIRouter:
         return StreamingResponse(body(), media_type="text/event-stream", headers=SSE_HEADERS)
 
     @router.post("/api/detect", tags=["detection"])
-    async def detect(req: DetectRequest) -> dict:
-        return clean(await runtime.score(toolbox.run_detection, **req.model_dump()))
+    async def detect(req: DetectRequest, request: Request) -> dict:
+        request.state.log["file"] = req.file_path
+        result = await runtime.score(toolbox.run_detection, **_set(req))
+        request.state.log["rows"] = result.get("total_rows")
+        return clean(result)
 
     @router.post("/api/detect/upload", tags=["detection"],
                  description="Detect on the request body: a CSV/TXT file (gzip ok), e.g. "
@@ -205,7 +206,7 @@ def build_router(runtime: Runtime, hub: LiveHub) -> APIRouter:
             path.unlink(missing_ok=True)
 
     async def detect_stream(req: DetectRequest) -> StreamingResponse:
-        return await event_stream(runtime, lambda: toolbox.detect_events(**req.model_dump(),
+        return await event_stream(runtime, lambda: toolbox.detect_events(**_set(req),
                                                                           block_bytes=STREAM_BLOCK_BYTES))
 
     stream_doc = ("Server-Sent Events: `progress` {rows_done, rows_read, bytes_total} after each block, `anomaly` "
@@ -213,7 +214,7 @@ def build_router(runtime: Runtime, hub: LiveHub) -> APIRouter:
                   "scored, and a final `summary` (the /api/detect result); `error` if it fails midway.")
 
     @router.get("/api/detect/stream", tags=["detection"], description=stream_doc)
-    async def detect_stream_get(req: DetectRequest = Depends(detect_query)) -> StreamingResponse:
+    async def detect_stream_get(req: BaseModel = Depends(detect_query)) -> StreamingResponse:
         return await detect_stream(req)
 
     @router.post("/api/detect/stream", tags=["detection"], description=stream_doc)
@@ -266,6 +267,7 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
         return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"[:500]}, status_code=500)
 
     @app.exception_handler(BodyTooLarge)

@@ -1,5 +1,5 @@
-"""The classic tool calls (`run_detection`, `get_model_info`, `train_model`, `list_models`) on top of the
-service layer, shared by the MCP tools, the HTTP API and `mcp_tool.py` so all three return the same dicts.
+"""The toolbox: the classic tool calls (`run_detection`, `get_model_info`, `train_model`, `list_models`) on top
+of the service layer, shared by the MCP tools, the HTTP API and `mcp_tool.py` so all three return the same dicts.
 
 What this adds to `anomaly.service`: the path policy (confinement), a results CSV for every detection, and
 results small enough for an MCP message (clients drop a message of 1 MiB or more).
@@ -12,14 +12,14 @@ import re
 import time
 import uuid
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
-from .. import defaults, service
+from .. import defaults, service, specs
 from ..errors import DataError, PathNotAllowed, VersionExists
+from ..specs import MAX_RESULTS_LIMIT, DetectSpec, Spec, TrainSpec, parse
 from ..store import VERSION_RE, ArtifactPaths, ModelStore
 from .security import PathPolicy
 
-MAX_RESULTS_LIMIT = 5000  # per-row results in one reply at most; the CSV always has every row
 RESULTS_BYTES = 400_000  # the rows of a reply serialise to at most this (the reply carries them twice)
 KEEP_RESULT_FILES = 200  # older result CSVs written by this tool in the results folder are removed
 # The names `_new_result_path` gives: only these are ever pruned, so a results folder that is also a data
@@ -59,26 +59,25 @@ class Toolbox:
             return paths, str(paths.model.parent)
         return service.artifact_paths(version, self.store)
 
-    # --- detection -----------------------------------------------------------------------------------
+    # --- detection ----------------------------------------------------------------------------------------
 
-    def detect_events(self, file_path: str, model_path: str | None = None, threshold_path: str | None = None,
-                      scaler_path: str | None = None, config_path: str | None = None, version: str | None = None,
-                      return_details: bool = True, max_results: int | None = None,
-                      block_bytes: int = 32 << 20, trusted: bool = False,
-                      anomaly_events: bool = True, time_column: str | None = None,
-                      threshold_window: int | str | None = None, device: str | None = None) -> Iterator[dict]:
+    def detect_events(self, file_path: str, spec: DetectSpec | None = None, *, model_path: str | None = None,
+                      threshold_path: str | None = None, scaler_path: str | None = None,
+                      config_path: str | None = None, version: str | None = None, block_bytes: int = 32 << 20,
+                      trusted: bool = False, anomaly_events: bool = True, **params: Any) -> Iterator[dict]:
         """`service.iter_detect` with confined paths and the full per-row results written to a CSV.
         `trusted`: a file the server wrote itself (an upload), exempt from the data roots."""
+        spec = self._remote(DetectSpec, spec, params)
+        if "max_results" in spec.model_fields_set and spec.max_results is None:
+            spec = spec.model_copy(update={"max_results": defaults.MAX_RESULTS})  # null: the default cap
+        if not 0 <= spec.max_results <= MAX_RESULTS_LIMIT:
+            raise DataError(f"max_results must be between 0 and {MAX_RESULTS_LIMIT}, got {spec.max_results}")
         data_file = Path(file_path) if trusted else self.policy.data_file(file_path)
         paths, label = self._locate(version, model_path, threshold_path, scaler_path, config_path)
-        cap = defaults.MAX_RESULTS if max_results is None else max_results
-        if not 0 <= cap <= MAX_RESULTS_LIMIT:
-            raise DataError(f"max_results must be between 0 and {MAX_RESULTS_LIMIT}, got {max_results}")
         output = self._new_result_path(data_file, label)
-        events = service.iter_detect(str(data_file), paths=paths, output=str(output), max_results=cap,
-                                     return_details=return_details, block_bytes=block_bytes,
-                                     anomaly_events=anomaly_events, time_column=time_column,
-                                     threshold_window=threshold_window, device=device or self.device)
+        spec = spec.model_copy(update={"output": str(output), "device": spec.device or self.device})
+        events = service.iter_detect(str(data_file), spec, paths=paths, block_bytes=block_bytes,
+                                     anomaly_events=anomaly_events)
         for event in events:
             if event["event"] == "summary":
                 event["version"] = label  # the version name, not its folder
@@ -86,16 +85,18 @@ class Toolbox:
                 self._prune_results()
             yield event
 
-    def run_detection(self, file_path: str, model_path: str | None = None, threshold_path: str | None = None,
-                      scaler_path: str | None = None, config_path: str | None = None, version: str | None = None,
-                      return_details: bool = True, max_results: int | None = None,
-                      progress: Callable[[dict], None] | None = None, trusted: bool = False,
-                      time_column: str | None = None, threshold_window: int | str | None = None,
-                      device: str | None = None) -> dict:
-        return service.summary_of(self.detect_events(file_path, model_path, threshold_path, scaler_path, config_path,
-                                                     version, return_details, max_results, trusted=trusted,
-                                                     anomaly_events=False, time_column=time_column,
-                                                     threshold_window=threshold_window, device=device), progress)
+    def run_detection(self, file_path: str, spec: DetectSpec | None = None, *,
+                      progress: Callable[[dict], None] | None = None, **params: Any) -> dict:
+        """`detect_events` to its summary; `params`: artifact paths, `version`, `trusted` and `DetectSpec` fields."""
+        return service.summary_of(self.detect_events(file_path, spec, anomaly_events=False, **params), progress)
+
+    def _remote(self, spec_cls: type[Spec], spec: Spec | None, params: dict) -> Spec:
+        """The spec of a call from a client: the fields offered remotely only (no output paths of its choosing)."""
+        spec = parse(spec_cls, spec, **params)
+        local = [name for name in spec.model_fields_set if name not in specs.fields(spec_cls, remote=True)]
+        if local:
+            raise DataError(f"{', '.join(sorted(local))} cannot be set here (the server chooses where files go)")
+        return spec
 
     def _new_result_path(self, data_file: Path, label: str) -> Path:
         stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", data_file.name.split(".")[0])[:60] or "data"
@@ -130,25 +131,24 @@ class Toolbox:
     def list_models(self) -> dict:
         return service.list_models(self.store)
 
-    def train_model(self, data_file: str, version: str | None = None, model_path: str | None = None,
-                    threshold_path: str | None = None, scaler_path: str | None = None,
-                    config_path: str | None = None, epochs: int = defaults.EPOCHS,
-                    batch_size: int = defaults.BATCH_SIZE, learning_rate: float = defaults.LEARNING_RATE,
-                    encoding_dim: int | None = None, percentile: float = defaults.PERCENTILE,
-                    model_type: str = defaults.MODEL_TYPE, window: int | str = defaults.WINDOW,
-                    progress: Callable[[dict], None] | None = None, device: str | None = None) -> dict:
-        """Train a new version (never overwriting one, nor explicit artifact files that exist)."""
+    def train_model(self, data_file: str, spec: TrainSpec | None = None, *, version: str | None = None,
+                    model_path: str | None = None, threshold_path: str | None = None, scaler_path: str | None = None,
+                    config_path: str | None = None, progress: Callable[[dict], None] | None = None,
+                    **params: Any) -> dict:
+        """Train a new version (never overwriting one, nor explicit artifact files that exist). Every
+        parameter is checked (`TrainSpec`) before the data file is even looked at."""
+        spec = self._remote(TrainSpec, spec, params)
         data = self.policy.data_file(data_file)
+        if spec.labels_file:
+            spec = spec.model_copy(update={"labels_file": str(self.policy.data_file(spec.labels_file))})
         paths = self.explicit_paths(model_path, threshold_path, scaler_path, config_path)
         if paths is not None:
             self._check_new_version_folder(paths)
             existing = [str(p) for _, p in paths.items() if p.exists()]
             if existing:
                 raise VersionExists(f"{', '.join(existing)} already exist(s); training never overwrites a model")
-        return service.train(str(data), version=version, store=self.store, paths=paths, model_type=model_type,
-                             window=window, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-                             percentile=percentile, encoding_dim=encoding_dim, progress=progress,
-                             device=device or self.device)
+        spec = spec.model_copy(update={"device": spec.device or self.device})
+        return service.train(str(data), spec, version=version, store=self.store, paths=paths, progress=progress)
 
     def _check_new_version_folder(self, paths: ArtifactPaths) -> None:
         """Explicit training paths name files in one version folder directly inside the store: a client must not

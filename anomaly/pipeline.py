@@ -1,0 +1,274 @@
+"""The detection pipeline: a file is read, scored, thresholded, summarised and written block by block
+(`iter_detect`), so memory stays flat whatever the file size."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from . import data, rolling
+from .errors import AnomalyError, DataError
+from .loader import artifact_paths, load_detector
+from .specs import DetectSpec, parse
+from .store import ArtifactPaths, ModelStore
+from .summary import Summary, contributions, expected_rate, top_features_rows
+
+
+class _Pending:
+    """Raw rows waiting for their scores: window models finalise a row only after later rows arrive."""
+
+    def __init__(self):
+        self.blocks: list[tuple[data.Block, np.ndarray]] = []  # (block, kept-row mask)
+        self.errors: list[np.ndarray] = []
+        self.n_errors = 0
+
+    def add_block(self, block: data.Block, mask: np.ndarray) -> None:
+        self.blocks.append((block, mask))
+
+    def add_errors(self, errors: np.ndarray) -> None:
+        if len(errors):
+            self.errors.append(errors)
+            self.n_errors += len(errors)
+
+    def ready(self, final: bool = False) -> Iterator[tuple[data.Block, np.ndarray, np.ndarray]]:
+        """Yield (block, mask, errors-for-kept-rows) for every block whose kept rows all have errors."""
+        while self.blocks:
+            block, mask = self.blocks[0]
+            need = int(mask.sum())
+            if self.n_errors < need and not final:
+                return
+            errs = np.concatenate(self.errors) if self.errors else np.empty((0, 0), np.float32)
+            mine, rest = errs[:need], errs[need:]
+            self.errors = [rest] if len(rest) else []
+            self.n_errors = len(rest)
+            self.blocks.pop(0)
+            yield block, mask, mine
+
+
+def iter_detect(
+    file_path: str,
+    spec: DetectSpec | None = None,
+    *,
+    version: str | None = None,
+    store: ModelStore | None = None,
+    paths: ArtifactPaths | None = None,
+    anomaly_events: bool = True,
+    block_bytes: int = 32 << 20,
+    **params: Any,
+) -> Iterator[dict]:
+    """Score a file block by block. Yields events: `progress`, `anomaly` (one per anomalous row, as soon as
+    its block is scored) and finally `summary` (the same dict `detect` returns).
+    What is detected is a `DetectSpec` (or its fields as keyword arguments, checked before anything is read):
+    `time_column` (default: a column named timestamp/time/date/datetime) gives every reported anomaly its time;
+    `threshold_window` (rows, or a time span such as `7d`) makes the threshold follow the data (`anomaly.rolling`)."""
+    spec = parse(DetectSpec, spec, **params)
+    output, per_feature, missing, plot = spec.output, spec.per_feature, spec.missing, spec.plot
+    label_column, max_results, return_details = spec.label_column, spec.max_results, spec.return_details
+    time_column, threshold_window = spec.time_column, spec.threshold_window
+    device, precision = spec.device or "auto", spec.precision
+    started = time.perf_counter()
+    p = data.check_file(file_path)  # before loading the model: a typo in the file name fails at once
+    fmt = data.sniff(p)
+    if paths is None:
+        paths, label = artifact_paths(version, store)
+    else:
+        label = str(paths.model.parent)
+    det = load_detector(paths, label, device, precision)
+    features = det.feature_names_
+    numeric, _ = data.numeric_columns(p, fmt)
+    label_col = data.find_label_column(list(fmt.names), label_column)
+    used = data.match_features(fmt, numeric, features, label_col)
+    time_col = data.time_column(list(fmt.names), used, time_column)
+    window = rolling.parse_window(threshold_window)
+    if window is not None and not isinstance(window, int) and time_col is None:
+        raise DataError(f"threshold_window {threshold_window!r} is a time span, but {p.name} has no time column "
+                        "(name one with time_column, or give the window in rows)")
+    thresholder = Thresholder(det, window, str(threshold_window))
+    total_bytes = p.stat().st_size
+    result_cols = (["reconstruction_error", "is_anomaly"] + (["threshold"] if window is not None else [])
+                   + ([f"{f}_contribution" for f in features] if per_feature else []))
+    writer = None
+    if output:
+        from .output import ResultWriter
+        writer = ResultWriter(output, fmt, fmt.header_line, result_cols, source=p)
+    stream = det.stream()
+    pending = _Pending()
+    acc = Summary(det.threshold_, features, max_results if return_details else 0, keep_all=label_col is not None,
+                   expected_rate=expected_rate(det.threshold_info_))
+    missing_report = {"missing_values": 0, "values_filled": 0, "rows_dropped": 0}
+    plotter = _plotter(plot, det, fmt, used, label_col)
+    filler = _MissingFiller(features, missing, missing_report)
+    try:
+        json_output = bool(output) and Path(output).suffix.lower() in (".json", ".jsonl", ".ndjson")
+        blocks = data.prefetch(data.iter_blocks(p, fmt, used + ([label_col] if label_col else []), block_bytes,
+                                                all_columns=json_output or bool(plot),
+                                                text_cols=[time_col] if time_col else []))
+        for block in blocks:
+            X = block.frame[used].to_numpy(np.float64)  # float64: 1e39 is a huge value, not an overflow to inf
+            X, mask = filler.push(X, block.start)
+            if label_col:
+                acc.add_labels(block.frame[label_col].to_numpy(), label_col)
+                acc.add_period_sample(block.frame[used[0]].to_numpy())
+            pending.add_block(block, mask)
+            pending.add_errors(stream.push(X)[0])
+            yield from _emit(pending, False, det, acc, writer, per_feature, anomaly_events, plotter, thresholder, time_col)
+            yield {"event": "progress", "rows_done": acc.rows, "bytes_total": total_bytes,
+                   "rows_read": block.start + len(block.raw_lines)}
+        pending.add_errors(stream.push(filler.finish())[0])
+        pending.add_errors(stream.finish()[0])
+        yield from _emit(pending, True, det, acc, writer, per_feature, anomaly_events, plotter, thresholder, time_col)
+        if acc.rows == 0:
+            raise DataError(f"{p} has a header row but no data rows")
+        summary = acc.summary() | {
+            "file": str(p), "version": label, "model_type": det.model_type, "features": features,
+            "window": det.window_, "threshold_method": det.threshold_info_.get("method"),
+            "time_column": time_col, "missing": missing_report, "seconds": round(time.perf_counter() - started, 3),
+        }
+        if thresholder.rolling is not None:
+            summary["threshold_window"] = thresholder.rolling.describe()
+        if output:
+            summary["output"] = str(Path(output))
+        if label_col:
+            summary["metrics"] = acc.metrics()
+        if plotter:
+            summary["plot"] = str(plotter.render(plot, f"{p.name}: model {label}"))
+        if writer:
+            writer.close(summary)
+            writer = None
+        yield {"event": "summary", **summary}
+    finally:
+        if writer:
+            writer.abort()
+
+
+class _MissingFiller:
+    """Per-block missing-value handling that gives the same values as filling the whole file at once: rows
+    whose gap is still open at the end of a block wait for the next block (interpolation needs the value
+    after the gap); the last row handed on anchors the next interpolation."""
+
+    def __init__(self, features: list[str], policy: str, report: dict):
+        self.features, self.policy, self.report = features, policy, report
+        self.anchor: np.ndarray | None = None  # last row handed on (finite)
+        self.held = np.empty((0, len(features)), np.float64)  # raw rows waiting for a gap to close
+
+    def push(self, X: np.ndarray, start: int) -> tuple[np.ndarray, np.ndarray]:
+        """(rows ready for scoring, this block's kept-row mask)."""
+        bad = np.isnan(X)  # only an empty or unparsable cell is missing; inf is the strongest anomaly
+        if bad.any():
+            if self.policy == "error":
+                data.handle_missing(X, self.features, "error", where=f"rows {start}..{start + len(X) - 1}: ",
+                                    first_row=start)
+            self.report["missing_values"] += int(bad.sum())
+            if self.policy == "drop":
+                keep = ~bad.any(axis=1)
+                self.report["rows_dropped"] += int((~keep).sum())
+                return X[keep], keep
+            data.handle_missing(X[:0], self.features, self.policy)  # rejects an unknown policy
+            self.report["values_filled"] += int(bad.sum())
+        mask = np.ones(len(X), bool)
+        rows = np.concatenate([self.held, X]) if len(self.held) else X
+        finite = ~np.isnan(rows)
+        if finite.all():
+            self.held = rows[:0]
+            self.anchor = rows[-1] if len(rows) else self.anchor
+            return rows, mask
+        # Rows up to each column's last value can be filled now; the ones after wait for the next block.
+        last = np.where(finite.any(axis=0), len(rows) - 1 - np.argmax(finite[::-1], axis=0), -1)
+        cut = int(last.min()) + 1
+        if cut == 0:
+            self.held = rows
+            return rows[:0], mask
+        ready = self._fill(rows)[:cut]
+        self.held, self.anchor = rows[cut:], ready[-1]
+        return ready, mask
+
+    def finish(self) -> np.ndarray:
+        """The rows still waiting at the end of the file: their gaps are filled from the last value."""
+        if not len(self.held):
+            return self.held
+        rows, self.held = self._fill(self.held), self.held[:0]
+        return rows
+
+    def _fill(self, rows: np.ndarray) -> np.ndarray:
+        if self.anchor is None:
+            return data.handle_missing(rows, self.features, "interpolate")[0]
+        return data.handle_missing(np.vstack([self.anchor, rows]), self.features, "interpolate")[0][1:]
+
+
+def _plotter(plot: str | None, det, fmt, used: list[str], label_col: str | None):
+    """A bounded-memory plot collector for `detect --plot`, or None."""
+    if not plot:
+        return None
+    import pandas as pd
+
+    from .plotting import PlotCollector
+    time_col = data.guess_time_column(pd.DataFrame(columns=list(fmt.names)), used)
+    return PlotCollector(det.feature_names_, det.threshold_, columns=used, label_column=label_col, time_column=time_col)
+
+
+
+class Thresholder:
+    """The stored threshold, or a rolling one (`anomaly.rolling`) when a threshold window is given."""
+
+    def __init__(self, det, window, label: str | None = None):
+        from .rolling import RollingThreshold
+
+        info = det.threshold_info_
+        self.static = det.threshold_
+        self.rolling = None if window is None else RollingThreshold(
+            window, info.get("method", "percentile"), info.get("params") or {}, det.threshold_,
+            label=label)
+
+    def __call__(self, scores: np.ndarray, times: np.ndarray | None) -> np.ndarray | float:
+        return self.static if self.rolling is None else self.rolling.push(scores, times)
+
+
+def _emit(pending: _Pending, final: bool, det, acc: "Summary", writer, per_feature: bool,
+          events: bool, plot=None, thresholder: Thresholder | None = None, time_col: str | None = None) -> Iterator[dict]:
+    from .detector import flag
+
+    for block, mask, errs in pending.ready(final):
+        n = len(block.raw_lines)
+        row_err = np.full((n, len(det.feature_names_)), np.nan, np.float32)
+        if len(errs):
+            row_err[mask] = errs
+        with np.errstate(invalid="ignore"):
+            scores = row_err.mean(axis=1) if row_err.shape[1] else np.full(n, np.nan, np.float32)
+        times = block.frame[time_col].astype(str).to_numpy() if time_col else None
+        moving = thresholder is not None and thresholder.rolling is not None
+        threshold = thresholder(scores, data.parse_times(times) if moving and thresholder.rolling.by_time else None) \
+            if thresholder is not None else det.threshold_
+        flags = flag(scores, threshold)
+        acc.add(block.start, scores, flags, row_err, times, threshold if moving else None)
+        if plot is not None:
+            plot.add_frame(block.start, block.frame, scores, flags, row_err, threshold if moving else None)
+        if writer:
+            cols = {"reconstruction_error": scores, "is_anomaly": flags}
+            if moving:
+                cols["threshold"] = threshold
+            if per_feature:
+                share = contributions(row_err)
+                cols |= {f"{f}_contribution": share[:, i] for i, f in enumerate(det.feature_names_)}
+            writer.write(block.start, block.raw_lines, block.frame, cols)
+        if events:
+            idx = np.flatnonzero(flags)
+            for i, feats in zip(idx, top_features_rows(row_err[idx], det.feature_names_)):
+                yield {"event": "anomaly", "index": int(block.start + i),
+                       **({"time": times[i]} if times is not None else {}),
+                       "reconstruction_error": float(scores[i]), "top_features": feats}
+
+
+
+def summary_of(events: Iterator[dict], progress: Callable[[dict], None] | None = None) -> dict:
+    """The summary that ends a detection event stream; `progress` sees the progress events on the way."""
+    for event in events:
+        if event["event"] == "summary":
+            event.pop("event")
+            return event
+        if progress and event["event"] == "progress":
+            progress(event)
+    raise AnomalyError("detection ended without a summary")  # unreachable: iter_detect always ends with one
+

@@ -1,0 +1,219 @@
+"""The detection summary: counts, anomaly segments (incidents), top anomalies with the features that drove
+them, capped per-row results, label metrics and drift warnings, in memory bounded by `max_results`."""
+
+from __future__ import annotations
+
+import heapq
+
+import numpy as np
+
+from . import defaults
+from .errors import DataError
+
+TOP_ANOMALIES = 10
+TOP_FEATURES = 3
+WARN_FACTOR = 3  # flagged ratio over this many times the expected one gets a warning
+MIN_WARN_RATIO = 0.01  # ... and over 1% of rows (a strict threshold expects almost none)
+
+
+def expected_rate(info: dict) -> float | None:
+    """The fraction of normal rows the stored threshold flags (versions before it was stored: from the percentile)."""
+    if info.get("expected_rate") is not None:
+        return float(info["expected_rate"])
+    if info.get("method") == "percentile":
+        return (100 - float((info.get("params") or {}).get("percentile", defaults.PERCENTILE))) / 100
+    return None
+
+
+
+def contributions(row_err: np.ndarray) -> np.ndarray:
+    """Each feature's share of a row's error (rows sum to 1)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return row_err / row_err.sum(axis=1, keepdims=True)
+
+
+def top_features(err: np.ndarray, names: list[str], k: int = TOP_FEATURES) -> list[dict]:
+    """The features with the largest share of one row's error."""
+    return top_features_rows(err[None, :], names, k)[0]
+
+
+def top_features_rows(errs: np.ndarray, names: list[str], k: int = TOP_FEATURES) -> list[list[dict]]:
+    """`top_features` for many rows at once (vectorised: detection can flag tens of thousands of rows)."""
+    if len(errs) == 0:
+        return []
+    share = np.nan_to_num(contributions(errs), nan=0.0)
+    order = np.argsort(-share, axis=1)[:, :k]
+    picked = np.round(np.take_along_axis(share, order, axis=1).astype(np.float64), 4)
+    return [[{"feature": names[j], "share": float(v)} for j, v in zip(o, sh) if v > 0]
+            for o, sh in zip(order.tolist(), picked.tolist())]
+
+
+class Summary:
+    """Running counts, top anomalies and capped per-row results, in memory bounded by `max_results`."""
+
+    def __init__(self, threshold: float, features: list[str], max_results: int | None, keep_all: bool = False,
+                 expected_rate: float | None = None):
+        self.threshold, self.features = threshold, features
+        self.max_results = max_results
+        self.expected_rate = expected_rate
+        self.rows = self.scored = self.anomalies = 0
+        self.top: list[tuple] = []  # min-heap of the strongest segments: (peak score, peak row, seq, segment)
+        self.open: dict | None = None  # a segment still running at the end of the last block
+        self.segments = 0
+        self.anom_rows: list[dict] = []
+        self.normal_rows: list[dict] = []
+        self.keep_all = keep_all
+        self.all_scores: list[np.ndarray] = []
+        self.all_thresholds: list[np.ndarray] = []  # per-row thresholds of a rolling threshold
+        self.labels: list[np.ndarray] = []
+        self.label_column = None
+        self.period_sample: list[np.ndarray] = []
+
+    def add(self, start: int, scores: np.ndarray, flags: np.ndarray, row_err: np.ndarray,
+            times: np.ndarray | None = None, thresholds: np.ndarray | None = None) -> None:
+        self.rows += len(scores)
+        self.scored += int(np.isfinite(scores).sum())
+        idx = np.flatnonzero(flags)
+        self.anomalies += len(idx)
+        self._add_segments(start, scores, flags.astype(bool), row_err, times)
+        cap = self.max_results
+        if cap is None or len(self.anom_rows) < cap:
+            take = idx if cap is None else idx[: cap - len(self.anom_rows)]
+            self.anom_rows += [_row(start, i, scores, times, True) for i in take]
+        if cap is None or len(self.normal_rows) < cap:
+            normal = np.flatnonzero(flags == 0)
+            take = normal if cap is None else normal[: cap - len(self.normal_rows)]
+            self.normal_rows += [_row(start, i, scores, times, False) for i in take]
+        if self.keep_all:
+            self.all_scores.append(scores)
+            if thresholds is not None:
+                self.all_thresholds.append(np.broadcast_to(thresholds, scores.shape))
+
+    def _add_segments(self, start: int, scores: np.ndarray, flags: np.ndarray, row_err: np.ndarray,
+                      times: np.ndarray | None) -> None:
+        """Contiguous anomalous rows form one segment (an incident); the top list holds the strongest segments
+        by their peak row, so ten rows of one incident do not crowd out the others. A segment may continue
+        into the next block."""
+        edges = np.flatnonzero(np.diff(np.r_[0, flags.view(np.int8), 0]))
+        runs = list(zip(edges[::2], edges[1::2]))  # [first, end) within the block
+        if self.open is not None and (not runs or runs[0][0] != 0):
+            self._close(self.open)
+            self.open = None
+        if not runs:
+            return
+        padded = np.r_[np.nan_to_num(scores, nan=-np.inf), -np.inf]
+        peaks = np.maximum.reduceat(padded, np.ravel(runs))[::2]
+        keep = set(np.argsort(-peaks)[:TOP_ANOMALIES].tolist()) | {0, len(runs) - 1}
+        self.segments += len(runs) - (self.open is not None)
+        at = (lambda i: None) if times is None else (lambda i: str(times[i]))
+        for k, (a, b) in enumerate(runs):
+            if k not in keep:
+                continue
+            i = a + int(np.argmax(padded[a:b]))
+            seg = {"index": int(start + i), "time": at(i), "reconstruction_error": float(scores[i]),
+                   "first_row": int(start + a), "first_time": at(a), "last_row": int(start + b - 1),
+                   "last_time": at(b - 1), "errors": row_err[i]}
+            if k == 0 and self.open is not None:  # continues the segment the previous block ended with
+                prev = self.open
+                peak = seg if seg["reconstruction_error"] > prev["reconstruction_error"] else prev
+                seg = {**peak, "first_row": prev["first_row"], "first_time": prev["first_time"],
+                       "last_row": seg["last_row"], "last_time": seg["last_time"]}
+            if k == len(runs) - 1 and b == len(flags):
+                self.open = seg
+            else:
+                self._close(seg)
+                if k == 0:
+                    self.open = None
+
+    def _close(self, seg: dict) -> None:
+        item = (seg["reconstruction_error"], seg["index"], seg["first_row"], seg)
+        if len(self.top) < TOP_ANOMALIES:
+            heapq.heappush(self.top, item)
+        elif item[0] > self.top[0][0]:
+            heapq.heapreplace(self.top, item)
+
+    def add_period_sample(self, values: np.ndarray) -> None:
+        """The first feature's leading values: VUS-PR's buffer range comes from the series' period."""
+        if sum(len(v) for v in self.period_sample) < 20000:
+            self.period_sample.append(values[:20000])
+
+    def add_labels(self, labels, column: str) -> None:
+        self.label_column = column
+        import pandas as pd
+        lab = pd.to_numeric(pd.Series(labels), errors="coerce").to_numpy()
+        if np.isnan(lab).any():
+            raise DataError(f"label column {column!r} has non-numeric or empty values")
+        self.labels.append((lab > 0).astype(np.int8))
+
+    def summary(self) -> dict:
+        if self.open is not None:
+            self._close(self.open)
+            self.open = None
+        ratio = self.anomalies / self.rows if self.rows else 0.0
+        out = {
+            "status": "success",
+            "total_rows": self.rows,
+            "scored_rows": self.scored,
+            "anomaly_count": self.anomalies,
+            "anomaly_ratio": ratio,
+            "threshold": self.threshold,
+            "expected_ratio": self.expected_rate,
+            "anomaly_segments": self.segments,
+            "top_anomalies": [_segment_report(seg, self.features)
+                              for *_, seg in sorted(self.top, key=lambda t: t[0], reverse=True)],
+            "warnings": self.warnings(ratio),
+        }
+        if self.max_results != 0:
+            rows = self.anom_rows + self.normal_rows
+            limit = len(rows) if self.max_results is None else self.max_results
+            out["results"] = rows[:limit]
+            out["results_truncated"] = len(out["results"]) < self.rows
+        return out
+
+    def warnings(self, ratio: float) -> list[str]:
+        """Plain words when far more rows are flagged than normal data gets: the flags then say more about
+        the data's fit to the model than about individual rows."""
+        expected = self.expected_rate
+        if expected is None or self.scored < 100:
+            return []
+        limit = max(WARN_FACTOR * expected, MIN_WARN_RATIO)
+        if ratio <= limit:
+            return []
+        return [f"{ratio:.1%} of rows are flagged where normal data gets about {expected:.1%}: the data may have "
+                "drifted away from the training data, the model may not fit it, or it holds long incidents. "
+                "Look at the segments; consider a rolling threshold (threshold_window) or retraining on recent "
+                "normal data."]
+
+    def metrics(self) -> dict:
+        from .metrics import threshold_report
+
+        scores = np.concatenate(self.all_scores)
+        labels = np.concatenate(self.labels)[: len(scores)]
+        from .metrics import max_buffer_for
+        sample = self.period_sample
+        max_buffer = max_buffer_for(np.concatenate(sample)) if sample else None
+        threshold = np.concatenate(self.all_thresholds) if self.all_thresholds else self.threshold
+        return threshold_report(labels, scores, threshold, max_buffer=max_buffer) | {"label_column": self.label_column}
+
+
+def _row(start: int, i: int, scores: np.ndarray, times: np.ndarray | None, anomaly: bool) -> dict:
+    row = {"index": start + int(i)}
+    if times is not None:
+        row["time"] = str(times[i])
+    return row | {"reconstruction_error": _num(scores[i]), "is_anomaly": anomaly}
+
+
+def _segment_report(seg: dict, features: list[str]) -> dict:
+    """A top anomaly as reported: the peak row and the segment's first and last rows, each with its time."""
+    timed = seg["time"] is not None
+    out = {"index": seg["index"], **({"time": seg["time"]} if timed else {}),
+           "reconstruction_error": seg["reconstruction_error"], "first_row": seg["first_row"],
+           **({"first_time": seg["first_time"]} if timed else {}), "last_row": seg["last_row"],
+           **({"last_time": seg["last_time"]} if timed else {})}
+    return out | {"top_features": top_features(seg["errors"], features)}
+
+
+def _num(x) -> float | None:
+    x = float(x)
+    return x if np.isfinite(x) else None
+
