@@ -19,6 +19,7 @@ SCALER_TYPES = ("standard", "minmax", "robust")
 PLUGIN_COMMANDS = {
     "evaluate": ("anomaly.evaluate", "measure detection quality on a labelled suite"),
     "threshold": ("anomaly.rethreshold", "set a new threshold on an existing version (writes a new version)"),
+    "fleet": ("anomaly.fleet_cli", "train or score many series at once, on all cores or a Dask cluster"),
 }
 
 
