@@ -273,7 +273,7 @@ def run_dask(fn: Callable, calls: list[tuple], scheduler: str) -> Iterator[dict]
         futures = {client.submit(fn, *args, key=f"fleet-{run}-{i}", pure=False): args[0]
                    for i, args in enumerate(calls)}
         try:
-            for future in as_completed(futures):
+            for future in as_completed(list(futures), loop=client.loop):
                 try:
                     yield future.result()
                 except Exception as exc:  # the task never returned (its worker died): that series failed
