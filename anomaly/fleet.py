@@ -19,6 +19,7 @@ import glob as globlib
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
 import uuid
@@ -153,10 +154,12 @@ def series_inputs(data_dir=None, *, data_file=None, glob: str | None = None, ser
 
 def _worker_name() -> str:
     """The Dask worker's address when run by one, else "local"."""
+    if "distributed" not in sys.modules:  # a Dask worker has it loaded; importing it elsewhere costs a second
+        return "local"
+    from distributed import get_worker
     try:
-        from distributed import get_worker
         return get_worker().address
-    except (ImportError, ValueError):  # not installed, or not inside a Dask task
+    except ValueError:  # not inside a Dask task
         return "local"
 
 
