@@ -43,6 +43,18 @@ Progress = Callable[[dict], None]
 class Series:
     name: str  # the model version and the result file's stem
     path: str  # absolute, so a Dask worker on another machine opens the same (shared) file
+    source: str = ""  # the user's long-format file, when `path` is the part of it split off ...
+    part: str = ""  # ... for this series column value: "host=web-1"
+
+    @property
+    def origin(self) -> str:
+        """Where the series came from, as the summary reports it."""
+        return f"{self.source} [{self.part}]" if self.source else self.path
+
+    def stamp(self) -> list[int]:
+        """Size and modification time of the user's file: a changed file is not "done" any more."""
+        st = os.stat(self.source or self.path)
+        return [st.st_size, st.st_mtime_ns]
 
 
 # --- finding the series ------------------------------------------------------------------------------------
@@ -104,6 +116,7 @@ def split_long_file(data_file: str | os.PathLike, series_column: str, dest: Path
     if series_column not in fmt.names:
         raise DataError(f"series column {series_column!r} is not in {p.name} (columns: {', '.join(fmt.names)})")
     frame = data._parse(p, fmt, str, compression=fmt.compression)
+    origin = str(p.resolve())
     groups = frame.groupby(series_column, sort=False, dropna=False)
     names: dict[str, object] = {}
     series = []
@@ -115,7 +128,7 @@ def split_long_file(data_file: str | os.PathLike, series_column: str, dest: Path
         names[name] = value
         target = dest / f"{name}.csv"
         rows.drop(columns=[series_column]).to_csv(target, index=False)
-        series.append(Series(name, str(target.resolve())))
+        series.append(Series(name, str(target.resolve()), origin, f"{series_column}={value}"))
     if not series:
         raise DataError(f"{p} holds no data rows")
     return series
@@ -184,7 +197,7 @@ def one_line(exc: BaseException) -> str:
 
 def _run_one(series: Series, work: Callable[[], dict]) -> dict:
     started = time.perf_counter()
-    record = {"series": series.name, "file": series.path}
+    record = {"series": series.name, "file": series.origin}
     try:
         if not VERSION_RE.match(series.name) or series.name == "latest":
             raise DataError(f"series name {series.name!r} cannot be a model version (letters, digits, '_', '-', "
@@ -218,9 +231,10 @@ def detect_series(series: Series, store_root: str, output_dir: str, options: dic
 
         _limit_threads(threads)
         output = Path(output_dir) / f"{series.name}.csv"
+        stamp = series.stamp()  # before reading: a file changed meanwhile is scored again next time
         r = service.detect(series.path, version=series.name, store=ModelStore(store_root), output=str(output),
                            return_details=False, **options)
-        return summarise_detection(r)
+        return summarise_detection(r) | {"input": stamp}
 
     return _run_one(series, work)
 
@@ -281,7 +295,7 @@ def run_dask(fn: Callable, calls: list[tuple], scheduler: str) -> Iterator[dict]
                     yield future.result()
                 except Exception as exc:  # the task never returned (its worker died): that series failed
                     series = futures[future]
-                    yield {"series": series.name, "file": series.path, "status": "failed", "error": one_line(exc),
+                    yield {"series": series.name, "file": series.origin, "status": "failed", "error": one_line(exc),
                            "seconds": None, "worker": "dask"}
         finally:
             client.cancel(list(futures))
@@ -379,7 +393,7 @@ def train(data_dir: str | os.PathLike | None = None, *, data_file: str | None = 
         todo = []
         for s in found:
             if not overwrite and VERSION_RE.match(s.name) and store.info(s.name).get("status") == "ok":
-                records.append({"series": s.name, "file": s.path, "status": "skipped", "version": s.name,
+                records.append({"series": s.name, "file": s.origin, "status": "skipped", "version": s.name,
                                 "reason": "version exists (overwrite to retrain)", "seconds": 0.0, "worker": None})
             else:
                 todo.append(s)
@@ -410,11 +424,17 @@ def _previous_records(out: Path) -> dict[str, dict]:
 
 
 def _already_done(s: Series, out: Path, previous: dict[str, dict]) -> dict | None:
-    """An earlier run's record for this series if its result file is still there and came from the same file."""
+    """An earlier run's record for this series if its result file is still there and came from the same,
+    unchanged input file."""
     record = previous.get(s.name)
-    if record is None or record.get("file") != s.path or not (out / f"{s.name}.csv").is_file():
+    if record is None or record.get("file") != s.origin or not (out / f"{s.name}.csv").is_file():
         return None
-    return record | {"status": "skipped", "skipped_from": record.get("worker")}
+    try:
+        if record.get("input") != s.stamp():
+            return None
+    except OSError:
+        return None
+    return record | {"status": "skipped"}
 
 
 def write_summary(path: Path, summary: dict) -> None:

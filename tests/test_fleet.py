@@ -146,6 +146,9 @@ def test_long_format_file_with_series_column(tmp_path, cli):
         alone = service.detect(str(own), version=host, store=ModelStore(models))
         assert int(rows["is_anomaly"].sum()) == alone["anomaly_count"]
     assert not list(out.glob(".fleet-split-*")) and not list(models.glob(".fleet-split-*"))  # split files removed
+    again = fleet.detect(data_file=str(tmp_path / "all.csv"), series_column="host", model_dir=models, output_dir=out)
+    first = again["series"][0]
+    assert again["skipped"] == 3 and first["file"] == f"{tmp_path / 'all.csv'} [host={first['series']}]"
     with pytest.raises(fleet.DataError, match="series column 'region' is not in all.csv"):
         fleet.detect(data_file=str(tmp_path / "all.csv"), series_column="region", model_dir=models, output_dir=out)
 
@@ -266,3 +269,16 @@ def test_series_names_from_files_and_globs(tmp_path):
         "version": "v", "total_rows": 3, "scored_rows": 3, "anomaly_count": 1, "anomaly_ratio": 1 / 3,
         "anomaly_segments": 1, "threshold": 2.0, "top_anomalies": [{"index": 1, "reconstruction_error": 5.0,
                                                                     "first_row": 1, "last_row": 1}]})["strength"], 2.5)
+
+
+def test_a_changed_input_is_scored_again(tmp_path):
+    data = tmp_path / "data"
+    make_fleet(data, n=2, spiked=set())
+    models, out = tmp_path / "models", tmp_path / "out"
+    fleet.train(data, model_dir=models, jobs=1, epochs=1, window=1)
+    assert fleet.detect(data, model_dir=models, output_dir=out, jobs=1)["ok"] == 2
+    frame = pd.read_csv(data / "host-01.csv")
+    frame.iloc[:200].to_csv(data / "host-01.csv", index=False)  # new data in one file
+    again = fleet.detect(data, model_dir=models, output_dir=out, jobs=1)
+    assert {r["series"]: r["status"] for r in again["series"]} == {"host-00": "skipped", "host-01": "ok"}
+    assert {r["series"]: r["rows"] for r in again["series"]} == {"host-00": ROWS, "host-01": 200}
