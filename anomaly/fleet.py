@@ -437,6 +437,14 @@ def _already_done(s: Series, out: Path, previous: dict[str, dict]) -> dict | Non
     return record | {"status": "skipped"}
 
 
+def _refuse_overwriting_inputs(found: list[Series], out: Path) -> None:
+    """`--output-dir` the data folder itself would replace each input with its results."""
+    for s in found:
+        if Path(s.path) == out / f"{s.name}.csv":
+            raise DataError(f"the output folder {out} holds the input {Path(s.path).name}; results would replace "
+                            "the data: give another --output-dir")
+
+
 def write_summary(path: Path, summary: dict) -> None:
     """Atomically (a reader never sees half a summary)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -476,6 +484,7 @@ def detect(data_dir: str | os.PathLike | None = None, *, output_dir: str | os.Pa
 
     with series_inputs(data_dir, data_file=data_file, glob=glob, series_column=series_column, series=series,
                        work_dir=out) as found:
+        _refuse_overwriting_inputs(found, out)
         todo = []
         for s in found:
             done = _already_done(s, out, previous)

@@ -8,7 +8,9 @@ Three ways over the same generated folder (one CSV per series: a timestamp and t
   jobs=1   `anomaly fleet train|detect --jobs 1` (in-process, one series after another)
   jobs=N   `anomaly fleet train|detect` on all cores (joblib worker processes, one torch thread each)
 Every figure is the wall time of a fresh process (Python and torch start-up included, as a user would see it)
-and the peak resident memory of its whole process tree (sampled every 0.1 s), plus the largest single process.
+and the peak resident memory of its whole process tree (sampled every 0.1 s), plus the largest single process;
+"cores busy" is the tree's CPU seconds over the wall time (on a machine shared with other work, a run can only
+go as fast as the cores it gets).
 """
 
 from __future__ import annotations
@@ -61,18 +63,23 @@ def measure(cmd: list[str]) -> dict:
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     root = psutil.Process(proc.pid)
     tree_peak = single_peak = 0
+    cpu: dict[int, float] = {}  # the last CPU seconds seen of every process of the tree
     while proc.poll() is None:
+        rss = []
         try:
-            rss = [p.memory_info().rss for p in [root, *root.children(recursive=True)]]
+            for p in [root, *root.children(recursive=True)]:
+                rss.append(p.memory_info().rss)
+                t = p.cpu_times()
+                cpu[p.pid] = t.user + t.system
         except psutil.Error:
-            rss = []
+            pass
         tree_peak, single_peak = max(tree_peak, sum(rss)), max([single_peak, *rss])
         time.sleep(0.1)
     wall = time.perf_counter() - started
     err = proc.stderr.read()
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err[-2000:]}")
-    return {"seconds": round(wall, 1), "peak_rss_mb": round(tree_peak / 2**20), "largest_process_mb":
+    return {"seconds": round(wall, 1), "cpu_seconds": round(sum(cpu.values()), 1), "peak_rss_mb": round(tree_peak / 2**20), "largest_process_mb":
             round(single_peak / 2**20)}
 
 
@@ -101,11 +108,11 @@ def run(series: int, rows: int, epochs: int, jobs: int, work: Path) -> dict:
 def report(results: dict, series: int, rows: int, epochs: int, jobs: int) -> str:
     base = {phase: results[("loop", phase)]["seconds"] for phase in ("train", "detect")}
     lines = [f"{series} series x {rows} rows, dense model (window 32), {epochs} epochs, {os.cpu_count()} cores",
-             "", "| run | phase | wall s | series/s | vs loop | peak RSS (tree) | largest process |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+             "", "| run | phase | wall s | series/s | vs loop | cores busy | peak RSS (tree) | largest process |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
     for (name, phase), r in results.items():
         lines.append(f"| {name} | {phase} | {r['seconds']} | {series / r['seconds']:.1f} | "
-                     f"{base[phase] / r['seconds']:.2f}x | {r['peak_rss_mb']} MB | {r['largest_process_mb']} MB |")
+                     f"{base[phase] / r['seconds']:.2f}x | {r['cpu_seconds'] / r['seconds']:.2f} | {r['peak_rss_mb']} MB | {r['largest_process_mb']} MB |")
     both = {name: sum(results[(name, p)]["seconds"] for p in ("train", "detect")) for name, _ in results}
     lines.append("")
     lines.append("train + detect: " + ", ".join(f"{n} {s:.1f}s ({both['loop'] / s:.2f}x)" for n, s in both.items()))

@@ -116,6 +116,10 @@ def test_bad_options_fail_once_before_any_work(fleet_run, cli, user_error):
     assert not (fleet_run["tmp"] / "other").exists() or not ModelStore(fleet_run["tmp"] / "other").versions()
     user_error(cli("anomaly", "fleet", "detect", "--data-dir", fleet_run["tmp"] / "nowhere", "--model-dir",
                    fleet_run["models"], "-o", fleet_run["tmp"] / "o2"), "does not exist")
+    before = (fleet_run["data"] / "host-00.csv").read_bytes()
+    with pytest.raises(fleet.DataError, match="results would replace the data"):
+        fleet.detect(fleet_run["data"], model_dir=fleet_run["models"], output_dir=fleet_run["data"])
+    assert (fleet_run["data"] / "host-00.csv").read_bytes() == before
 
 
 def test_long_format_file_with_series_column(tmp_path, cli):
