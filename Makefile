@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(PY) bench/train_speed.py
 	$(PY) bench/server_load.py
 	$(PY) bench/device_speed.py
+	$(PY) bench/fleet.py --series 200
 
 clean:
 	rm -rf $(VENV) examples/models examples/*.csv

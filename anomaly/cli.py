@@ -19,6 +19,7 @@ PLUGIN_COMMANDS = {
     "threshold": ("anomaly.rethreshold", "set a new threshold on an existing version (writes a new version)"),
     "serve": ("anomaly.server.serve", "run the MCP server (SSE and Streamable HTTP) and the HTTP API"),
     "mcp": ("anomaly.server.stdio", "run the MCP server over stdio (for Claude Desktop and other local clients)"),
+    "fleet": ("anomaly.fleet_cli", "train or score many series at once, on all cores or a Dask cluster"),
 }
 
 

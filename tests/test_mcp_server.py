@@ -41,7 +41,7 @@ def test_tools_are_listed_with_typed_described_arguments(server, transport):
         async with mcp_client(server, transport) as client:
             return (await client.list_tools()).tools
     tools = {t.name: t for t in anyio.run(run)}
-    assert set(tools) == {"run_detection", "get_model_info", "train_model", "list_models"}
+    assert set(tools) == {"run_detection", "get_model_info", "train_model", "list_models", "run_fleet_detection"}
     detect = tools["run_detection"].input_schema
     assert detect["required"] == ["file_path"]
     props = detect["properties"]

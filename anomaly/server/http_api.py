@@ -5,6 +5,7 @@
     POST /api/train                     train (JSON)           POST /api/train/stream      epoch/loss events
     POST /api/detect                    detect a file (JSON)   POST /api/detect/upload     detect a CSV body
     GET|POST /api/detect/stream         events: progress, anomaly (per anomalous row), summary
+    POST /api/fleet/detect              every series file of a folder, each with its own version
     POST /api/live/{channel}            push points; GET /api/live/{channel}/events  subscribers' events
 """
 
@@ -251,6 +252,8 @@ def build_router(runtime: Runtime, hub: LiveHub) -> APIRouter:
 
         return StreamingResponse(body(), media_type="text/event-stream", headers=SSE_HEADERS)
 
+    from .fleet_tools import add_route as add_fleet_route
+    add_fleet_route(router, runtime)
     return router
 
 

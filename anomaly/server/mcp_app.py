@@ -218,4 +218,7 @@ def build_mcp(runtime: Runtime) -> MCPServer:
         """List the trained model versions with their key facts (type, features, window, threshold)."""
         return await call("list_models", toolbox.list_models, {})
 
+    from .fleet_tools import add_mcp_tool as add_fleet_tool
+    add_fleet_tool(mcp, runtime, call)
+
     return mcp

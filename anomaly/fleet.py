@@ -1,0 +1,509 @@
+"""Fleet: train or score thousands of series in one call, on all local cores or on a Dask cluster.
+
+    anomaly.fleet.train("metrics/", model_dir="models", epochs=5)          # one version per series
+    anomaly.fleet.detect("metrics/", model_dir="models", output_dir="out")  # out/<series>.csv + fleet_summary.json
+
+A series is one file of a folder (its stem is the series name and the model version), one file of a glob, or
+the rows of one long-format file that share a `series_column` value. Each series is one call of the public
+service functions (`service.train` / `service.detect`), run in joblib worker processes (one torch thread each)
+or as Dask futures on an existing cluster; store and data must then be on a path every worker sees.
+
+A failing series never stops the others: its record says `status: failed` with the one-line error. Rerunning
+skips series that are already done (a trained version; a result CSV with an ok record) unless `overwrite`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob as globlib
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from . import jsonsafe
+from .errors import AnomalyError, DataError, NotFound
+from .store import VERSION_RE, ModelStore
+
+SUMMARY_FILE = "fleet_summary.json"
+DATA_SUFFIXES = (".csv", ".txt", ".tsv", ".dat")
+FLUSH_EVERY_S = 5.0  # the detect summary is rewritten this often, so a killed run still records its progress
+SPLIT_PREFIX = ".fleet-split-"
+
+Progress = Callable[[dict], None]
+
+
+@dataclass(frozen=True)
+class Series:
+    name: str  # the model version and the result file's stem
+    path: str  # absolute, so a Dask worker on another machine opens the same (shared) file
+    source: str = ""  # the user's long-format file, when `path` is the part of it split off ...
+    part: str = ""  # ... for this series column value: "host=web-1"
+
+    @property
+    def origin(self) -> str:
+        """Where the series came from, as the summary reports it."""
+        return f"{self.source} [{self.part}]" if self.source else self.path
+
+    def stamp(self) -> list[int]:
+        """Size and modification time of the user's file: a changed file is not "done" any more."""
+        st = os.stat(self.source or self.path)
+        return [st.st_size, st.st_mtime_ns]
+
+
+# --- finding the series ------------------------------------------------------------------------------------
+
+
+def series_name(path: Path) -> str:
+    """`host-1.csv.gz` -> `host-1`: the file name without its data and compression suffixes."""
+    name = path.name
+    if name.lower().endswith(".gz"):
+        name = name[:-3]
+    stem, suffix = os.path.splitext(name)
+    return stem if suffix.lower() in DATA_SUFFIXES else name
+
+
+def _is_data_file(path: Path) -> bool:
+    name = path.name.lower().removesuffix(".gz")
+    return path.is_file() and not path.name.startswith(".") and name.endswith(DATA_SUFFIXES)
+
+
+def _from_files(files: Iterable[Path], where: str) -> list[Series]:
+    series: dict[str, Series] = {}
+    for f in sorted(files):
+        name = series_name(f)
+        if name in series:
+            raise DataError(f"{Path(series[name].path).name} and {f.name} in {where} both give series {name!r}; "
+                            "a series is one file")
+        series[name] = Series(name, str(f.resolve()))
+    if not series:
+        raise DataError(f"no data files (.csv, .txt, .tsv, .dat, optionally .gz) in {where}")
+    return list(series.values())
+
+
+def folder_series(data_dir: str | os.PathLike) -> list[Series]:
+    folder = Path(data_dir)
+    if not folder.is_dir():
+        raise NotFound(f"data folder {folder} does not exist" if not folder.exists() else f"{folder} is not a folder")
+    return _from_files((p for p in folder.iterdir() if _is_data_file(p)), str(folder))
+
+
+def glob_series(pattern: str) -> list[Series]:
+    return _from_files((Path(p) for p in globlib.glob(pattern, recursive=True) if _is_data_file(Path(p))),
+                       f"files matching {pattern!r}")
+
+
+def _safe_name(value) -> str:
+    """A series column value as a file and version name: other characters than letters, digits, '_', '-', '.'
+    become '_' (a host name `db/1` must not become a path)."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(value)).strip("._") or "_"
+    return name[:100]
+
+
+def split_long_file(data_file: str | os.PathLike, series_column: str, dest: Path) -> list[Series]:
+    """One CSV per distinct `series_column` value in `dest` (rows in file order, without that column).
+    Values are kept as the text they are in the file, so a series scores exactly as its own file would."""
+    from . import data
+
+    p = data.check_file(data_file)
+    fmt = data.sniff(p)
+    if series_column not in fmt.names:
+        raise DataError(f"series column {series_column!r} is not in {p.name} (columns: {', '.join(fmt.names)})")
+    frame = data._parse(p, fmt, str, compression=fmt.compression)
+    origin = str(p.resolve())
+    groups = frame.groupby(series_column, sort=False, dropna=False)
+    names: dict[str, object] = {}
+    series = []
+    for value, rows in groups:
+        name = _safe_name(value)
+        if name in names:
+            raise DataError(f"series {value!r} and {names[name]!r} in column {series_column!r} both give the name "
+                            f"{name!r}; rename one")
+        names[name] = value
+        target = dest / f"{name}.csv"
+        rows.drop(columns=[series_column]).to_csv(target, index=False)
+        series.append(Series(name, str(target.resolve()), origin, f"{series_column}={value}"))
+    if not series:
+        raise DataError(f"{p} holds no data rows")
+    return series
+
+
+@contextlib.contextmanager
+def series_inputs(data_dir=None, *, data_file=None, glob: str | None = None, series_column: str | None = None,
+                  series: list[Series] | None = None, work_dir: str | os.PathLike = ".") -> Iterator[list[Series]]:
+    """The series of exactly one input; a long-format file is split into a temporary folder in `work_dir`
+    (the model store or output folder: a path Dask workers see too), removed afterwards."""
+    given = [x for x in (data_dir, data_file, glob, series) if x is not None]
+    if len(given) != 1:
+        raise DataError("give exactly one input: a data folder, a long-format file with a series column, or a glob")
+    if series_column and data_file is None:
+        raise DataError("--series-column goes with --data FILE (one long-format file)")
+    if series is not None:
+        yield list(series)
+    elif data_dir is not None:
+        yield folder_series(data_dir)
+    elif glob is not None:
+        yield glob_series(glob)
+    elif not series_column:
+        p = Path(data_file)
+        yield [Series(series_name(p), str(p.resolve()))]  # one file without a series column: a fleet of one
+    else:
+        Path(work_dir).mkdir(parents=True, exist_ok=True)
+        split = Path(tempfile.mkdtemp(prefix=SPLIT_PREFIX, dir=work_dir))
+        try:
+            yield split_long_file(data_file, series_column, split)
+        finally:
+            shutil.rmtree(split, ignore_errors=True)
+
+
+# --- one series (runs in a worker process) -----------------------------------------------------------------
+
+
+def _worker_name() -> str:
+    """The Dask worker's address when run by one, else "local"."""
+    if "distributed" not in sys.modules:  # a Dask worker has it loaded; importing it elsewhere costs a second
+        return "local"
+    from distributed import get_worker
+    try:
+        return get_worker().address
+    except ValueError:  # not inside a Dask task
+        return "local"
+
+
+def _limit_threads(threads: int | None) -> None:
+    # Parallel workers each get one torch thread: N processes x N threads would oversubscribe the cores.
+    if threads:
+        import torch
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+
+
+def one_line(exc: BaseException) -> str:
+    """A failure as one line, as the CLI prints it (an OSError names its file; a bug names its type)."""
+    if isinstance(exc, AnomalyError):
+        text = str(exc)
+    elif isinstance(exc, OSError):
+        text = f"{exc.strerror or exc}" + (f" ({exc.filename})" if getattr(exc, "filename", None) else "")
+    else:
+        text = f"internal error: {type(exc).__name__}: {exc}"
+    return " ".join(text.split())[:1000]
+
+
+def _run_one(series: Series, work: Callable[[], dict]) -> dict:
+    started = time.perf_counter()
+    record = {"series": series.name, "file": series.origin}
+    try:
+        if not VERSION_RE.match(series.name) or series.name == "latest":
+            raise DataError(f"series name {series.name!r} cannot be a model version (letters, digits, '_', '-', "
+                            "'.'; not 'latest'): rename the file")
+        record |= {"status": "ok"} | work()
+    except Exception as exc:  # one bad series never stops the others: it is reported with its error
+        record |= {"status": "failed", "error": one_line(exc)}
+    return record | {"seconds": round(time.perf_counter() - started, 3), "worker": _worker_name()}
+
+
+def train_series(series: Series, store_root: str, options: dict, overwrite: bool, threads: int | None) -> dict:
+    """Train one series' model as version `series.name` (module level: joblib and Dask pickle it by name)."""
+
+    def work() -> dict:
+        from . import service
+
+        _limit_threads(threads)
+        r = service.train(series.path, version=series.name, overwrite=overwrite, store=ModelStore(store_root),
+                          **options)
+        return {"version": r["version"], "rows": r["rows"], "features": r["features"], "threshold": r["threshold"],
+                "epochs_run": r["epochs_run"], "final_loss": r["final_loss"]}
+
+    return _run_one(series, work)
+
+
+def detect_series(series: Series, store_root: str, output_dir: str, options: dict, threads: int | None) -> dict:
+    """Score one series with its own version; every row goes to `output_dir/<series>.csv`."""
+
+    def work() -> dict:
+        from . import service
+
+        _limit_threads(threads)
+        output = Path(output_dir) / f"{series.name}.csv"
+        stamp = series.stamp()  # before reading: a file changed meanwhile is scored again next time
+        r = service.detect(series.path, version=series.name, store=ModelStore(store_root), output=str(output),
+                           return_details=False, **options)
+        return summarise_detection(r) | {"input": stamp}
+
+    return _run_one(series, work)
+
+
+def summarise_detection(r: dict) -> dict:
+    """The per-series facts of a detect summary: counts, the segments with their rows and times, and the
+    strength (the peak score over the threshold, comparable across series that each have their own scale)."""
+    segments = [{k: seg[k] for k in ("first_row", "last_row", "first_time", "last_time", "index", "time",
+                                     "reconstruction_error") if k in seg} for seg in r["top_anomalies"]]
+    peak = max((s["reconstruction_error"] for s in segments if s["reconstruction_error"] is not None), default=None)
+    threshold = r["threshold"]
+    strength = None if peak is None else (peak / threshold if threshold and threshold > 0 else peak)
+    return {"version": r["version"], "rows": r["total_rows"], "scored_rows": r["scored_rows"],
+            "anomalies": r["anomaly_count"], "anomaly_ratio": r["anomaly_ratio"],
+            "segment_count": r["anomaly_segments"], "segments": segments, "threshold": threshold,
+            "strength": strength, "warnings": r.get("warnings", []), "output": r.get("output")}
+
+
+# --- running many --------------------------------------------------------------------------------------------
+
+
+def default_jobs() -> int:
+    from joblib import cpu_count
+    return max(1, cpu_count())
+
+
+def run_local(fn: Callable, calls: list[tuple], jobs: int) -> Iterator[dict]:
+    """Records in completion order: in this process for one job, else joblib's loky worker processes."""
+    if jobs <= 1 or len(calls) <= 1:
+        for args in calls:
+            yield fn(*args)
+        return
+    from joblib import Parallel, delayed, parallel_config
+
+    # inner_max_num_threads: loky caps OpenMP/MKL threads in its workers (torch reads OMP_NUM_THREADS).
+    with parallel_config(backend="loky", inner_max_num_threads=1):
+        yield from Parallel(n_jobs=min(jobs, len(calls)), return_as="generator_unordered")(
+            delayed(fn)(*args) for args in calls)
+
+
+def run_dask(fn: Callable, calls: list[tuple], scheduler: str) -> Iterator[dict]:
+    """Records in completion order from `distributed` futures on the cluster at `scheduler`."""
+    try:
+        from distributed import Client, as_completed
+    except ImportError:
+        raise AnomalyError("--dask-scheduler needs dask[distributed]: pip install 'dask[distributed]'") from None
+    try:
+        client = Client(scheduler, timeout="20s", set_as_default=False)
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise AnomalyError(f"cannot reach the Dask scheduler {scheduler}: {one_line(exc)}") from None
+    run = uuid.uuid4().hex[:8]
+    with client:
+        futures = {client.submit(fn, *args, key=f"fleet-{run}-{i}", pure=False): args[0]
+                   for i, args in enumerate(calls)}
+        try:
+            for future in as_completed(list(futures), loop=client.loop):
+                try:
+                    yield future.result()
+                except Exception as exc:  # the task never returned (its worker died): that series failed
+                    series = futures[future]
+                    yield {"series": series.name, "file": series.origin, "status": "failed", "error": one_line(exc),
+                           "seconds": None, "worker": "dask"}
+        finally:
+            client.cancel(list(futures))
+
+
+def _run(fn: Callable, calls: list[tuple], jobs: int, scheduler: str | None) -> Iterator[dict]:
+    return run_dask(fn, calls, scheduler) if scheduler else run_local(fn, calls, jobs)
+
+
+def _threads(jobs: int, scheduler: str | None, n: int) -> int | None:
+    # In-process (one job) keeps the process's own torch threads; worker processes get one each.
+    return 1 if scheduler or (jobs > 1 and n > 1) else None
+
+
+def _ranked(records: list[dict]) -> list[dict]:
+    """Strongest anomalies first (failed series last), then by anomaly count, then by name."""
+    def key(r: dict):
+        strength = r.get("strength")
+        return (r["status"] == "failed", -(strength if strength is not None else -1.0), -(r.get("anomalies") or 0),
+                r["series"])
+    return sorted(records, key=key)
+
+
+def _summary(command: str, records: list[dict], started: float, jobs: int, scheduler: str | None, **extra) -> dict:
+    counts = {s: sum(r["status"] == s for r in records) for s in ("ok", "skipped", "failed")}
+    out = {"command": command, "status": "failed" if counts["failed"] else "success",
+           "series_total": len(records), **counts,
+           "engine": "dask" if scheduler else "local", "jobs": None if scheduler else jobs, "scheduler": scheduler,
+           "seconds": round(time.perf_counter() - started, 3), **extra}
+    if command == "detect":
+        done = [r for r in records if r["status"] != "failed"]
+        out["rows"] = sum(r.get("rows") or 0 for r in done)
+        out["anomalies"] = sum(r.get("anomalies") or 0 for r in done)
+        out["series_with_anomalies"] = sum(bool(r.get("anomalies")) for r in done)
+    return out | {"series": _ranked(records) if command == "detect" else sorted(records, key=lambda r: r["series"])}
+
+
+def _collect(results: Iterator[dict], records: list[dict], total: int, progress: Progress | None,
+             flush: Callable[[], None] | None = None) -> None:
+    last_flush = time.monotonic()
+    for record in results:
+        records.append(record)
+        if progress:
+            progress({"event": "series", "done": len(records), "total": total, **_brief(record)})
+        if flush and time.monotonic() - last_flush > FLUSH_EVERY_S:
+            flush()
+            last_flush = time.monotonic()
+
+
+def _brief(record: dict) -> dict:
+    keys = ("series", "status", "error", "rows", "anomalies", "strength", "seconds", "worker")
+    return {k: record[k] for k in keys if k in record}
+
+
+def _check_jobs(jobs: int | None) -> int:
+    jobs = default_jobs() if jobs is None else int(jobs)
+    if jobs < 1:
+        raise DataError(f"jobs must be at least 1, got {jobs}")
+    return jobs
+
+
+# --- train -----------------------------------------------------------------------------------------------------
+
+
+def check_train_options(options: dict) -> None:
+    """Options every series would reject alike fail once, before any work (not once per series)."""
+    from .specs import TrainSpec, parse
+
+    for name in ("progress", "should_stop", "version", "store", "paths", "plot", "labels_file"):
+        if options.get(name) is not None:
+            raise DataError(f"fleet training names versions and stores itself; {name!r} is not a fleet option")
+    parse(TrainSpec, **options)
+
+
+def train(data_dir: str | os.PathLike | None = None, *, data_file: str | None = None, glob: str | None = None,
+          series_column: str | None = None, series: list[Series] | None = None, model_dir: str | os.PathLike = "models",
+          overwrite: bool = False, jobs: int | None = None, dask_scheduler: str | None = None,
+          progress: Progress | None = None, **train_options) -> dict:
+    """Train one model version per series (version = series name); `train_options` are `service.train`'s.
+    Returns the summary: counts and one record per series (status ok / skipped / failed, with its error)."""
+    started = time.perf_counter()
+    jobs = _check_jobs(jobs)
+    check_train_options(train_options)
+    store = ModelStore(model_dir)
+    store.ensure_root()
+    root = str(store.root.resolve())
+    records: list[dict] = []
+    with series_inputs(data_dir, data_file=data_file, glob=glob, series_column=series_column, series=series,
+                       work_dir=root) as found:
+        todo = []
+        for s in found:
+            if not overwrite and VERSION_RE.match(s.name) and store.info(s.name).get("status") == "ok":
+                records.append({"series": s.name, "file": s.origin, "status": "skipped", "version": s.name,
+                                "reason": "version exists (overwrite to retrain)", "seconds": 0.0, "worker": None})
+            else:
+                todo.append(s)
+        if progress:
+            for i, r in enumerate(records, 1):
+                progress({"event": "series", "done": i, "total": len(found), **_brief(r)})
+        threads = _threads(jobs, dask_scheduler, len(todo))
+        calls = [(s, root, train_options, overwrite, threads) for s in todo]
+        _collect(_run(train_series, calls, jobs, dask_scheduler), records, len(found), progress)
+    return _summary("train", records, started, jobs, dask_scheduler, model_dir=root)
+
+
+# --- detect ----------------------------------------------------------------------------------------------------
+
+
+DETECT_OPTIONS = ("per_feature", "missing", "label_column", "time_column", "threshold_window", "device", "precision")
+
+
+def _previous_records(out: Path) -> dict[str, dict]:
+    """The ok records of an earlier run's summary, by series (an unreadable summary: none)."""
+    import json
+
+    try:
+        previous = json.loads((out / SUMMARY_FILE).read_text())
+        return {r["series"]: r for r in previous.get("series", []) if r.get("status") in ("ok", "skipped")}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return {}
+
+
+def _already_done(s: Series, out: Path, previous: dict[str, dict]) -> dict | None:
+    """An earlier run's record for this series if its result file is still there and came from the same,
+    unchanged input file."""
+    record = previous.get(s.name)
+    if record is None or record.get("file") != s.origin or not (out / f"{s.name}.csv").is_file():
+        return None
+    try:
+        if record.get("input") != s.stamp():
+            return None
+    except OSError:
+        return None
+    return record | {"status": "skipped"}
+
+
+def _refuse_overwriting_inputs(found: list[Series], out: Path) -> None:
+    """`--output-dir` the data folder itself would replace each input with its results."""
+    for s in found:
+        if Path(s.path) == out / f"{s.name}.csv":
+            raise DataError(f"the output folder {out} holds the input {Path(s.path).name}; results would replace "
+                            "the data: give another --output-dir")
+
+
+def write_summary(path: Path, summary: dict) -> None:
+    """Atomically (a reader never sees half a summary)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(jsonsafe.dumps(summary, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def detect(data_dir: str | os.PathLike | None = None, *, output_dir: str | os.PathLike, data_file: str | None = None,
+           glob: str | None = None, series_column: str | None = None, series: list[Series] | None = None,
+           model_dir: str | os.PathLike = "models", overwrite: bool = False, jobs: int | None = None,
+           dask_scheduler: str | None = None, progress: Progress | None = None, **detect_options) -> dict:
+    """Score every series with its own version: `output_dir/<series>.csv` (every row, as `detect --output`) and
+    `output_dir/fleet_summary.json` (also returned): per series status, rows, anomalies, segments with their
+    times, the error if it failed, seconds and the worker; series ranked by anomaly strength."""
+    started = time.perf_counter()
+    jobs = _check_jobs(jobs)
+    unknown = set(detect_options) - set(DETECT_OPTIONS)
+    if unknown:
+        raise DataError(f"unknown fleet detect option(s): {', '.join(sorted(unknown))} "
+                        f"(known: {', '.join(DETECT_OPTIONS)})")
+    store = ModelStore(model_dir)
+    if not store.root.is_dir():
+        raise NotFound(f"model store {store.root} does not exist; run `anomaly fleet train` first")
+    root = str(store.root.resolve())
+    out = Path(output_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise AnomalyError(f"cannot create output folder {out}: {exc.strerror or exc}") from None
+    out = out.resolve()
+    previous = {} if overwrite else _previous_records(out)
+    records: list[dict] = []
+    extra = {"model_dir": root, "output_dir": str(out)}
+
+    def flush() -> None:
+        write_summary(out / SUMMARY_FILE, _summary("detect", records, started, jobs, dask_scheduler, **extra))
+
+    with series_inputs(data_dir, data_file=data_file, glob=glob, series_column=series_column, series=series,
+                       work_dir=out) as found:
+        _refuse_overwriting_inputs(found, out)
+        todo = []
+        for s in found:
+            done = _already_done(s, out, previous)
+            if done is not None:
+                records.append(done)
+                if progress:
+                    progress({"event": "series", "done": len(records), "total": len(found), **_brief(done)})
+            else:
+                todo.append(s)
+        threads = _threads(jobs, dask_scheduler, len(todo))
+        calls = [(s, root, str(out), detect_options, threads) for s in todo]
+        try:
+            _collect(_run(detect_series, calls, jobs, dask_scheduler), records, len(found), progress, flush)
+        finally:
+            flush()  # also when interrupted: the next run skips what is done
+    return _summary("detect", records, started, jobs, dask_scheduler, **extra)
+
+
+def lean(summary: dict, top: int = 10) -> dict:
+    """A short reply for MCP / HTTP clients: counts, the `top` strongest series and the failed ones (capped)."""
+    keys = ("series", "status", "rows", "anomalies", "anomaly_ratio", "segment_count", "strength", "output")
+    series = summary.get("series", [])
+    head = {k: v for k, v in summary.items() if k != "series"}
+    failed = [{"series": r["series"], "error": r.get("error")} for r in series if r["status"] == "failed"]
+    ranked = [r for r in series if r["status"] != "failed"]
+    return head | {"top_series": [{k: r[k] for k in keys if k in r} for r in ranked[:top]],
+                   "failed_series": failed[:top], "failed_truncated": len(failed) > top}

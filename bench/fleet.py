@@ -1,0 +1,144 @@
+"""Fleet throughput: `anomaly fleet train|detect` vs a sequential loop of the same service calls in one process.
+
+    python bench/fleet.py                        # 1,000 series x 5,000 rows, 3 epochs, all cores
+    python bench/fleet.py --series 200 --rows 5000 --epochs 3
+
+Three ways over the same generated folder (one CSV per series: a timestamp and two sensor columns):
+  loop     one Python process: `for each file: service.train(...)`, then `service.detect(...)` (torch's own threads)
+  jobs=1   `anomaly fleet train|detect --jobs 1` (in-process, one series after another)
+  jobs=N   `anomaly fleet train|detect` on all cores (joblib worker processes, one torch thread each)
+Every figure is the wall time of a fresh process (Python and torch start-up included, as a user would see it)
+and the peak resident memory of its whole process tree (sampled every 0.1 s), plus the largest single process;
+"cores busy" is the tree's CPU seconds over the wall time (on a machine shared with other work, a run can only
+go as fast as the cores it gets).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def make_data(folder: Path, series: int, rows: int) -> None:
+    from anomaly import synthetic
+
+    folder.mkdir(parents=True)
+    for i in range(series):
+        frame = synthetic.make_series(rows, n_features=2, seed=i)
+        if i % 10 == 0:  # one series in ten has incidents, so the ranking has something to rank
+            frame = synthetic.inject(frame, n_anomalies=5, magnitude=8.0, seed=i).drop(columns=["label"])
+        frame.to_csv(folder / f"host-{i:04d}.csv", index=False, float_format="%.5f")
+
+
+def loop(phase: str, data: str, models: str, out: str, epochs: int) -> None:
+    """The baseline: the same calls one after another in this one process."""
+    from anomaly import service
+    from anomaly.store import ModelStore
+
+    store = ModelStore(models)
+    for f in sorted(Path(data).glob("*.csv")):
+        if phase == "train":
+            service.train(str(f), version=f.stem, store=store, epochs=epochs, seed=0)
+        else:
+            service.detect(str(f), version=f.stem, store=store, output=str(Path(out) / f"{f.stem}.csv"),
+                           return_details=False)
+
+
+def measure(cmd: list[str]) -> dict:
+    """Wall time and peak RSS (whole tree, and the largest process) of a command."""
+    import psutil
+
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    root = psutil.Process(proc.pid)
+    tree_peak = single_peak = 0
+    cpu: dict[int, float] = {}  # the last CPU seconds seen of every process of the tree
+    while proc.poll() is None:
+        rss = []
+        try:
+            for p in [root, *root.children(recursive=True)]:
+                rss.append(p.memory_info().rss)
+                t = p.cpu_times()
+                cpu[p.pid] = t.user + t.system
+        except psutil.Error:
+            pass
+        tree_peak, single_peak = max(tree_peak, sum(rss)), max([single_peak, *rss])
+        time.sleep(0.1)
+    wall = time.perf_counter() - started
+    err = proc.stderr.read()
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err[-2000:]}")
+    return {"seconds": round(wall, 1), "cpu_seconds": round(sum(cpu.values()), 1), "peak_rss_mb": round(tree_peak / 2**20), "largest_process_mb":
+            round(single_peak / 2**20)}
+
+
+def run(series: int, rows: int, epochs: int, jobs: int, work: Path) -> dict:
+    data = work / "data"
+    t = time.perf_counter()
+    make_data(data, series, rows)
+    print(f"generated {series} series x {rows} rows in {time.perf_counter() - t:.0f}s", file=sys.stderr)
+    py = sys.executable
+    results = {}
+    for name in ("loop", "jobs=1", f"jobs={jobs}"):
+        models, out = work / f"models-{name}", work / f"out-{name}"
+        out.mkdir()
+        for phase in ("train", "detect"):
+            if name == "loop":
+                cmd = [py, __file__, "--loop", phase, str(data), str(models), str(out), str(epochs)]
+            else:
+                cmd = [py, "-m", "anomaly", "fleet", phase, "--data-dir", str(data), "--model-dir", str(models),
+                       "--jobs", name.split("=")[1], "-q"]
+                cmd += ["--epochs", str(epochs), "--seed", "0"] if phase == "train" else ["-o", str(out)]
+            results[(name, phase)] = measure(cmd)
+            print(f"{name:8} {phase:6} {results[(name, phase)]}", file=sys.stderr)
+    return results
+
+
+def report(results: dict, series: int, rows: int, epochs: int, jobs: int) -> str:
+    base = {phase: results[("loop", phase)]["seconds"] for phase in ("train", "detect")}
+    lines = [f"{series} series x {rows} rows, dense model (window 32), {epochs} epochs, {os.cpu_count()} cores",
+             "", "| run | phase | wall s | series/s | vs loop | cores busy | peak RSS (tree) | largest process |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for (name, phase), r in results.items():
+        lines.append(f"| {name} | {phase} | {r['seconds']} | {series / r['seconds']:.1f} | "
+                     f"{base[phase] / r['seconds']:.2f}x | {r['cpu_seconds'] / r['seconds']:.2f} | {r['peak_rss_mb']} MB | {r['largest_process_mb']} MB |")
+    both = {name: sum(results[(name, p)]["seconds"] for p in ("train", "detect")) for name, _ in results}
+    lines.append("")
+    lines.append("train + detect: " + ", ".join(f"{n} {s:.1f}s ({both['loop'] / s:.2f}x)" for n, s in both.items()))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--loop":
+        loop(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], int(sys.argv[6]))
+        return
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--series", type=int, default=1000)
+    p.add_argument("--rows", type=int, default=5000)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--jobs", type=int, default=os.cpu_count())
+    p.add_argument("--json", help="also write the figures here")
+    args = p.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="fleet-bench-"))
+    try:
+        results = run(args.series, args.rows, args.epochs, args.jobs, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(report(results, args.series, args.rows, args.epochs, args.jobs))
+    if args.json:
+        Path(args.json).write_text(json.dumps({f"{n} {p}": r for (n, p), r in results.items()}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
