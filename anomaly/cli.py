@@ -298,10 +298,10 @@ def main(argv: list[str] | None = None) -> int:
         print("error: " + " ".join(str(exc).split()), file=sys.stderr)  # always one line, whatever the cause
         return 2
     except Terminated:
-        print("terminated; nothing was saved", file=sys.stderr)
+        print(f"terminated; {_kept(args)}", file=sys.stderr)
         return 143
     except KeyboardInterrupt:
-        print("interrupted; nothing was saved", file=sys.stderr)
+        print(f"interrupted; {_kept(args)}", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 1
@@ -309,6 +309,13 @@ def main(argv: list[str] | None = None) -> int:
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
         print("error: " + " ".join(f"{exc.strerror or exc}{where}".split()), file=sys.stderr)
         return 2
+
+
+def _kept(args) -> str:
+    """What an interrupted command leaves: a fleet keeps the series it finished, anything else nothing."""
+    if args.command == "fleet":
+        return "the series finished so far are kept (a rerun skips them)"
+    return "nothing was saved"
 
 
 def train_main() -> int:

@@ -81,11 +81,15 @@ class ResultWriter:
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="result-writer")
         self.in_flight = None
         self.first = True
-        if self.kind == "csv":
-            header = header_line if header_line is not None else self.delim.join(n.encode() for n in fmt.names)
-            self._write_async(header + b"".join(self.delim + c.encode() for c in extra_columns) + b"\n")
-        elif self.kind == "json":
-            self._write_async(b'{"results": [\n')
+        try:
+            if self.kind == "csv":
+                header = header_line if header_line is not None else self.delim.join(n.encode() for n in fmt.names)
+                self._write_async(header + b"".join(self.delim + c.encode() for c in extra_columns) + b"\n")
+            elif self.kind == "json":
+                self._write_async(b'{"results": [\n')
+        except BaseException:  # Ctrl-C or SIGTERM this early: no caller holds the writer to abort it
+            self.abort()
+            raise
 
     def _open_target(self, source) -> tuple[Path, str | None]:
         """Open the file to write: (the real target, the temporary file renamed onto it at the end or None)."""
@@ -113,10 +117,17 @@ class ResultWriter:
             target.parent.mkdir(parents=True, exist_ok=True)
             remove_stale_temp_files(target)
             fd, tmp = tempfile.mkstemp(prefix=f".{target.name[:100]}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
-            os.fchmod(fd, stat.S_IMODE(st.st_mode) if st is not None else 0o666 & ~umask())
         except OSError as exc:
             raise self._error(exc) from None
-        self.f = os.fdopen(fd, "wb", buffering=1 << 20)
+        try:
+            os.fchmod(fd, stat.S_IMODE(st.st_mode) if st is not None else 0o666 & ~umask())
+            self.f = os.fdopen(fd, "wb", buffering=1 << 20)
+        except BaseException as exc:  # an OS refusal, or Ctrl-C / SIGTERM right now: leave no temporary file
+            os.close(fd)
+            Path(tmp).unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise self._error(exc) from None
+            raise
         return target, tmp
 
     def _error(self, exc: OSError) -> DataError:

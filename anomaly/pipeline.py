@@ -90,10 +90,6 @@ def iter_detect(
     total_bytes = p.stat().st_size
     result_cols = (["reconstruction_error", "is_anomaly"] + (["threshold"] if window is not None else [])
                    + ([f"{f}_contribution" for f in features] if per_feature else []))
-    writer = None
-    if output:
-        from .output import ResultWriter
-        writer = ResultWriter(output, fmt, fmt.header_line, result_cols, source=p)
     stream = det.stream()
     pending = _Pending()
     acc = Summary(det.threshold_, features, max_results if return_details else 0, keep_all=label_col is not None,
@@ -101,7 +97,11 @@ def iter_detect(
     missing_report = {"missing_values": 0, "values_filled": 0, "rows_dropped": 0}
     plotter = _plotter(plot, det, fmt, used, label_col)
     filler = _MissingFiller(features, missing, missing_report)
+    writer = None
     try:
+        if output:  # inside the try: an interruption from here on removes the temporary file
+            from .output import ResultWriter
+            writer = ResultWriter(output, fmt, fmt.header_line, result_cols, source=p)
         json_output = bool(output) and Path(output).suffix.lower() in (".json", ".jsonl", ".ndjson")
         blocks = data.prefetch(data.iter_blocks(p, fmt, used + ([label_col] if label_col else []), block_bytes,
                                                 all_columns=json_output or bool(plot),

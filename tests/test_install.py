@@ -104,7 +104,7 @@ def test_anomaly_mcp_over_stdio_configured_by_env_only(installed, dataset, tmp_p
                 return {"tools": tools, "trained": trained, "detected": detected, "refused": refused}
 
     out = anyio.run(session)
-    assert set(out["tools"]) == {"run_detection", "get_model_info", "train_model", "list_models"}
+    assert set(out["tools"]) == {"run_detection", "get_model_info", "train_model", "list_models", "run_fleet_detection"}
     assert not out["trained"].is_error, out["trained"].content
     assert out["trained"].structured_content["version"] == "v1"
     assert (tmp_path / "models" / "v1" / "model.pth").is_file()

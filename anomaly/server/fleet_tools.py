@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Annotated, Any, Callable
 
 import anyio.from_thread
-from fastapi import APIRouter
 from mcp.server.mcpserver import Context
 from mcp_types import ToolAnnotations
 from pydantic import BaseModel, Field
@@ -126,7 +125,7 @@ class FleetDetectRequest(BaseModel):
     device: str | None = None
 
 
-def add_route(router: APIRouter, runtime: Runtime) -> None:
+def add_route(router: "APIRouter", runtime: Runtime) -> None:  # noqa: F821 (fastapi: the [server] extra)
     @router.post("/api/fleet/detect", tags=["detection"],
                  description="Score every series file of a folder with its own version (see the MCP tool "
                              "run_fleet_detection): counts, the strongest series, the failed ones; the full "
