@@ -25,7 +25,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 test: lint
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 tests  # two workers: the suite is CPU-bound and CI has 2 cores
 
 bench: $(STAMP)
 	$(PY) bench/detect_scale.py
