@@ -217,9 +217,8 @@ def evaluate_series(series: str, train: Path, test: Path, args, tmp: Path, plot_
             train_table = data.read_table(train_file, features=det.feature_names_)
             train_X = train_table.X
             row["rows_train"] = int(len(train_X))
-            held_out = det.threshold_info_.get("source") == "validation"
             train_scores = det.decision_function(train_X)
-            calib = _calibration(train_scores, held_out)
+            calib = _calibration(train_scores)
             rep["f1_at"] = {}
             for method in args.compare_thresholds:
                 params = service.threshold_params(method, args.percentile, None, **t_opts)
@@ -232,7 +231,7 @@ def evaluate_series(series: str, train: Path, test: Path, args, tmp: Path, plot_
             if getattr(args, "smooth", False):
                 span = 2 * det.window_
                 params = service.threshold_params(args.threshold_method, args.percentile, None, **t_opts)
-                thr = thresholds.compute(args.threshold_method, _calibration(smooth(train_scores, span), held_out),
+                thr = thresholds.compute(args.threshold_method, _calibration(smooth(train_scores, span)),
                                          **params)["threshold"]
                 row["detectors"][f"{key} smoothed"] = _report(labels, smooth(scores, span), thr, max_buffer) | {
                     "threshold": thr}
@@ -263,12 +262,9 @@ def _model_params(args) -> dict:
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
-def _calibration(train_scores: np.ndarray, held_out: bool = False) -> np.ndarray:
-    """The rows a threshold is calibrated on, as training does: all training rows (versions trained before
-    that calibrated on the held-out tail: `held_out`)."""
-    n_val = int(round(len(train_scores) * defaults.VALIDATION_SPLIT))
-    tail = train_scores[-n_val:] if held_out and n_val >= 2 else train_scores
-    return tail[np.isfinite(tail)]
+def _calibration(train_scores: np.ndarray) -> np.ndarray:
+    """The rows a threshold is calibrated on, as training does: every scored training row."""
+    return train_scores[np.isfinite(train_scores)]
 
 
 def _at_threshold(labels, scores, threshold) -> dict:

@@ -263,11 +263,7 @@ class SpikeSmoother:
         keep = max(0, self.emitted + n - h - self.first)
         self.sustained, self.first = self.sustained[keep:], self.first + keep
         self.emitted += n
-        with np.errstate(invalid="ignore", divide="ignore"):
-            level = np.where(np.isnan(sustained), np.nan, np.minimum(sustained, envelope))
-            plain = features.mean(axis=1)
-            ratio = np.where(plain > 0, (level + spike) / plain, 1.0)
-        return (features * ratio[:, None]).astype(np.float32)
+        return _rescaled(features, sustained, envelope, spike)
 
     def finish(self) -> np.ndarray:
         if self.floor is None:
@@ -307,11 +303,17 @@ class LiveSpikeSmoother:
         envelope = np.lib.stride_tricks.sliding_window_view(
             np.r_[np.full(max(0, self.reach - len(self.recent)), -np.inf), history], self.reach + 1).max(axis=1)
         self.recent = np.r_[self.recent, sustained][-self.reach:] if self.reach else np.empty(0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            level = np.where(np.isnan(smoothed[:, -1]), np.nan, np.minimum(smoothed[:, -1], envelope))
-            plain = features.mean(axis=1)
-            ratio = np.where(plain > 0, (level + spike) / plain, 1.0)
-        return (features * ratio[:, None]).astype(np.float32)
+        return _rescaled(features, smoothed[:, -1], envelope, spike)
+
+
+def _rescaled(features: np.ndarray, sustained: np.ndarray, envelope: np.ndarray, spike: np.ndarray) -> np.ndarray:
+    """Smoothed per-feature errors scaled so that each row's mean is its smoothed sustained score, capped by
+    the envelope, plus its own spike part: features keep their shares, the row gets the split score."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        level = np.where(np.isnan(sustained), np.nan, np.minimum(sustained, envelope))
+        plain = features.mean(axis=1)
+        ratio = np.where(plain > 0, (level + spike) / plain, 1.0)
+    return (features * ratio[:, None]).astype(np.float32)
 
 
 def _row_score(errors: np.ndarray) -> np.ndarray:
