@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="where trainings and detections run unless a call names another: "
                         "auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps")
     header_timeout: float = Field(10.0, gt=0, description="seconds a client has to send a request's headers")
+    sse_ping: float = Field(15.0, gt=0, description="seconds between keep-alive comments on an SSE stream")
 
     @field_validator("data_roots", "allowed_hosts", "allowed_origins", mode="before")
     @classmethod
@@ -94,6 +95,7 @@ SERVE_FLAGS = [
     ("allowed_origins", "--allowed-origin", {"action": "append", "metavar": "ORIGIN"}),
     ("max_upload_mb", "--max-upload-mb", {"type": float}),
     ("header_timeout", "--header-timeout", {"type": float}),
+    ("sse_ping", "--sse-ping", {"type": float}),
 ]
 
 

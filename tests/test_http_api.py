@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import json
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -15,7 +17,7 @@ from serverproc import ServerProcess, parse_sse, server_dirs
 def server(tmp_path_factory, dataset, trained, trained_window):
     tmp = tmp_path_factory.mktemp("http_server")
     data_root, model_dir = server_dirs(tmp, dataset, trained, trained_window)
-    srv = ServerProcess(tmp, data_root, model_dir)
+    srv = ServerProcess(tmp, data_root, model_dir, "--sse-ping", "1")  # keep-alives every second of silence
     yield srv
     srv.stop()
 
@@ -45,7 +47,12 @@ def test_health_models_and_docs(http, trained):
     assert missing.status_code == 404 and "not found" in missing.json()["error"]
     spec = http.get("/openapi.json").json()
     assert {"/api/detect", "/api/detect/stream", "/api/train/stream", "/api/live/{channel}"} <= set(spec["paths"])
-    assert http.get("/docs").status_code == 200
+    docs = http.get("/docs")
+    assert docs.status_code == 200 and "/static/swagger/swagger-ui-bundle.js" in docs.text and "cdn" not in docs.text
+    assert http.get("/static/swagger/swagger-ui-bundle.js").status_code == 200
+    assert http.get("/redoc").status_code == 404  # dropped: its bundle would be another megabyte to vendor
+    page = http.get("/")
+    assert page.status_code == 200 and '<script type="module" src="/static/app.js">' in page.text
 
 
 def test_detect_by_path_and_by_upload_agree(http, server, dataset):
@@ -180,3 +187,53 @@ def test_device_in_training_and_detection_requests(http):
     assert bad.status_code == 400 and bad.json()["type"] == "DeviceError" and "unknown device" in bad.json()["error"]
     stream = http.get("/api/detect/stream", params={"file_path": "test.csv", "version": "v1", "device": "tpu"})
     assert stream.status_code == 400 and "unknown device" in stream.json()["error"]
+
+
+def test_sse_events_have_ids_and_keep_alive_pings(server):
+    """Every event carries an `id:` (numbered from 1 in its stream); a silent stream gets keep-alive comments."""
+    lines: list[str] = []
+    done = threading.Event()
+
+    def listen():
+        with server.client() as sub, sub.stream("GET", "/api/live/pings/events") as r:
+            started = time.monotonic()
+            for line in r.iter_lines():
+                lines.append(line)
+                if time.monotonic() - started > 3.5:
+                    break
+        done.set()
+
+    threading.Thread(target=listen, daemon=True).start()
+    assert done.wait(30)
+    assert lines[:3] == ["id: 1", "event: subscribed", 'data: {"channel":"pings"}']
+    assert sum(1 for line in lines if line.startswith(": ")) >= 2, lines  # --sse-ping 1
+    with server.client() as http, http.stream("GET", "/api/detect/stream",
+                                              params={"file_path": "test.csv", "version": "v1"}) as r:
+        body = list(r.iter_lines())
+    ids = [int(line[4:]) for line in body if line.startswith("id: ")]
+    events = [line for line in body if line.startswith("event: ")]
+    assert ids == list(range(1, len(events) + 1)) and events[-1] == "event: summary"
+    assert json.loads([line for line in body if line.startswith("data: ")][-1][6:])["status"] == "success"
+
+
+def test_data_listing_and_result_series(http, server, dataset):
+    listing = http.get("/api/data").json()
+    assert {"test.csv", "train.csv"} <= {f["path"] for f in listing["files"]}
+    assert listing["roots"] == [str(server.data_root.resolve())] and not listing["truncated"]
+    summary = http.post("/api/detect", json={"file_path": "test.csv", "version": "v1", "max_results": 0}).json()
+    params = {"output": summary["output"], "features": ",".join(summary["features"]), "time_column": "timestamp"}
+    series = http.get("/api/results/series", params=params).json()
+    rows = len(dataset["test_frame"])
+    assert series["rows"] == rows and series["index"] == list(range(rows))
+    assert series["features"] == dataset["features"] and set(series["values"]) == set(dataset["features"])
+    assert series["anomaly_count"] == summary["anomaly_count"]
+    assert series["segment_count"] == summary["anomaly_segments"] == len(series["segments"])
+    assert series["time"] == dataset["test_frame"]["timestamp"].tolist()
+    strongest = summary["top_anomalies"][0]
+    assert {"first_row": strongest["first_row"], "last_row": strongest["last_row"]} in [
+        {"first_row": s["first_row"], "last_row": s["last_row"]} for s in series["segments"]]
+    small = http.get("/api/results/series", params=params | {"points": 20}).json()
+    assert len(small["index"]) < rows and strongest["index"] in small["index"]  # spikes survive downsampling
+    outside = http.get("/api/results/series", params={"output": str(server.data_root / "test.csv")})
+    assert outside.status_code == 403 and "results folder" in outside.json()["error"]
+    assert http.get("/api/results/series", params={"output": "nope.csv"}).status_code == 404

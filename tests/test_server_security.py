@@ -123,13 +123,70 @@ def test_oversized_requests_get_a_clear_413(server):
         assert http.get("/health").status_code == 200
 
 
-@pytest.mark.parametrize("path", ["/health", "/api/models", "/sse", "/mcp", "/api/live/x/events"])
+@pytest.mark.parametrize("path", ["/health", "/api/models", "/sse", "/mcp", "/api/live/x/events", "/openapi.json",
+                                  "/api/data", "/api/results/series?output=x.csv"])
 def test_token_is_required_on_every_route(token_server, path):
     url = token_server.url + path
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
         r = httpx.get(url, headers=headers, timeout=10)
         assert r.status_code == 401 and "token" in r.json()["error"], (headers, r.text)
         assert r.headers["www-authenticate"].startswith("Bearer")
+
+
+def test_dashboard_page_and_assets_are_public_but_not_their_calls(token_server):
+    """The page, its bundled assets and the docs page hold no data: a browser loads them without the token,
+    which the page then sends on every API call. Only GET/HEAD; Host/Origin checks still apply."""
+    for path in ("/", "/docs", "/favicon.ico", "/static/app.js", "/static/swagger/swagger-ui-bundle.js",
+                 "/static/swagger/LICENSE"):
+        r = httpx.get(token_server.url + path, timeout=10)
+        assert r.status_code == 200, (path, r.status_code)
+    assert httpx.post(token_server.url + "/", timeout=10).status_code == 401
+    assert httpx.get(token_server.url + "/static/nope.js", timeout=10).status_code == 404
+    assert httpx.get(token_server.url + "/", headers={"Host": "evil.example"}, timeout=10).status_code == 421
+    assert httpx.get(token_server.url + "/docs", headers={"Origin": "http://evil.example"}, timeout=10).status_code == 403
+
+
+def test_same_origin_page_requests_pass_the_origin_check(token_server):
+    """A page's own POSTs carry Origin = its own address (the Host it asked): accepted; others are not."""
+    body = {"file_path": "test.csv", "max_results": 0}
+    for host in (f"127.0.0.1:{token_server.port}", f"localhost:{token_server.port}"):
+        r = httpx.post(token_server.url + "/api/detect", json=body, timeout=60,
+                       headers={"Origin": f"http://{host}", "Host": host, **token_server.headers})
+        assert r.status_code == 200, r.text
+    r = httpx.post(token_server.url + "/api/detect", json=body, timeout=60,
+                   headers={"Origin": "http://evil.example", **token_server.headers})
+    assert r.status_code == 403
+
+
+def test_same_origin_counts_for_an_allowed_host_name():
+    """Bound to 0.0.0.0 with --allowed-host box.lan:3001, the dashboard at http://box.lan:3001 may POST."""
+    from anomaly.server.security import Access, Guard
+
+    seen = []
+
+    async def app(scope, receive, send):
+        seen.append(scope["path"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    guard = Guard(app, Access(host="0.0.0.0", token="t", allowed_hosts=["box.lan:3001"]))
+
+    async def call(host: str, origin: str) -> int:
+        sent = []
+
+        async def receive():
+            return {"type": "http.request", "body": b""}
+
+        async def send(message):
+            sent.append(message)
+
+        headers = [(b"host", host.encode()), (b"origin", origin.encode()), (b"authorization", b"Bearer t")]
+        await guard({"type": "http", "method": "POST", "path": "/api/detect", "headers": headers}, receive, send)
+        return sent[0]["status"]
+
+    assert anyio.run(call, "box.lan:3001", "http://box.lan:3001") == 200
+    assert anyio.run(call, "box.lan:3001", "http://evil.example") == 403
+    assert anyio.run(call, "evil.example", "http://evil.example") == 421
 
 
 def test_token_grants_http_and_mcp(token_server):

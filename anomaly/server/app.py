@@ -1,5 +1,6 @@
 """One FastAPI app, served by one uvicorn process: MCP over SSE (`/sse`, messages at `/messages/`), MCP
-Streamable HTTP (`/mcp`), and the HTTP API with SSE push (`/health`, `/api/...`, docs at `/docs`).
+Streamable HTTP (`/mcp`), the HTTP API with SSE push (`/health`, `/api/...`), the dashboard (`/`) and the
+API docs (`/docs`), both from assets bundled in the package (`web.py`, `static/`): no CDN.
 Started by `anomaly serve` (`serve.py`).
 """
 
@@ -20,6 +21,7 @@ from .http_api import add_error_handlers, build_router
 from .live import LiveHub
 from .mcp_app import build_mcp
 from .security import MCP_MAX_BODY, Guard
+from .web import add_web
 
 log = logging.getLogger("anomaly.server")
 
@@ -43,11 +45,12 @@ def create_app(settings: Settings) -> Guard:
             yield
             tg.cancel_scope.cancel()
 
-    app = FastAPI(title="anomaly", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="anomaly", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Time-series anomaly detection: train, detect, and results pushed as "
                               "Server-Sent Events. MCP clients connect to /sse or /mcp.")
     add_error_handlers(app)
     app.include_router(build_router(runtime, hub))
+    add_web(app, runtime)  # /, /docs, /static/..., /api/data, /api/results/series
     app.router.routes.extend(sse_app.routes)  # /sse and /messages/
     app.router.routes.extend(http_app.routes)  # /mcp
     app.state.runtime = runtime

@@ -1,4 +1,6 @@
 """The HTTP API (FastAPI; OpenAPI docs at /docs), with Server-Sent Events for results pushed as computed.
+SSE streams are `sse_starlette` responses: every event has an `id:`, a keep-alive comment goes out every
+`settings.sse_ping` seconds of silence, and a client that disconnects ends its stream (and its generator).
 
     GET  /health                        liveness, never waits for torch work
     GET  /api/models                    list versions          GET /api/models/{version}   one version
@@ -19,8 +21,9 @@ from typing import Any, AsyncIterator, Callable, Iterator
 import anyio
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from .. import specs
 from ..errors import AnomalyError, DataError
@@ -33,8 +36,7 @@ from .security import BodyTooLarge
 log = logging.getLogger("anomaly.server")
 
 STREAM_BLOCK_BYTES = 1 << 20  # the streaming endpoint scores in 1 MiB blocks, so events flow early
-HEARTBEAT_S = 15.0
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+SSE_HEADERS = {"Cache-Control": "no-cache"}  # sse_starlette adds Connection: keep-alive and X-Accel-Buffering: no
 
 
 # --- request bodies ----------------------------------------------------------------------------------------
@@ -83,37 +85,51 @@ def _set(req: BaseModel) -> dict:
 # --- SSE helpers -------------------------------------------------------------------------------------------
 
 
-def sse(event: str, data: Any) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(clean(data), separators=(',', ':'))}\n\n".encode()
+def sse(event: str, data: Any, event_id: int) -> ServerSentEvent:
+    """One event: its name, an `id:` (the event's number in its stream, from 1) and the JSON data on one line."""
+    return ServerSentEvent(json.dumps(clean(data), separators=(",", ":")), event=event, id=str(event_id), sep="\n")
+
+
+def sse_response(runtime: Runtime, events: AsyncIterator[tuple[str, Any]]) -> EventSourceResponse:
+    """An SSE response of (event, data) pairs, numbered; keep-alive comments every `sse_ping` seconds."""
+
+    async def numbered() -> AsyncIterator[ServerSentEvent]:
+        n = 0
+        async for name, data in events:
+            n += 1
+            yield sse(name, data, n)
+
+    return EventSourceResponse(numbered(), headers=SSE_HEADERS, ping=runtime.settings.sse_ping, sep="\n",
+                               ping_message_factory=lambda: ServerSentEvent(comment="keep-alive", sep="\n"))
 
 
 def error_body(exc: AnomalyError) -> dict:
     return {"error": str(exc), "type": type(exc).__name__}
 
 
-async def event_stream(runtime: Runtime, make: Callable[[], Iterator[dict]]) -> StreamingResponse:
+async def event_stream(runtime: Runtime, make: Callable[[], Iterator[dict]]) -> EventSourceResponse:
     """Stream a service generator's events. The first event is computed before answering, so a bad request
     (unknown version, missing file, wrong columns) is a plain 4xx, not an error inside a 200 stream."""
     events = make()
     done = object()
     first = await runtime.score(next, events, done)
 
-    async def body() -> AsyncIterator[bytes]:
+    async def body() -> AsyncIterator[tuple[str, Any]]:
         event = first
         try:
             while event is not done:
-                yield sse(event.pop("event"), event)
+                yield event.pop("event"), event
                 event = await runtime.score(next, events, done)
         except AnomalyError as exc:
-            yield sse("error", error_body(exc))
+            yield "error", error_body(exc)
         except Exception as exc:  # midway through a 200 stream: the client gets an error event, the log the traceback
             log.exception("event stream failed")
-            yield sse("error", {"error": f"internal error: {type(exc).__name__}: {exc}"[:500]})
+            yield "error", {"error": f"internal error: {type(exc).__name__}: {exc}"[:500]}
         finally:
             with anyio.CancelScope(shield=True):  # a client that left: close the generator (drops its CSV)
                 await anyio.to_thread.run_sync(events.close)
 
-    return StreamingResponse(body(), media_type="text/event-stream", headers=SSE_HEADERS)
+    return sse_response(runtime, body())
 
 
 # --- routes ------------------------------------------------------------------------------------------------
@@ -145,7 +161,7 @@ def build_router(runtime: Runtime, hub: LiveHub) -> APIRouter:
     @router.post("/api/train/stream", tags=["training"],
                  description="Server-Sent Events: `epoch` {epoch, epochs, loss, val_loss} after every epoch, "
                              "then `result` (the train result) or `error`.")
-    async def train_stream(req: TrainRequest, request: Request) -> StreamingResponse:
+    async def train_stream(req: TrainRequest, request: Request) -> EventSourceResponse:
         request.state.log["file"] = req.data_file
         toolbox.policy.data_file(req.data_file)  # a path outside the roots is a 403 before the stream starts
         send, receive = anyio.create_memory_object_stream[tuple[str, dict]](1000)
@@ -172,12 +188,12 @@ def build_router(runtime: Runtime, hub: LiveHub) -> APIRouter:
         # The training outlives the request: a client that disconnects still gets its model saved.
         runtime.task_group.start_soon(job)
 
-        async def body() -> AsyncIterator[bytes]:
+        async def body() -> AsyncIterator[tuple[str, Any]]:
             with receive:
                 async for name, event in receive:
-                    yield sse(name, event)
+                    yield name, event
 
-        return StreamingResponse(body(), media_type="text/event-stream", headers=SSE_HEADERS)
+        return sse_response(runtime, body())
 
     @router.post("/api/detect", tags=["detection"])
     async def detect(req: DetectRequest, request: Request) -> dict:
@@ -206,7 +222,7 @@ def build_router(runtime: Runtime, hub: LiveHub) -> APIRouter:
         finally:
             path.unlink(missing_ok=True)
 
-    async def detect_stream(req: DetectRequest) -> StreamingResponse:
+    async def detect_stream(req: DetectRequest) -> EventSourceResponse:
         return await event_stream(runtime, lambda: toolbox.detect_events(**_set(req),
                                                                           block_bytes=STREAM_BLOCK_BYTES))
 
@@ -215,11 +231,11 @@ def build_router(runtime: Runtime, hub: LiveHub) -> APIRouter:
                   "scored, and a final `summary` (the /api/detect result); `error` if it fails midway.")
 
     @router.get("/api/detect/stream", tags=["detection"], description=stream_doc)
-    async def detect_stream_get(req: BaseModel = Depends(detect_query)) -> StreamingResponse:
+    async def detect_stream_get(req: BaseModel = Depends(detect_query)) -> EventSourceResponse:
         return await detect_stream(req)
 
     @router.post("/api/detect/stream", tags=["detection"], description=stream_doc)
-    async def detect_stream_post(req: DetectRequest) -> StreamingResponse:
+    async def detect_stream_post(req: DetectRequest) -> EventSourceResponse:
         return await detect_stream(req)
 
     @router.post("/api/live/{channel}", tags=["live"],
@@ -232,25 +248,20 @@ def build_router(runtime: Runtime, hub: LiveHub) -> APIRouter:
     @router.get("/api/live/{channel}/events", tags=["live"],
                 description="Server-Sent Events: `score` {channel, version, index, reconstruction_error, "
                             "is_anomaly, top_features, threshold} for every point posted to the channel.")
-    async def live_events(channel: str) -> StreamingResponse:
+    async def live_events(channel: str) -> EventSourceResponse:
         send, receive = hub.subscribe(channel)
 
-        async def body() -> AsyncIterator[bytes]:
+        async def body() -> AsyncIterator[tuple[str, Any]]:
             try:
-                yield sse("subscribed", {"channel": channel})
-                while True:
-                    with anyio.move_on_after(HEARTBEAT_S) as timeout:
-                        event = await receive.receive()
-                    if timeout.cancelled_caught:
-                        yield b": keep-alive\n\n"
-                        continue
-                    yield sse("score", event)
+                yield "subscribed", {"channel": channel}
+                while True:  # keep-alives come from the response's ping task; a client that left cancels this
+                    yield "score", await receive.receive()
             except (anyio.EndOfStream, anyio.ClosedResourceError):
-                yield sse("error", {"error": "this subscriber fell too far behind and was dropped"})
+                yield "error", {"error": "this subscriber fell too far behind and was dropped"}
             finally:
                 hub.unsubscribe(channel, send, receive)
 
-        return StreamingResponse(body(), media_type="text/event-stream", headers=SSE_HEADERS)
+        return sse_response(runtime, body())
 
     from .fleet_tools import add_route as add_fleet_route
     add_fleet_route(router, runtime)

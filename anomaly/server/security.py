@@ -4,8 +4,9 @@
   (the scaler is a pickle: loading one from anywhere else would run a stranger's code). Paths are resolved
   first (`..` and symlinks followed), then checked, so neither can lead out of a root.
 - `Guard`: one ASGI middleware in front of every route, MCP and HTTP alike: DNS-rebinding protection
-  (`Host` must name this server, a browser `Origin` must be local or explicitly allowed), the optional
-  bearer token, and request size limits answered with a clear 413.
+  (`Host` must name this server, a browser `Origin` must be local, this server itself or explicitly allowed),
+  the optional bearer token, and request size limits answered with a clear 413. The dashboard's page, its
+  static files and the docs page hold no data and need no token (their API calls do); Host/Origin still apply.
 """
 
 from __future__ import annotations
@@ -24,6 +25,13 @@ from ..errors import DataError, PathNotAllowed
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 MCP_PATHS = ("/sse", "/messages", "/mcp")
 MCP_MAX_BODY = 4 << 20  # one JSON-RPC message; the SDK's own default
+# GET/HEAD without a token: the dashboard page, its bundled assets and the docs page (no data; their calls send it)
+PUBLIC_PATHS = ("/", "/docs", "/favicon.ico")
+PUBLIC_PREFIX = "/static/"
+
+
+def is_public(method: str, path: str) -> bool:
+    return method in ("GET", "HEAD") and (path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIX))
 
 
 def is_loopback(host: str) -> bool:
@@ -169,10 +177,11 @@ class Guard:
             return await _reply(send, 421, f"host {host!r} is not allowed (DNS-rebinding protection); "
                                            "start the server with --allowed-host to add it")
         origin = headers.get("origin")
-        if origin and not _matches(origin.lower(), self.origins):
+        same_origin = origin is not None and origin.lower() in (f"http://{host}", f"https://{host}")
+        if origin and not same_origin and not _matches(origin.lower(), self.origins):
             return await _reply(send, 403, f"origin {origin!r} is not allowed; start the server with "
                                            "--allowed-origin to add it")
-        if self.token is not None:
+        if self.token is not None and not is_public(scope.get("method", ""), scope.get("path", "")):
             auth = headers.get("authorization", "")
             given = auth[7:].strip().encode() if auth[:7].lower() == "bearer " else b""
             if not hmac.compare_digest(given, self.token):
