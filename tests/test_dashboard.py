@@ -26,6 +26,7 @@ if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
     pytest.skip(f"needs Chromium and chromedriver ({CHROMIUM}, {CHROMEDRIVER} missing; on Debian: "
                 "apt-get install chromium chromium-driver, as .ci/run does)", allow_module_level=True)
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the dev extra: pip install -r requirements.txt")
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
@@ -61,11 +62,16 @@ def browser():
 
 def wait(driver, condition, what: str, timeout: float = WAIT_S):
     try:
-        return WebDriverWait(driver, timeout, poll_frequency=0.2).until(condition)
+        return WebDriverWait(driver, timeout, poll_frequency=0.2,  # the page redraws: elements go stale
+                             ignored_exceptions=(StaleElementReferenceException,)).until(condition)
     except Exception:
         logs = "\n".join(str(e) for e in driver.get_log("browser"))
         message = driver.find_element(By.ID, "message").text if driver.find_elements(By.ID, "message") else ""
         pytest.fail(f"timed out waiting for {what}; page message: {message!r}\nbrowser console:\n{logs}")
+
+
+def options(driver, select_id: str) -> list[str]:
+    return driver.execute_script(f"return [...document.querySelectorAll('#{select_id} option')].map(o => o.value)")
 
 
 def logged_in(driver, server) -> None:
@@ -77,8 +83,8 @@ def logged_in(driver, server) -> None:
         box.clear()
         box.send_keys(TOKEN)
         driver.find_element(By.CSS_SELECTOR, "#login button[type=submit]").click()
-    wait(driver, lambda d: "spike.csv" in [o.get_attribute("value") for o in
-                                           d.find_elements(By.CSS_SELECTOR, "#data-file option")], "the data files")
+    wait(driver, lambda d: "spike.csv" in options(d, "data-file"), "the data files")
+    wait(driver, lambda d: "v1" in options(d, "model-version"), "the model versions")
 
 
 def test_page_needs_the_token_for_data_and_keeps_it_in_the_session(browser, server):
@@ -91,8 +97,7 @@ def test_page_needs_the_token_for_data_and_keeps_it_in_the_session(browser, serv
     logged_in(browser, server)
     assert browser.execute_script("return sessionStorage.getItem('anomaly-token')") == TOKEN
     assert "token set" in browser.find_element(By.ID, "server-status").text
-    versions = [o.get_attribute("value") for o in browser.find_elements(By.CSS_SELECTOR, "#model-version option")]
-    assert "v1" in versions
+    wait(browser, lambda d: "v1" in options(d, "model-version"), "the model versions")
 
 
 def test_detection_shows_the_injected_anomaly_in_chart_and_table(browser, server):
@@ -129,6 +134,19 @@ def test_detection_shows_the_injected_anomaly_in_chart_and_table(browser, server
     assert "spike.csv" in browser.find_element(By.ID, "detect-summary").text
 
 
+def test_uploaded_file_is_detected_too(browser, server):
+    logged_in(browser, server)
+    browser.execute_script("document.querySelector('#segments-table tbody').replaceChildren()")
+    browser.find_element(By.ID, "upload").send_keys(str(server.data_root / "spike.csv"))
+    assert browser.find_element(By.ID, "data-file").get_attribute("value") == ""  # the upload replaces the choice
+    browser.find_element(By.ID, "run-detect").click()
+    rows = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#segments-table tbody tr"), "the segments table")
+    assert any(int(r.get_attribute("data-first-row")) <= SPIKE_ROWS[0] <= int(r.get_attribute("data-last-row"))
+               for r in rows)
+    assert browser.find_elements(By.CSS_SELECTOR, "#score-chart rect.segment")
+    assert not list((server.workdir / "results" / ".uploads").glob("*")), "upload left behind"
+
+
 def test_training_loss_curve_updates_as_epochs_arrive(browser, server):
     logged_in(browser, server)
     Select(browser.find_element(By.ID, "train-file")).select_by_value("train.csv")
@@ -141,8 +159,7 @@ def test_training_loss_curve_updates_as_epochs_arrive(browser, server):
     wait(browser, lambda d: "saved web-1" in d.find_element(By.ID, "train-progress").text, "the training result")
     path = browser.find_element(By.CSS_SELECTOR, "#loss-chart path.series[data-name=loss]").get_attribute("d")
     assert path.count("L") == 2  # three points: a move and two lines
-    wait(browser, lambda d: "web-1" in [o.get_attribute("value") for o in
-                                        d.find_elements(By.CSS_SELECTOR, "#model-version option")], "the new version")
+    wait(browser, lambda d: "web-1" in options(d, "model-version"), "the new version")
 
 
 def test_live_chart_shows_points_and_flags_as_they_arrive(browser, server, dataset):

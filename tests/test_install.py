@@ -56,6 +56,14 @@ def test_the_install_brings_its_dependencies_and_no_cuda(installed):
     names = {p["name"].lower(): p["version"] for p in json.loads(pip.stdout)}
     assert names["torch"].startswith("2.13.0") and {"numpy", "pandas", "scikit-learn", "mcp"} <= set(names)
     assert not [n for n in names if n.startswith("nvidia")], "a CUDA build was installed"
+    # the dashboard and the offline docs ship inside the package (package-data), not only in the checkout
+    code = ("import pathlib, anomaly.server as s; d = pathlib.Path(s.__file__).parent / 'static'; "
+            "print(sorted(str(p.relative_to(d)) for p in d.rglob('*') if p.is_file()))")
+    shipped = run(installed, installed["bin"] / "python", "-c", code)
+    assert shipped.returncode == 0, shipped.stderr
+    for name in ("index.html", "app.js", "chart.js", "api.js", "docs.html", "swagger/swagger-ui-bundle.js",
+                 "swagger/swagger-ui.css", "swagger/LICENSE"):
+        assert f"'{name}'" in shipped.stdout, (name, shipped.stdout)
 
 
 def test_installed_cli_trains_and_detects(installed, dataset):

@@ -127,7 +127,13 @@ async function runDetection(event) {
   }
 }
 
+let lastDetection = null;
+
+// Scores span orders of magnitude (a spike can be 1000x the threshold): drawn on a log scale unless unticked.
+const log10 = (v) => (typeof v === "number" && v > 0 ? Math.log10(v) : null);
+
 function showDetection(summary, series, name) {
+  lastDetection = [summary, series, name];
   const section = $("detect-panel");
   section.dataset.anomalyCount = summary.anomaly_count;
   section.dataset.segmentCount = series.segment_count;
@@ -155,10 +161,14 @@ function showDetection(summary, series, name) {
       marks.push({ x: x[i], y: series.score[i], data: { index: x[i] }, title: `row ${x[i]}: ${fmt(series.score[i])}` });
     }
   }
+  const logScale = $("log-score").checked;
+  const scale = (v) => (logScale ? (Array.isArray(v) ? v.map(log10) : log10(v)) : v);
   drawChart($("score-chart"), {
-    x, series: [{ name: "score (reconstruction error)", values: series.score, color: "#111827" }],
-    threshold: series.threshold ?? summary.threshold, bands, marks, xLabel: times ? series.time_column : "row",
-    xFormat,
+    x, series: [{ name: `score (reconstruction error${logScale ? ", log scale" : ""})`, values: scale(series.score),
+      color: "#111827" }],
+    threshold: scale(series.threshold ?? summary.threshold), bands, xLabel: times ? series.time_column : "row",
+    marks: marks.map((m) => ({ ...m, y: scale(m.y) })), xFormat,
+    yFormat: logScale ? (v) => fmt(10 ** v, 2) : undefined,
   });
   segmentsTable(summary);
 }
@@ -216,7 +226,7 @@ async function runTraining(event) {
   const val = [];
   const chart = $("loss-chart");
   const draw = () => drawChart(chart, {
-    x: epochs, xLabel: "epoch", height: 200,
+    x: epochs, xLabel: "epoch", height: 200, integerX: true,
     series: [{ name: "loss", values: loss }, ...(val.some((v) => v !== null) ? [{ name: "val_loss", values: val }] : [])],
   });
   say("");
@@ -274,7 +284,7 @@ async function watchLive(event) {
   const draw = () => {
     pending = false;
     drawChart(chart, {
-      x: idx, xLabel: "point", height: 200, threshold: threshold.length ? threshold : null,
+      x: idx, xLabel: "point", height: 200, integerX: true, threshold: threshold.length ? threshold : null,
       series: [{ name: `score (${channel})`, values: score, color: "#111827" }],
       marks: flags.map((i) => ({ x: i, y: score[idx.indexOf(i)], data: { index: i } })),
     });
@@ -359,6 +369,7 @@ function init() {
     if ($("data-file").value) $("upload").value = "";
   });
   $("detect-form").addEventListener("submit", runDetection);
+  $("log-score").addEventListener("change", () => lastDetection && showDetection(...lastDetection));
   $("train-form").addEventListener("submit", runTraining);
   $("live-form").addEventListener("submit", watchLive);
   $("live-stop").addEventListener("click", () => liveAbort?.abort());

@@ -69,10 +69,11 @@ function pathOf(xs, ys, sx, sy) {
  *   threshold  a number, or an array aligned with x, or null
  *   bands    [{from, to, title?, data?}]  x-ranges to highlight (class "segment", data-* attributes from `data`)
  *   marks    [{x, y, title?, data?}]      points to mark (class "flag")
- *   xLabel   axis name; xFormat(x) -> text for the x ticks
+ *   xLabel   axis name; xFormat(x) -> text for the x ticks; integerX: ticks only at whole numbers
+ *   yFormat(y) -> text for the y ticks (e.g. 10 ** y when the values given are log10 of the data)
  */
 export function drawChart(svg, { x, series, threshold = null, bands = [], marks = [], xLabel = "", xFormat = label,
-  height = 240 }) {
+  yFormat = label, integerX = false, height = 240 }) {
   const width = Math.max(320, Math.round(svg.clientWidth || svg.parentElement?.clientWidth || 900));
   svg.replaceChildren();
   svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
@@ -90,16 +91,16 @@ export function drawChart(svg, { x, series, threshold = null, bands = [], marks 
   const axes = el("g", { class: "axes" }, svg);
   for (const t of ticks(y0, y1, 5)) {
     el("line", { x1: MARGIN.left, x2: width - MARGIN.right, y1: sy(t), y2: sy(t), class: "grid" }, axes);
-    el("text", { x: MARGIN.left - 6, y: sy(t) + 4, "text-anchor": "end" }, axes).textContent = label(t);
+    el("text", { x: MARGIN.left - 6, y: sy(t) + 4, "text-anchor": "end" }, axes).textContent = yFormat(t);
   }
-  for (const t of ticks(x0, x1, Math.max(2, Math.floor(plotW / 110)))) {
+  for (const t of ticks(x0, x1, Math.max(2, Math.floor(plotW / 110))).filter((v) => !integerX || Number.isInteger(v))) {
     el("line", { x1: sx(t), x2: sx(t), y1: MARGIN.top + plotH, y2: MARGIN.top + plotH + 4, class: "tick" }, axes);
     el("text", { x: sx(t), y: height - 10, "text-anchor": "middle" }, axes).textContent = xFormat(t);
   }
   el("rect", { x: MARGIN.left, y: MARGIN.top, width: plotW, height: plotH, class: "frame" }, axes);
   if (xLabel) {
-    el("text", { x: width - MARGIN.right, y: height - 10, "text-anchor": "end", class: "axis-name" }, axes)
-      .textContent = xLabel;
+    el("text", { x: width - MARGIN.right - 6, y: MARGIN.top + 14, "text-anchor": "end", class: "axis-name" }, axes)
+      .textContent = `x: ${xLabel}`;
   }
 
   const bandGroup = el("g", { class: "segments" }, svg);
