@@ -237,3 +237,24 @@ def test_data_listing_and_result_series(http, server, dataset):
     outside = http.get("/api/results/series", params={"output": str(server.data_root / "test.csv")})
     assert outside.status_code == 403 and "results folder" in outside.json()["error"]
     assert http.get("/api/results/series", params={"output": "nope.csv"}).status_code == 404
+
+
+def test_client_leaving_a_detection_stream_closes_it(http, server, dataset):
+    """A client that disconnects mid-stream: the generator is closed (its half-written result CSV removed) and
+    the server goes on answering, with nothing logged as an error."""
+    big = server.data_root / "big.csv"
+    text = (server.data_root / "test.csv").read_text().splitlines(keepends=True)
+    big.write_text(text[0] + "".join(text[1:]) * 40)  # several 1 MiB blocks
+    results = server.workdir / "results"
+    before = set(results.glob("big-*"))
+    with server.client() as c, c.stream("GET", "/api/detect/stream", params={"file_path": "big.csv", "version": "v1"}) as r:
+        for line in r.iter_lines():
+            if line.startswith("event: progress"):
+                break  # leave after the first block
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and list(results.glob(".big-*.tmp")):
+        time.sleep(0.2)
+    assert not list(results.glob(".big-*.tmp")), "the partial result was left behind"
+    assert set(results.glob("big-*")) == before, "a stream that was left still wrote its result"
+    assert http.get("/health").json()["status"] == "ok"
+    assert "Traceback" not in server.log()
