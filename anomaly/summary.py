@@ -55,8 +55,9 @@ class Summary:
     """Running counts, top anomalies and capped per-row results, in memory bounded by `max_results`."""
 
     def __init__(self, threshold: float, features: list[str], max_results: int | None, keep_all: bool = False,
-                 expected_rate: float | None = None):
+                 expected_rate: float | None = None, row_features: bool = False):
         self.threshold, self.features = threshold, features
+        self.row_features = row_features  # anomalous rows in `results` name their strongest features
         self.max_results = max_results
         self.expected_rate = expected_rate
         self.rows = self.scored = self.anomalies = 0
@@ -82,9 +83,11 @@ class Summary:
         cap = self.max_results
         if cap is None or len(self.anom_rows) < cap:
             take = idx if cap is None else idx[: cap - len(self.anom_rows)]
-            drivers = top_features_rows(row_err[take], self.features)
-            self.anom_rows += [_row(start, i, scores, times, True) | {"top_features": f}
-                               for i, f in zip(take, drivers)]
+            rows = [_row(start, i, scores, times, True) for i in take]
+            if self.row_features:
+                for row, drivers in zip(rows, top_features_rows(row_err[take], self.features)):
+                    row["top_features"] = drivers
+            self.anom_rows += rows
         if cap is None or len(self.normal_rows) < cap:
             normal = np.flatnonzero(flags == 0)
             take = normal if cap is None else normal[: cap - len(self.normal_rows)]

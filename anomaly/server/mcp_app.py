@@ -31,6 +31,7 @@ from .. import __version__, defaults, specs, summary
 from ..errors import AnomalyError
 from ..logs import log_call
 from .core import Runtime, to_json
+from .toolbox import Toolbox
 
 log = logging.getLogger("anomaly.server")
 
@@ -79,6 +80,15 @@ def _reply(encoded: tuple[str, dict], structured: bool = True) -> CallToolResult
     text, data = encoded
     return CallToolResult(content=[TextContent(type="text", text=text)],
                           structured_content=data if structured else None)
+
+
+def lean_detection(toolbox: Toolbox, file_path: str, max_results: int | None = None, **kwargs: Any) -> dict:
+    """`run_detection` as the MCP tool replies: the toolbox's detection with each anomalous row's strongest
+    features, shaped by `summary.lean_reply`; up to the default cap of rows the reply fits REPLY_CHARS
+    (more rows asked for: up to the toolbox's limit for any MCP message)."""
+    cap = defaults.MCP_MAX_RESULTS if max_results is None else max_results
+    result = toolbox.run_detection(file_path, max_results=cap, row_features=True, **kwargs)
+    return summary.lean_reply(result, summary.REPLY_CHARS if cap <= defaults.MCP_MAX_RESULTS else None)
 
 
 def _unexpected(exc: Exception) -> str:
@@ -160,11 +170,8 @@ def build_mcp(runtime: Runtime) -> MCPServer:
         except Exception as exc:  # a bug or an OS refusal: logged above; still an error result that says what
             raise ToolError(_unexpected(exc)) from None
 
-    def detect_lean(max_results: int | None = None, **kwargs: Any) -> dict:
-        """The toolbox's detection, shaped for an LLM: up to the default cap, the reply fits REPLY_CHARS."""
-        cap = defaults.MCP_MAX_RESULTS if max_results is None else max_results
-        result = toolbox.run_detection(max_results=cap, **kwargs)
-        return summary.lean_reply(result, summary.REPLY_CHARS if cap <= defaults.MCP_MAX_RESULTS else None)
+    def detect_lean(**kwargs: Any) -> dict:
+        return lean_detection(toolbox, **kwargs)
 
     async def run_detection(ctx: Context, file_path: str, **kwargs: Any) -> CallToolResult:
         def progress(event: dict) -> None:
