@@ -17,4 +17,9 @@ SCALER = "standard"
 THRESHOLD_METHOD = "percentile"
 PERCENTILE = 95.0
 MISSING = "interpolate"
-MAX_RESULTS = 1000  # per-row results returned by the service (MCP/HTTP); the full table goes to a CSV
+MAX_RESULTS = 1000  # per-row results returned by the service (HTTP, mcp_tool); the full table goes to a CSV
+# An MCP run_detection reply is read by an LLM: by default it holds this many rows (anomalies first, each with
+# its time and strongest features) and is at most MCP_REPLY_CHARS characters, JSON-RPC message and all
+# (`summary.lean_reply`; 25 rows of 4 features with times take ~5,600 of them, segments and counts ~4,000).
+MCP_MAX_RESULTS = 25
+MCP_REPLY_CHARS = 12_000

@@ -57,13 +57,15 @@ def iter_detect(
     paths: ArtifactPaths | None = None,
     anomaly_events: bool = True,
     block_bytes: int = 32 << 20,
+    row_features: bool = False,
     **params: Any,
 ) -> Iterator[dict]:
     """Score a file block by block. Yields events: `progress`, `anomaly` (one per anomalous row, as soon as
     its block is scored) and finally `summary` (the same dict `detect` returns).
     What is detected is a `DetectSpec` (or its fields as keyword arguments, checked before anything is read):
     `time_column` (default: a column named timestamp/time/date/datetime) gives every reported anomaly its time;
-    `threshold_window` (rows, or a time span such as `7d`) makes the threshold follow the data (`anomaly.rolling`)."""
+    `threshold_window` (rows, or a time span such as `7d`) makes the threshold follow the data (`anomaly.rolling`).
+    `row_features`: each anomalous row in `results` also names its strongest features (the MCP reply)."""
     spec = parse(DetectSpec, spec, **params)
     output, per_feature, missing, plot = spec.output, spec.per_feature, spec.missing, spec.plot
     label_column, max_results, return_details = spec.label_column, spec.max_results, spec.return_details
@@ -93,7 +95,7 @@ def iter_detect(
     stream = det.stream()
     pending = _Pending()
     acc = Summary(det.threshold_, features, max_results if return_details else 0, keep_all=label_col is not None,
-                   expected_rate=expected_rate(det.threshold_info_))
+                   expected_rate=expected_rate(det.threshold_info_), row_features=row_features)
     missing_report = {"missing_values": 0, "values_filled": 0, "rows_dropped": 0}
     plotter = _plotter(plot, det, fmt, used, label_col)
     filler = _MissingFiller(features, missing, missing_report)

@@ -151,7 +151,8 @@ class DetectSpec(Spec):
     per_feature: bool = _p(False, "add each feature's share of the error to the output rows", Opt("output"))
     max_results: Annotated[int, Field(ge=0)] | None = _p(
         defaults.MAX_RESULTS, f"cap on per-row results in the summary, anomalies first (null = every row; "
-        f"MCP/HTTP: at most {MAX_RESULTS_LIMIT}; the CLI's --json: every row unless given); every row is in "
+        f"MCP/HTTP: at most {MAX_RESULTS_LIMIT}; MCP's default {defaults.MCP_MAX_RESULTS} keeps the reply under "
+        f"{defaults.MCP_REPLY_CHARS:,} characters; the CLI's --json: every row unless given); every row is in "
         "the output file", Opt("output", cli_default=None))
     return_details: bool = _p(True, "include per-row results in the summary", Opt("output", cli=False))
     output: str | None = _p(None, "write every row with reconstruction_error and is_anomaly (.csv keeps the input "
@@ -248,10 +249,13 @@ def parameters(spec_cls: type[Spec], remote: bool = True, overrides: dict | None
 
 
 def signature(fn, leading: list[inspect.Parameter], spec_cls: type[Spec], trailing: list[inspect.Parameter] = (),
-              remote: bool = True, returns: Any = inspect.Signature.empty):
+              remote: bool = True, returns: Any = inspect.Signature.empty, defaults: dict | None = None):
     """Give `fn` (which takes **kwargs) the explicit signature: `leading`, then the spec's fields, then
-    `trailing`. MCP's SDK and `help()` read it; annotations too, for tools that inspect type hints."""
-    params = [*leading, *parameters(spec_cls, remote), *trailing]
+    `trailing`. MCP's SDK and `help()` read it; annotations too, for tools that inspect type hints.
+    `defaults` {name: value}: an interface's own default for a field (MCP replies hold fewer rows)."""
+    fields_ = spec_cls.model_fields
+    overrides = {n: (annotated(fields_[n]), v) for n, v in (defaults or {}).items()}
+    params = [*leading, *parameters(spec_cls, remote, overrides), *trailing]
     fn.__signature__ = inspect.Signature(params, return_annotation=returns)
     fn.__annotations__ = {p.name: p.annotation for p in params} | (
         {"return": returns} if returns is not inspect.Signature.empty else {})

@@ -1,9 +1,12 @@
 """The detection summary: counts, anomaly segments (incidents), top anomalies with the features that drove
-them, capped per-row results, label metrics and drift warnings, in memory bounded by `max_results`."""
+them, capped per-row results, label metrics and drift warnings, in memory bounded by `max_results`; and
+`lean_reply`, the same summary sized for an LLM (the MCP `run_detection` reply)."""
 
 from __future__ import annotations
 
 import heapq
+import json
+import math
 
 import numpy as np
 
@@ -52,8 +55,9 @@ class Summary:
     """Running counts, top anomalies and capped per-row results, in memory bounded by `max_results`."""
 
     def __init__(self, threshold: float, features: list[str], max_results: int | None, keep_all: bool = False,
-                 expected_rate: float | None = None):
+                 expected_rate: float | None = None, row_features: bool = False):
         self.threshold, self.features = threshold, features
+        self.row_features = row_features  # anomalous rows in `results` name their strongest features
         self.max_results = max_results
         self.expected_rate = expected_rate
         self.rows = self.scored = self.anomalies = 0
@@ -79,7 +83,11 @@ class Summary:
         cap = self.max_results
         if cap is None or len(self.anom_rows) < cap:
             take = idx if cap is None else idx[: cap - len(self.anom_rows)]
-            self.anom_rows += [_row(start, i, scores, times, True) for i in take]
+            rows = [_row(start, i, scores, times, True) for i in take]
+            if self.row_features:
+                for row, drivers in zip(rows, top_features_rows(row_err[take], self.features)):
+                    row["top_features"] = drivers
+            self.anom_rows += rows
         if cap is None or len(self.normal_rows) < cap:
             normal = np.flatnonzero(flags == 0)
             take = normal if cap is None else normal[: cap - len(self.normal_rows)]
@@ -194,6 +202,55 @@ class Summary:
         max_buffer = max_buffer_for(np.concatenate(sample)) if sample else None
         threshold = np.concatenate(self.all_thresholds) if self.all_thresholds else self.threshold
         return threshold_report(labels, scores, threshold, max_buffer=max_buffer) | {"label_column": self.label_column}
+
+
+# --- the reply sized for an LLM ---------------------------------------------------------------------------
+
+REPLY_CHARS = defaults.MCP_REPLY_CHARS  # a default MCP run_detection reply is at most this long
+DIGITS = 6  # significant digits of every float in a lean reply
+
+
+def round_floats(obj, digits: int = DIGITS):
+    """A copy of `obj` with every float rounded to `digits` significant digits (NaN/inf become None)."""
+    if isinstance(obj, (float, np.floating)):
+        return float(f"{obj:.{digits}g}") if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: round_floats(v, digits) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [round_floats(v, digits) for v in obj]
+    return obj
+
+
+def lean_reply(summary: dict, max_chars: int | None = REPLY_CHARS) -> dict:
+    """A detection summary as an LLM should read it: every float to 6 significant digits and, when the reply
+    would be longer than `max_chars`, the last per-row results dropped until it fits (anomalous rows come
+    first, so normal ones go first); `results_truncated` then says so. Every other field (counts, threshold,
+    segments with their first and last times, warnings, the `output` CSV of every row) stays.
+
+    `max_chars` counts the whole MCP message a client receives: the JSON-RPC envelope and the reply's JSON
+    as a JSON string inside it (every quote escaped), not just the reply's own characters."""
+    out = round_floats(summary)
+    rows = out.get("results")
+    if max_chars is None or not rows:
+        return out
+    excess = _as_string(out) + ENVELOPE_CHARS - max_chars
+    if excess <= 0:
+        return out
+    keep = len(rows)
+    while keep and excess > 0:
+        keep -= 1
+        excess -= _as_string(rows[keep]) - 1  # the row, less its quotes, plus its comma
+    out["results"] = rows[:keep]
+    out["results_truncated"] = True
+    return out
+
+
+ENVELOPE_CHARS = 200  # {"jsonrpc":"2.0","id":..,"result":{"content":[{"type":"text","text":...}],"isError":false}}
+
+
+def _as_string(obj) -> int:
+    """Characters of `obj`'s compact JSON written as a JSON string (quotes and backslashes escaped)."""
+    return len(json.dumps(json.dumps(obj, separators=(",", ":"))))
 
 
 def _row(start: int, i: int, scores: np.ndarray, times: np.ndarray | None, anomaly: bool) -> dict:

@@ -1,12 +1,14 @@
 """MCP server load: N concurrent MCP clients calling `run_detection` on a 10,000-row file, compared with
-calling the service layer directly in the same run (same file, same model, same per-row CSV output).
+the same call made directly in-process in the same run (same file, same model, same per-row CSV output,
+the same reply: `mcp_app.lean_detection`, which is what the MCP tool runs).
 
-    python bench/server_load.py [--clients 8] [--calls 5] [--rows 10000] [--transport sse|http]
+    python bench/server_load.py [--clients 8] [--calls 5] [--rows 10000] [--transport sse http]
+                                [--max-results N]   # default: the tool's default reply
 
-Reports requests/s and p50/p99 latency for: the service called directly (one caller, then N threads) and
-the MCP server (one client, then N concurrent clients, each with its own session). The overhead figure is
-MCP p50 / direct p50 with one caller, where the only difference is the MCP round trip; those direct and
-MCP calls are interleaved so that both see the same load on a shared machine.
+Reports requests/s and p50/p99 latency for: the call made directly (one caller, then N threads) and the
+MCP server (one client, then N concurrent clients, each with its own session), for each transport. The
+overhead figure is MCP p50 / direct p50 with one caller, where the only difference is the MCP round trip;
+those direct and MCP calls are interleaved so that both see the same load on a shared machine.
 """
 
 from __future__ import annotations
@@ -29,7 +31,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from anomaly import defaults, service, synthetic  # noqa: E402
+from anomaly import service, synthetic  # noqa: E402
+from anomaly.server.core import to_json  # noqa: E402
+from anomaly.server.mcp_app import lean_detection  # noqa: E402
+from anomaly.server.toolbox import Toolbox  # noqa: E402
 from anomaly.store import ModelStore  # noqa: E402
 
 
@@ -39,21 +44,26 @@ def stats(latencies: list[float], wall: float) -> dict:
             "p99_ms": round(float(np.percentile(lat, 99)), 1), "mean_ms": round(float(lat.mean()), 1)}
 
 
-MAX_RESULTS = defaults.MAX_RESULTS  # per-row results in each reply (--max-results)
+MAX_RESULTS: int | None = None  # per-row results in each reply (--max-results); None: the tool's default
 
 
-def direct_call(file: Path, store: ModelStore, out: Path) -> float:
-    """The service layer called in-process, with the same work as the tool: per-row CSV, capped results."""
+def arguments(file: Path) -> dict:
+    return {"file_path": file.name} | ({} if MAX_RESULTS is None else {"max_results": MAX_RESULTS})
+
+
+def direct_call(file: Path, toolbox: Toolbox) -> float:
+    """The MCP tool's work called in-process: the detection with its per-row CSV, the reply shaped as the tool
+    shapes it and encoded as JSON text."""
     t0 = time.perf_counter()
-    result = service.detect(str(file), store=store, output=str(out), max_results=MAX_RESULTS)
-    assert result["total_rows"] > 0
+    text, result = to_json(lean_detection(toolbox, **arguments(file)))
+    assert result["total_rows"] > 0 and text
     return time.perf_counter() - t0
 
 
-def direct(file: Path, store: ModelStore, out: Path, callers: int, calls: int) -> dict:
+def direct(file: Path, toolbox: Toolbox, callers: int, calls: int) -> dict:
     t0 = time.perf_counter()
     with ThreadPoolExecutor(callers) as pool:
-        latencies = list(pool.map(lambda i: direct_call(file, store, out / f"direct-{i}.csv"), range(callers * calls)))
+        latencies = list(pool.map(lambda i: direct_call(file, toolbox), range(callers * calls)))
     return stats(latencies, time.perf_counter() - t0)
 
 
@@ -62,23 +72,25 @@ def mcp_target(url: str, transport: str):
     return sse_client(url + "/sse", sse_read_timeout=600) if transport == "sse" else url + "/mcp"
 
 
-async def one_caller(url: str, transport: str, file: Path, store: ModelStore, out: Path, pairs: int) -> dict:
+async def one_caller(url: str, transport: str, file: Path, toolbox: Toolbox, pairs: int) -> dict:
     """Direct and MCP calls interleaved, so both see the same machine load (the host may be shared)."""
     from mcp import Client
 
-    direct_lat, mcp_lat = [], []
+    direct_lat, mcp_lat, sizes = [], [], []
     async with Client(mcp_target(url, transport)) as client:
         for i in range(pairs + 1):
-            d = direct_call(file, store, out / "direct-1.csv")
+            d = direct_call(file, toolbox)
             t0 = time.perf_counter()
-            result = await client.call_tool("run_detection", {"file_path": file.name, "max_results": MAX_RESULTS})
+            result = await client.call_tool("run_detection", arguments(file))
             m = time.perf_counter() - t0
             assert not result.is_error, result.content[0].text
+            sizes.append(len(result.model_dump_json(by_alias=True, exclude_none=True)))
             if i:  # the first pair warms both (model loaded and cached)
                 direct_lat.append(d)
                 mcp_lat.append(m)
     wall = sum(direct_lat) + sum(mcp_lat)
-    return {"direct_1": stats(direct_lat, sum(direct_lat)), "mcp_1": stats(mcp_lat, sum(mcp_lat)), "wall_s": wall}
+    return {"direct_1": stats(direct_lat, sum(direct_lat)), "mcp_1": stats(mcp_lat, sum(mcp_lat)), "wall_s": wall,
+            "reply_chars": max(sizes)}
 
 
 async def mcp_load(url: str, transport: str, clients: int, calls: int) -> dict:
@@ -90,7 +102,7 @@ async def mcp_load(url: str, transport: str, clients: int, calls: int) -> dict:
         async with Client(mcp_target(url, transport)) as client:
             for _ in range(calls):
                 t0 = time.perf_counter()
-                result = await client.call_tool("run_detection", {"file_path": "load.csv", "max_results": MAX_RESULTS})
+                result = await client.call_tool("run_detection", arguments(Path("load.csv")))
                 latencies.append(time.perf_counter() - t0)
                 assert not result.is_error, result.content[0].text
 
@@ -113,9 +125,9 @@ def main() -> None:
     p.add_argument("--calls", type=int, default=5, help="calls per client")
     p.add_argument("--pairs", type=int, default=20, help="interleaved direct/MCP call pairs with one caller")
     p.add_argument("--rows", type=int, default=10_000)
-    p.add_argument("--transport", choices=("sse", "http"), default="sse")
+    p.add_argument("--transport", choices=("sse", "http"), nargs="+", default=["sse", "http"])
     p.add_argument("--workers", type=int, default=2, help="server scoring threads (and direct threads)")
-    p.add_argument("--max-results", type=int, default=defaults.MAX_RESULTS, help="per-row results per reply")
+    p.add_argument("--max-results", type=int, help="per-row results per reply (default: the tool's default)")
     p.add_argument("--json", help="also write the figures to this file")
     args = p.parse_args()
     global MAX_RESULTS
@@ -129,7 +141,8 @@ def main() -> None:
             tmp / "load.csv", index=False, float_format="%.5f")
         store = ModelStore(tmp / "models")
         service.train(str(tmp / "train.csv"), version="bench", store=store, epochs=5)
-        (tmp / "direct").mkdir()
+        # The in-process twin of the server's toolbox: same store, data root and results folder kind.
+        toolbox = Toolbox(tmp / "models", tmp / "direct", [tmp])
 
         port = free_port()
         url = f"http://127.0.0.1:{port}"
@@ -138,6 +151,9 @@ def main() -> None:
                                    "--model-dir", str(tmp / "models"), "--results-dir", str(tmp / "results"),
                                    "--workers", str(args.workers)], cwd=tmp, env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        figures = {"setup": {"rows": args.rows, "clients": args.clients, "calls_per_client": args.calls,
+                             "pairs": args.pairs, "workers": args.workers, "cpus": os.cpu_count(),
+                             "max_results": args.max_results, "load_avg_start": os.getloadavg()[0]}}
         try:
             for _ in range(300):
                 try:
@@ -145,32 +161,37 @@ def main() -> None:
                         break
                 except httpx.HTTPError:
                     time.sleep(0.2)
-            single = anyio.run(one_caller, url, args.transport, tmp / "load.csv", store, tmp / "direct",
-                               args.pairs)
-            figures = {
-                "setup": {"rows": args.rows, "clients": args.clients, "calls_per_client": args.calls,
-                          "transport": args.transport, "workers": args.workers, "cpus": os.cpu_count(),
-                          "max_results": args.max_results,
-                          "load_avg": os.getloadavg()[0]},
-                "direct_1": single["direct_1"], "mcp_1": single["mcp_1"],
-                f"direct_{args.clients}": direct(tmp / "load.csv", store, tmp / "direct", args.workers,
-                                                 args.clients * args.calls // args.workers),
-                f"mcp_{args.clients}": anyio.run(mcp_load, url, args.transport, args.clients, args.calls),
-            }
+            for transport in args.transport:
+                single = anyio.run(one_caller, url, transport, tmp / "load.csv", toolbox, args.pairs)
+                f = {"direct_1": single["direct_1"], "mcp_1": single["mcp_1"], "reply_chars": single["reply_chars"]}
+                if args.clients:
+                    f[f"direct_{args.workers}t"] = direct(tmp / "load.csv", toolbox, args.workers,
+                                                          args.clients * args.calls // args.workers)
+                    f[f"mcp_{args.clients}c"] = anyio.run(mcp_load, url, transport, args.clients, args.calls)
+                f["overhead_p50"] = round(f["mcp_1"]["p50_ms"] / f["direct_1"]["p50_ms"] - 1, 3)
+                if args.clients:
+                    f["throughput_ratio"] = round(f[f"mcp_{args.clients}c"]["req_per_s"]
+                                                  / f[f"direct_{args.workers}t"]["req_per_s"], 3)
+                figures[transport] = f
+            figures["setup"]["load_avg_end"] = os.getloadavg()[0]
         finally:
             server.terminate()
             server.wait(15)
-    f = figures
-    f["overhead_p50"] = round(f["mcp_1"]["p50_ms"] / f["direct_1"]["p50_ms"] - 1, 3)
-    f["throughput_ratio"] = round(f[f"mcp_{args.clients}"]["req_per_s"] / f[f"direct_{args.clients}"]["req_per_s"], 3)
-    print(f"{'':<12} {'requests':>8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
-    for name in ("direct_1", "mcp_1", f"direct_{args.clients}", f"mcp_{args.clients}"):
-        s = f[name]
-        print(f"{name:<12} {s['requests']:>8} {s['req_per_s']:>8} {s['p50_ms']:>8} {s['p99_ms']:>8}")
-    print(f"MCP overhead at p50 (one caller): {100 * f['overhead_p50']:+.1f}%  (target <= +20%)")
-    print(f"MCP throughput with {args.clients} clients / direct with {args.workers} threads: {f['throughput_ratio']:.2f}x")
+    print(f"rows {args.rows}, max_results {args.max_results or 'default'}, load average "
+          f"{figures['setup']['load_avg_start']:.1f} -> {figures['setup']['load_avg_end']:.1f}")
+    for transport in args.transport:
+        f = figures[transport]
+        print(f"\n{transport} (largest reply {f['reply_chars']} characters)")
+        print(f"{'':<12} {'requests':>8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
+        for name in [k for k in f if k.startswith(("direct_", "mcp_"))]:
+            s = f[name]
+            print(f"{name:<12} {s['requests']:>8} {s['req_per_s']:>8} {s['p50_ms']:>8} {s['p99_ms']:>8}")
+        print(f"MCP overhead at p50 (one caller): {100 * f['overhead_p50']:+.1f}%  (target <= +20%)")
+        if "throughput_ratio" in f:
+            print(f"MCP throughput with {args.clients} clients / direct with {args.workers} threads: "
+                  f"{f['throughput_ratio']:.2f}x")
     if args.json:
-        Path(args.json).write_text(json.dumps(f, indent=2))
+        Path(args.json).write_text(json.dumps(figures, indent=2))
 
 
 if __name__ == "__main__":

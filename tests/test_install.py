@@ -117,8 +117,10 @@ def test_anomaly_mcp_over_stdio_configured_by_env_only(installed, dataset, tmp_p
     assert out["trained"].structured_content["version"] == "v1"
     assert (tmp_path / "models" / "v1" / "model.pth").is_file()
     assert not out["detected"].is_error, out["detected"].content
-    assert out["detected"].structured_content["total_rows"] == len(dataset["test_frame"])
-    assert out["detected"].structured_content["output"].startswith(str(tmp_path / "results"))
+    detected = json.loads(out["detected"].content[0].text)  # one JSON text, no structured copy
+    assert out["detected"].structured_content is None
+    assert detected["total_rows"] == len(dataset["test_frame"])
+    assert detected["output"].startswith(str(tmp_path / "results"))
     assert out["refused"].is_error and "epoch" in out["refused"].content[0].text
     assert not (tmp_path / "models" / "train.csv").exists()
 

@@ -10,9 +10,11 @@ import time
 import anyio
 import httpx
 import numpy as np
+import pandas as pd
 import pytest
 
-from anomaly import synthetic
+from anomaly import defaults, synthetic, thresholds
+from anomaly.models import MODEL_TYPES
 
 from serverproc import ServerProcess, mcp_client, server_dirs, tool_json
 
@@ -52,22 +54,39 @@ def test_tools_are_listed_with_typed_described_arguments(server, transport):
     assert train["epochs"]["default"] == 100 and train["batch_size"]["default"] == 32
     assert train["learning_rate"]["default"] == 0.001 and train["percentile"]["default"] == 95.0
     assert "model_type" in train and "window" in train and "encoding_dim" in train
-    assert tools["run_detection"].output_schema["properties"]["anomaly_count"]["type"] == "integer"
+    # Choices are enums derived from the registries: a newly registered model type or method shows up here.
+    assert train["model_type"]["enum"] == list(MODEL_TYPES)
+    assert train["threshold_method"]["enum"] == list(thresholds.METHODS)
+    assert {"threshold_method", "columns", "smooth", "window"} <= set(train)
+    assert props["max_results"]["default"] == defaults.MCP_MAX_RESULTS
+    # run_detection's reply is one JSON text (no output schema, so no structured copy of it); the small
+    # tools keep theirs.
+    assert tools["run_detection"].output_schema is None
+    assert tools["get_model_info"].output_schema["properties"]["window"]["type"] == "integer"
+    # The classic path arguments stay, in one short line each; no schema carries pydantic's titles.
+    for tool in ("run_detection", "get_model_info", "train_model"):
+        schema = tools[tool].input_schema
+        for name in ("model_path", "threshold_path", "scaler_path", "config_path"):
+            text = schema["properties"][name]["description"]
+            assert len(text) <= 50 and "\n" not in text, (tool, name, text)
+        assert '"title"' not in json.dumps(schema), tool
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_run_detection_finds_the_injected_anomalies(server, dataset, transport):
     result = tool_json(call(server, transport, "run_detection", {"file_path": "test.csv", "version": "v1"}))
     assert result["status"] == "success" and result["total_rows"] == len(dataset["test_frame"])
-    flagged = {r["index"] for r in result["results"] if r["is_anomaly"]}
-    assert len(flagged) == result["anomaly_count"]
-    recall = np.isin(dataset["anomalies"], sorted(flagged)).mean()
-    assert recall >= 0.8, recall
-    # The full per-row results are in the CSV whose path is returned.
+    # The reply holds the first anomalous rows (capped); the full per-row results are in the CSV it names.
+    assert 0 < len(result["results"]) <= defaults.MCP_MAX_RESULTS < result["anomaly_count"]
+    assert all(r["is_anomaly"] for r in result["results"]) and result["results_truncated"] is True
     with open(result["output"]) as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == result["total_rows"]
-    assert sum(r["is_anomaly"] == "1" for r in rows) == result["anomaly_count"]
+    flagged = [i for i, r in enumerate(rows) if r["is_anomaly"] == "1"]
+    assert len(flagged) == result["anomaly_count"]
+    assert [r["index"] for r in result["results"]] == flagged[:len(result["results"])]
+    recall = np.isin(dataset["anomalies"], flagged).mean()
+    assert recall >= 0.8, recall
 
 
 def test_results_are_capped_anomalies_first_and_stay_small(server, dataset):
@@ -86,7 +105,7 @@ def test_results_are_capped_anomalies_first_and_stay_small(server, dataset):
     reply = call(server, "sse", "run_detection", {"file_path": "big.csv", "max_results": 5000}, progress)
     data = tool_json(reply)
     assert seen and seen[-1] == 20_000  # rows scored, reported as MCP progress
-    assert len(reply.content[0].text) + len(json.dumps(reply.structured_content)) < 1 << 20
+    assert reply.structured_content is None and len(reply.model_dump_json(by_alias=True)) < 1 << 20
     assert data["total_rows"] == 20_000 and data["results_truncated"] is True and 0 < len(data["results"]) <= 5000
 
 
@@ -209,3 +228,117 @@ def test_device_argument_of_train_model_and_run_detection(server):
     assert detected["status"] == "success"
     bad = call(server, "http", "run_detection", {"file_path": "test.csv", "version": "v1", "device": "tpu"})
     assert bad.is_error and "unknown device 'tpu'" in bad.content[0].text
+
+
+# --- replies sized for an LLM, resources, prompt -----------------------------------------------------------
+
+
+
+def significant_digits(x: float) -> int:
+    """Significant digits of a float as JSON writes it (repr: the shortest text that reads back the same)."""
+    mantissa = repr(float(x)).split("e")[0].replace("-", "").replace(".", "")
+    return len(mantissa.strip("0"))
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_default_reply_on_a_2000_row_file_is_small_with_times_features_and_segments(server, transport):
+    frame = synthetic.inject_incidents(synthetic.make_series(2000, seed=7)).drop(columns="label")
+    frame.to_csv(server.data_root / "incidents.csv", index=False, float_format="%.5f")
+    reply = call(server, transport, "run_detection", {"file_path": "incidents.csv", "version": "v1"})
+    assert not reply.is_error, reply.content[0].text
+    # Sized as a client receives it: the whole result, and the text the model reads; no structured copy.
+    whole = reply.model_dump_json(by_alias=True, exclude_none=True)
+    assert len(whole) <= 12_000 and len(reply.content[0].text) <= 12_000, (len(whole), len(reply.content[0].text))
+    assert reply.structured_content is None and len(reply.content) == 1
+    data = json.loads(reply.content[0].text)
+    assert {"status", "total_rows", "anomaly_count", "anomaly_ratio", "threshold", "results"} <= set(data)
+    assert data["total_rows"] == 2000 and data["anomaly_count"] > len(data["results"]) > 0
+    times = frame["timestamp"].tolist()
+    for row in data["results"]:  # anomalous rows first, each with its time and the features that drove it
+        assert row["is_anomaly"] is True and row["time"] == times[row["index"]]
+        assert row["top_features"] and row["top_features"][0]["feature"].startswith("sensor_")
+    # Segments (incidents) with their start and end times; the injected level shift at rows 300-339 is one.
+    segments = data["top_anomalies"]
+    assert len(segments) >= 3 and data["anomaly_segments"] >= len(segments)
+    for seg in segments:
+        assert seg["first_time"] == times[seg["first_row"]] and seg["last_time"] == times[seg["last_row"]]
+    assert any(seg["first_row"] <= 320 <= seg["last_row"] for seg in segments)
+    # Floats are rounded to 6 significant digits.
+    floats = [data["threshold"], data["anomaly_ratio"], *(r["reconstruction_error"] for r in data["results"]),
+              *(s["reconstruction_error"] for s in segments)]
+    assert all(significant_digits(x) <= 6 for x in floats), floats
+    assert any(significant_digits(x) == 6 for x in floats)  # rounded, not truncated to fewer
+    # Every row is in the CSV whose path is returned, at full precision.
+    out = pd.read_csv(data["output"])
+    assert len(out) == 2000 and int(out["is_anomaly"].sum()) == data["anomaly_count"]
+    # Asking for more rows lifts the 12,000-character budget (up to the 1 MiB a client accepts).
+    more = tool_json(call(server, transport, "run_detection", {"file_path": "incidents.csv", "version": "v1",
+                                                               "max_results": 200}))
+    assert len(more["results"]) == 200 and len(json.dumps(more)) > 12_000
+
+
+def test_lean_reply_keeps_to_the_budget_whatever_the_rows_hold():
+    from anomaly.summary import lean_reply
+
+    wide = [{"index": i, "time": "2026-01-01 00:00:00", "reconstruction_error": 1 / 3, "is_anomaly": True,
+             "top_features": [{"feature": "a_very_long_feature_name_" * 4 + str(j), "share": 0.333333333}
+                              for j in range(3)]} for i in range(25)]
+    summary = {"status": "success", "total_rows": 2000, "anomaly_count": 25, "anomaly_ratio": 0.0125,
+               "threshold": 0.123456789, "results": wide, "results_truncated": True, "output": "/x.csv"}
+    lean = lean_reply(summary)
+    text = json.dumps(lean, separators=(",", ":"))
+    assert len(json.dumps(text)) + 200 <= 12_000 < len(json.dumps(json.dumps(summary)))
+    assert 0 < len(lean["results"]) < 25 and lean["results"] == [
+        {**r, "reconstruction_error": 0.333333, "top_features": [{**f, "share": 0.333333} for f in r["top_features"]]}
+        for r in wide[:len(lean["results"])]]
+    assert lean["threshold"] == 0.123457 and lean["output"] == "/x.csv"
+    assert lean_reply(summary, None)["results"].__len__() == 25  # no budget: every row, rounded
+
+
+def test_train_model_takes_threshold_method_columns_window_and_smoothing(server):
+    args = {"data_file": "train.csv", "version": "mcp-options", "epochs": 2, "threshold_method": "meanstd",
+            "k": 4.0, "columns": ["sensor_0", "sensor_2"], "window": 4, "smooth": 3, "model_type": "dense"}
+    trained = tool_json(call(server, "http", "train_model", args))
+    assert trained["features"] == ["sensor_0", "sensor_2"] and trained["window"] == 4
+    info = tool_json(call(server, "http", "get_model_info", {"version": "mcp-options"}))
+    assert info["threshold_method"] == "meanstd" and info["threshold_params"] == {"k": 4.0}
+    assert info["features"] == ["sensor_0", "sensor_2"] and info["window"] == 4
+    config = json.loads((server.model_dir / "mcp-options" / "model_config.json").read_text())
+    assert config["smooth"] == 3
+    bad = call(server, "http", "train_model", {"data_file": "train.csv", "threshold_method": "median"})
+    assert bad.is_error and "threshold_method" in bad.content[0].text
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_model_resources_and_the_investigate_prompt(server, trained, transport):
+    async def run():
+        async with mcp_client(server, transport) as client:
+            listed = (await client.list_resources()).resources
+            templates = (await client.list_resource_templates()).resource_templates
+            index = (await client.read_resource("anomaly://models")).contents[0]
+            card = (await client.read_resource("anomaly://models/v1")).contents[0]
+            try:
+                await client.read_resource("anomaly://models/nope")
+                missing = None
+            except Exception as exc:  # the SDK raises the server's error
+                missing = str(exc)
+            prompts = (await client.list_prompts()).prompts
+            prompt = await client.get_prompt("investigate_anomalies", {"file_path": "incidents.csv",
+                                                                       "version": "v1"})
+            return listed, templates, index, card, missing, prompts, prompt
+
+    listed, templates, index, card, missing, prompts, prompt = anyio.run(run)
+    uris = {str(r.uri) for r in listed}
+    assert {"anomaly://models", "anomaly://models/v1"} <= uris  # every version's card is listed
+    assert [t.uri_template for t in templates] == ["anomaly://models/{version}"]
+    models = json.loads(index.text)["models"]
+    v1 = next(m for m in models if m["version"] == "v1")
+    assert v1["card"] == "anomaly://models/v1" and v1["features"] == trained["result"]["features"]
+    assert card.mime_type == "text/markdown" and card.text.startswith("# Model v1")
+    assert "sensor_0, sensor_1, sensor_2, sensor_3" in card.text and "by percentile" in card.text
+    assert f"{trained['result']['threshold']:.6g}" in card.text
+    assert missing and "nope" in missing
+    assert [p.name for p in prompts] == ["investigate_anomalies"]
+    assert {a.name: a.required for a in prompts[0].arguments} == {"file_path": True, "version": False}
+    text = prompt.messages[0].content.text
+    assert "incidents.csv" in text and "run_detection" in text and "version='v1'" in text

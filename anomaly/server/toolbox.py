@@ -20,7 +20,7 @@ from ..specs import MAX_RESULTS_LIMIT, DetectSpec, Spec, TrainSpec, parse
 from ..store import VERSION_RE, ArtifactPaths, ModelStore
 from .security import PathPolicy
 
-RESULTS_BYTES = 400_000  # the rows of a reply serialise to at most this (the reply carries them twice)
+RESULTS_BYTES = 400_000  # the rows of a reply serialise to at most this (MCP clients drop a message of 1 MiB)
 KEEP_RESULT_FILES = 200  # older result CSVs written by this tool in the results folder are removed
 # The names `_new_result_path` gives: only these are ever pruned, so a results folder that is also a data
 # folder keeps every file its user put there.
@@ -64,9 +64,11 @@ class Toolbox:
     def detect_events(self, file_path: str, spec: DetectSpec | None = None, *, model_path: str | None = None,
                       threshold_path: str | None = None, scaler_path: str | None = None,
                       config_path: str | None = None, version: str | None = None, block_bytes: int = 32 << 20,
-                      trusted: bool = False, anomaly_events: bool = True, **params: Any) -> Iterator[dict]:
+                      trusted: bool = False, anomaly_events: bool = True, row_features: bool = False,
+                      **params: Any) -> Iterator[dict]:
         """`service.iter_detect` with confined paths and the full per-row results written to a CSV.
-        `trusted`: a file the server wrote itself (an upload), exempt from the data roots."""
+        `trusted`: a file the server wrote itself (an upload), exempt from the data roots. `row_features`:
+        anomalous rows in `results` name their strongest features (the MCP reply)."""
         spec = self._remote(DetectSpec, spec, params)
         if "max_results" in spec.model_fields_set and spec.max_results is None:
             spec = spec.model_copy(update={"max_results": defaults.MAX_RESULTS})  # null: the default cap
@@ -77,7 +79,7 @@ class Toolbox:
         output = self._new_result_path(data_file, label)
         spec = spec.model_copy(update={"output": str(output), "device": spec.device or self.device})
         events = service.iter_detect(str(data_file), spec, paths=paths, block_bytes=block_bytes,
-                                     anomaly_events=anomaly_events)
+                                     anomaly_events=anomaly_events, row_features=row_features)
         for event in events:
             if event["event"] == "summary":
                 event["version"] = label  # the version name, not its folder
