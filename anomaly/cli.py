@@ -126,6 +126,10 @@ def cmd_train(args) -> int:
     rep = result["data_report"]
     print(f"Trained {result['model_type']} model version {result['version']} on {result['rows']} rows, "
           f"{len(result['features'])} feature(s): {', '.join(result['features'])}")
+    if rep.get("indicator_columns"):
+        names = rep["indicator_columns"]
+        print(f"  0/1 state columns left out ({len(names)}: {', '.join(names[:8])}{' ...' if len(names) > 8 else ''}); "
+              "name them with --columns to score them too")
     if rep.get("constant_columns_kept"):
         print(f"  every feature is constant in training ({', '.join(rep['constant_columns'])}): the model flags "
               "any departure from those values")

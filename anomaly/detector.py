@@ -106,7 +106,7 @@ class DetectorCore:
     def __init__(
         self,
         model_type: str = defaults.MODEL_TYPE,
-        window: int | str = defaults.WINDOW,
+        window: int | str | None = defaults.WINDOW,
         scaler: str = defaults.SCALER,
         threshold_method: str = defaults.THRESHOLD_METHOD,
         threshold_params: dict | None = None,
@@ -156,13 +156,17 @@ class DetectorCore:
         self.device_ = resolve_device(self.device)
         check_precision(self.precision, self.device_)
         self.feature_names_ = list(feature_names or [f"x{i}" for i in range(X.shape[1])])
-        self.window_auto_ = self.window == "auto"  # estimate one dominant period from the training rows
-        self.window_ = period.auto_window(X) if self.window_auto_ else int(self.window)
-        # A flat metric has no shape to learn: each row on its own, so a departure flags its own rows only.
+        module = models.get(self.model_type)
+        window = models.default_window(self.model_type) if self.window is None else self.window
+        self.window_auto_ = window == "auto"  # estimate one dominant period from the training rows
+        auto = getattr(module, "auto_window", period.auto_window)
+        self.window_ = auto(X) if self.window_auto_ else int(window)
+        # A flat metric has no shape to learn: each row on its own, so a departure flags its own rows only
+        # (a model type may keep its window there: FLAT_WINDOW = 0).
         self.flat_ = bool(len(X)) and bool((np.ptp(X, axis=0) == 0).all())
-        if self.flat_:
-            self.window_ = 1
-        models.get(self.model_type)
+        flat_window = getattr(module, "FLAT_WINDOW", 1)
+        if self.flat_ and flat_window:
+            self.window_ = flat_window
         training.seed_everything(self.seed)
         self.model_config_ = models.make_config(self.model_type, X.shape[1], self.window_, self.model_params)
         # built on the CPU, then moved: the same seed gives the same initial weights on every device
@@ -178,7 +182,8 @@ class DetectorCore:
         self.history_ = training.fit(self.model_, Z_train, Z_val, epochs=self.epochs, batch_size=self.batch_size,
                                      learning_rate=self.learning_rate, patience=self.patience, seed=self.seed,
                                      progress=progress, should_stop=should_stop, precision=self.precision)
-        self.smooth_ = smooth_rows(self.window_) if self.smooth is None else int(self.smooth)
+        default_smooth = getattr(module, "DEFAULT_SMOOTH", None) or smooth_rows(self.window_)
+        self.smooth_ = default_smooth if self.smooth is None else int(self.smooth)
         if self.smooth_ < 1:
             raise DataError(f"smooth must be at least 1 row (1 = no smoothing), got {self.smooth_}")
         if self.flat_:

@@ -85,4 +85,8 @@ def device_name(device: torch.device) -> str:
 
 def model_device(model: torch.nn.Module) -> torch.device:
     """The device a model's weights are on (data is moved there, not the other way round)."""
-    return next(model.parameters()).device
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():  # a closed-form model (pca) holds buffers only
+        return tensor.device
+    return torch.device("cpu")

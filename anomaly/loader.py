@@ -37,9 +37,10 @@ def load_detector(paths: ArtifactPaths, label: str = "", device: str = "auto", p
         hit = _cache.get(key)
         if hit and hit[0] == stamp:
             return hit[1]
-    from .detector import Detector  # torch: imported only once there is a model to load
+    # torch: imported only once there is a model to load; the core, not the estimator (scikit-learn: ~1 s)
+    from .detector import DetectorCore
 
-    det = Detector.load(paths, label, device, precision)
+    det = DetectorCore.load(paths, label, device, precision)
     with _cache_lock:
         if len(_cache) >= 16:
             _cache.pop(next(iter(_cache)))

@@ -1,7 +1,9 @@
 """Turning a model's per-sample errors into exactly one error per input row, in bounded memory.
 
 A model sees samples of `span` consecutive rows and gives an error for the last `scored` of them. Every row's
-error is the mean over all samples that scored it (overlapping windows are averaged). Rows no sample scores
+error is the mean over all samples that scored it (overlapping windows are averaged). A model with a `stride`
+is sampled every `stride` rows from the first row, plus one sample ending at the last row (so every row is
+scored, and chunked scoring equals whole-file scoring). Rows no sample scores
 (the first `span - scored` rows of a series, e.g. a forecaster's missing history) get NaN: no score, never an
 anomaly. Rows arrive in chunks; a row is emitted once no later sample can score it.
 """
@@ -52,6 +54,8 @@ class RowScorer:
     def __init__(self, model: torch.nn.Module, n_features: int, batch_size: int = SCORE_BATCH, precision: str = "fp32"):
         self.model = model
         self.span, self.scored = model.span, model.scored
+        self.stride = int(getattr(model, "stride", 1))
+        self.first_row = 0  # index in the series of self.rows[0] (samples start at multiples of the stride)
         self.batch_size = max(1, batch_size)
         self.device, self.precision = model_device(model), precision  # data goes where the model is
         # small models run on one thread (hand-offs cost more than they save); big ones use them all
@@ -72,9 +76,22 @@ class RowScorer:
         # Rows before the first unprocessed sample's first scored row are final.
         done = max(0, n_samples)
         self.rows, self.sums, self.counts = rows[done:], sums[done:], counts[done:]
+        self.first_row += done
+        if self.stride > 1:
+            self.tail = rows[-self.span:]  # the last sample, for finish()
         return _mean(sums[:done], counts[:done])
 
     def finish(self) -> np.ndarray:
+        tail = getattr(self, "tail", None)
+        if self.stride > 1 and tail is not None and len(tail) == self.span and len(self.counts) \
+                and (self.counts == 0).any():
+            # rows after the last strided sample: one more sample, ending at the last row
+            with torch.inference_mode(), self._threads(), autocast(self.device, self.precision):
+                x = torch.from_numpy(np.ascontiguousarray(tail)).to(self.device)[None]
+                err = self.model.errors(x).float().cpu().numpy()[0]
+            n = len(self.sums)
+            self.sums += err[-n:]
+            self.counts += 1
         out = _mean(self.sums, self.counts)
         self.rows, self.sums, self.counts = self.rows[:0], self.sums[:0], self.counts[:0]
         return out
@@ -95,6 +112,9 @@ class RowScorer:
         x = torch.from_numpy(rows).to(self.device)  # the whole block goes to the device once
         offset = self.span - self.scored  # position of the first scored row inside a sample
         with torch.inference_mode(), self._threads(), autocast(self.device, self.precision):
+            if self.stride > 1:
+                self._accumulate_strided(x, sums, counts, n_samples, offset)
+                return
             for s in range(0, n_samples, self.batch_size):
                 b = min(self.batch_size, n_samples - s)
                 # (b, scored, F), back to the host once per batch
@@ -103,6 +123,18 @@ class RowScorer:
                     r0 = s + offset + k
                     sums[r0:r0 + b] += err[:, k]
                     counts[r0:r0 + b] += 1
+
+    def _accumulate_strided(self, x: torch.Tensor, sums: np.ndarray, counts: np.ndarray, n_samples: int,
+                            offset: int) -> None:
+        first = (-self.first_row) % self.stride  # the first sample start in this block on the series' grid
+        starts = np.arange(first, n_samples, self.stride)
+        windows = x.unfold(0, self.span, 1)
+        for i in range(0, len(starts), self.batch_size):
+            batch = starts[i:i + self.batch_size]
+            err = self.model.errors(windows[torch.from_numpy(batch).to(x.device)].transpose(1, 2)).float().cpu().numpy()
+            for k in range(self.scored):  # the starts are distinct, so plain fancy-index adds are exact
+                sums[batch + offset + k] += err[:, k]
+                counts[batch + offset + k] += 1
 
 
 def _mean(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:

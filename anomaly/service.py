@@ -178,7 +178,8 @@ def model_info(version: str | None = None, store: ModelStore | None = None, **ex
         "version": label,
         "model_type": det.model_type,
         "architecture": config.get("model"),
-        "parameters": int(sum(p.numel() for p in det.model_.parameters())),
+        "parameters": int(sum(p.numel() for p in det.model_.parameters())
+                          + sum(b.numel() for b in det.model_.buffers())),
         "features": det.feature_names_,
         "n_features": len(det.feature_names_),
         "window": det.window_,

@@ -79,8 +79,9 @@ class TrainSpec(Spec):
     # model
     model_type: Literal[tuple(MODEL_TYPES)] = _p(defaults.MODEL_TYPE, f"model type: {', '.join(MODEL_TYPES)}",
                                                  Opt("model"))
-    window: Window = _p(defaults.WINDOW, f"rows per sample, 1..{MAX_WINDOW} (1 = each row on its own; 'auto' = the "
-                        "dominant period of the training rows)", Opt("model"))
+    window: Window | None = _p(defaults.WINDOW, f"rows per sample, 1..{MAX_WINDOW} (1 = each row on its own; 'auto' = "
+                               "one period of the training rows; default: the model type's own, auto for pca and 32 "
+                               "for the neural models)", Opt("model"))
     smooth: Annotated[int, Field(ge=1, le=MAX_SMOOTH)] | None = _p(
         None, f"rows in the centred moving mean of the scores, 1..{MAX_SMOOTH} (default 2 * window - 1; 1 = off)",
         Opt("model"))

@@ -55,6 +55,8 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--skip-10m", action="store_true", help="skip the 10M-row memory check")
+    ap.add_argument("--models", default="default,dense,lstm,transformer,vae",
+                    help="variants to time: default (every default) and model types (their default window)")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     data = OUT / f"scale_{args.rows}.csv"
@@ -65,14 +67,14 @@ def main() -> None:
     if not train.exists():
         write_csv(train, 20_000, seed=1)
     models = OUT / "models"
-    variants = {"window 1 (row-wise)": ["--window", "1"], "default (window 32, smoothed)": []}
-    for i, extra in enumerate(variants.values()):
-        if not (models / f"scale{i}").exists():
-            run([PY, "train.py", "--data", str(train), "--model-dir", str(models), "--version", f"scale{i}",
+    variants = {name: ([] if name == "default" else ["--model-type", name]) for name in args.models.split(",")}
+    for i, (name, extra) in enumerate(variants.items()):
+        if not (models / f"scale-{name}").exists():
+            run([PY, "train.py", "--data", str(train), "--model-dir", str(models), "--version", f"scale-{name}",
                  "--epochs", "5", "--batch-size", "256", "--quiet", *extra])
     floor_cmd = [PY, "-c", f"import pandas, torch; pandas.read_csv({str(data)!r})"]
-    detect_cmds = [[PY, "detect.py", "--data", str(data), "--model-dir", str(models), "--version", f"scale{i}",
-                    "--output", str(OUT / "scale_results.csv")] for i in range(len(variants))]
+    detect_cmds = [[PY, "detect.py", "--data", str(data), "--model-dir", str(models), "--version", f"scale-{name}",
+                    "--output", str(OUT / "scale_results.csv")] for name in variants]
     floors, detects = [], [[] for _ in variants]
     for _ in range(args.repeat):  # interleaved, so load changes hit all alike
         floors.append(run(floor_cmd))
@@ -84,7 +86,7 @@ def main() -> None:
     print(f"floor (import pandas+torch, read_csv):  {f_wall:6.2f} s, peak RSS {max(r for _, r in floors):.2f} GiB")
     for name, runs in zip(variants, detects):
         d_wall = statistics.median(w for w, _ in runs)
-        print(f"detect.py --output, {name:<30} {d_wall:6.2f} s, peak RSS {max(r for _, r in runs):.2f} GiB, "
+        print(f"detect.py --output, {name:<12} {d_wall:6.2f} s, peak RSS {max(r for _, r in runs):.2f} GiB, "
               f"ratio to floor {d_wall / f_wall:.2f} (target <= 1.5)")
     if not args.skip_10m:
         big = OUT / "scale_10x.csv"
@@ -95,9 +97,9 @@ def main() -> None:
                 out.write(header)
                 for _ in range(10):
                     out.write(body)
-        wall, rss = run([PY, "detect.py", "--data", str(big), "--model-dir", str(models), "--version", "scale0",
+        wall, rss = run([PY, "detect.py", "--data", str(big), "--model-dir", str(models), "--version", f"scale-{next(iter(variants))}",
                          "--output", str(OUT / "scale_10x_results.csv")])
-        print(f"10x rows ({10 * args.rows:,}), window 1: detect {wall:.1f} s, peak RSS {rss:.2f} GiB")
+        print(f"10x rows ({10 * args.rows:,}), {next(iter(variants))}: detect {wall:.1f} s, peak RSS {rss:.2f} GiB")
         (OUT / "scale_10x_results.csv").unlink(missing_ok=True)
 
 

@@ -1,4 +1,4 @@
-"""Sequence models (lstm, transformer, vae): detection of injected anomalies, per-row alignment, save/load,
+"""Sequence models (lstm, transformer, vae) and windowed PCA: detection of injected anomalies, per-row alignment, save/load,
 reproducibility, `--window auto`, the CLI end to end and the live stream."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from anomaly.detector import Detector
 from anomaly.errors import DataError
 from anomaly.store import ArtifactPaths, ModelStore
 
-SEQUENCE_MODELS = ["lstm", "transformer", "vae"]
+SEQUENCE_MODELS = ["lstm", "transformer", "vae", "pca"]
 PERIOD, WINDOW = 20, 20
 # smooth=1: these tests check the models' own per-row errors, not the detector's optional score smoothing
 # (an option a model does not take is ignored, so this is harmless where the detector has no smoothing).

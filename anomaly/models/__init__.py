@@ -11,6 +11,10 @@ nothing else):
   - `loss(x)`: training loss of a batch `x` of shape (batch, span, features);
   - `errors(x)`: non-negative error per scored row and feature, shape (batch, scored, features). The score
     of a row is the mean over features, averaged over all samples that score that row.
+  - optional: `stride` (rows between scored samples, default 1), `fit_closed_form(x)` (fitted without gradient
+    descent; returns the history); module-level `DEFAULT_WINDOW` (an int or "auto"; default 32),
+    `DEFAULT_SMOOTH` (rows of score smoothing; default 2 * window - 1) and `auto_window(X)` (what
+    `--window auto` picks; default `anomaly.period.auto_window`).
 
 Adding a model type is one new module and one line here.
 """
@@ -28,6 +32,7 @@ MODEL_TYPES: dict[str, str] = {
     "lstm": "anomaly.models.lstm",
     "transformer": "anomaly.models.transformer",
     "vae": "anomaly.models.vae",
+    "pca": "anomaly.models.pca",
 }
 
 # The hyperparameters a model type may take (each takes the ones in its Config and ignores the rest).
@@ -38,6 +43,10 @@ def get(model_type: str) -> ModuleType:
     if model_type not in MODEL_TYPES:
         raise DataError(f"unknown model type {model_type!r}; choose one of {', '.join(MODEL_TYPES)}")
     return importlib.import_module(MODEL_TYPES[model_type])
+
+
+def default_window(model_type: str) -> int | str:
+    return getattr(get(model_type), "DEFAULT_WINDOW", 32)
 
 
 def make_config(model_type: str, n_features: int, window: int, params: dict):
