@@ -95,7 +95,7 @@ def rethreshold(version: str, method: str, *, model_dir: str = "models", new_ver
     info["derived_from"] = {"version": name, "threshold": old.get("threshold"), "method": old.get("method")}
     metadata = {k: v for k, v in det.config_.items() if k == "data"}
     metadata["derived_from"] = name
-    saved = store.save(lambda p: det.save(p, metadata), version=new_version)
+    saved = store.save(lambda p: det.save(p, metadata, atomic=False), version=new_version)
     extra = {}
     if plot:
         from .plotting import plot_threshold_choice

@@ -102,7 +102,8 @@ def train(
         det.save(paths, metadata)
         name, location = str(paths.model.parent), {k: str(v) for k, v in paths.items()}
     else:
-        name = store.save(lambda p: det.save(p, metadata), version=version, overwrite=overwrite)
+        # plain writes: the store fsyncs each file in its private folder and renames the folder into place
+        name = store.save(lambda p: det.save(p, metadata, atomic=False), version=version, overwrite=overwrite)
         location = {k: str(v) for k, v in ArtifactPaths.in_folder(store.root / name).items()}
     hist = det.history_
     extra = {}

@@ -76,7 +76,9 @@ class ModelStore:
     # --- writing -------------------------------------------------------------------------------------
 
     def save(self, write: Callable[[ArtifactPaths], None], version: str | None = None, overwrite: bool = False) -> str:
-        """Write a new version with `write(paths)` into a temporary folder, then rename it into place."""
+        """Write a new version with `write(paths)` into a temporary folder, then rename it into place. The store
+        fsyncs every file before the rename, so `write` may write them plainly (it writes into a folder that no
+        reader sees until then)."""
         self.ensure_root()
         self.remove_stale()
         if version is not None:

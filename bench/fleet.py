@@ -3,10 +3,13 @@
     python bench/fleet.py                        # 1,000 series x 5,000 rows, 3 epochs, all cores
     python bench/fleet.py --series 200 --rows 5000 --epochs 3
 
-Three ways over the same generated folder (one CSV per series: a timestamp and two sensor columns):
-  loop     one Python process: `for each file: service.train(...)`, then `service.detect(...)` (torch's own threads)
+Four ways over the same generated folder (one CSV per series: a timestamp and two sensor columns):
+  loop     one Python process: `for each file: service.train(...)`, then `service.detect(...)` (torch's own
+           threads, as a user's script gets them; training itself runs single-threaded for small batches)
   jobs=1   `anomaly fleet train|detect --jobs 1` (in-process, one series after another)
   jobs=N   `anomaly fleet train|detect` on all cores (joblib worker processes, one torch thread each)
+  loop xN  the ceiling: N loop processes started together, each over every N-th file (no dispatcher, nothing
+           shared): the most any way of running the same calls on N cores gets out of this machine
 Every figure is the wall time of a fresh process (Python and torch start-up included, as a user would see it)
 and the peak resident memory of its whole process tree (sampled every 0.1 s), plus the largest single process;
 "cores busy" is the tree's CPU seconds over the wall time (on a machine shared with other work, a run can only
@@ -40,13 +43,14 @@ def make_data(folder: Path, series: int, rows: int) -> None:
         frame.to_csv(folder / f"host-{i:04d}.csv", index=False, float_format="%.5f")
 
 
-def loop(phase: str, data: str, models: str, out: str, epochs: int) -> None:
-    """The baseline: the same calls one after another in this one process."""
+def loop(phase: str, data: str, models: str, out: str, epochs: int, part: int = 0, parts: int = 1) -> None:
+    """The baseline: the same calls one after another in this one process (with `parts` > 1: every `parts`-th
+    file from `part` on, for the ceiling)."""
     from anomaly import service
     from anomaly.store import ModelStore
 
     store = ModelStore(models)
-    for f in sorted(Path(data).glob("*.csv")):
+    for f in sorted(Path(data).glob("*.csv"))[part::parts]:
         if phase == "train":
             service.train(str(f), version=f.stem, store=store, epochs=epochs, seed=0)
         else:
@@ -54,11 +58,21 @@ def loop(phase: str, data: str, models: str, out: str, epochs: int) -> None:
                            return_details=False)
 
 
+def loops(parts: int, args: list[str]) -> None:
+    """The ceiling: `parts` independent loop processes, each over its share of the files, started together (no
+    dispatcher, no shared work: what any scheduler of the same calls could at best do on these cores)."""
+    procs = [subprocess.Popen([sys.executable, __file__, "--loop", *args, str(i), str(parts)]) for i in range(parts)]
+    codes = [p.wait() for p in procs]
+    if any(codes):
+        raise SystemExit(f"a loop process failed: {codes}")
+
+
 def measure(cmd: list[str]) -> dict:
     """Wall time and peak RSS (whole tree, and the largest process) of a command."""
     import psutil
 
     env = dict(os.environ, PYTHONPATH=str(REPO))
+    load = os.getloadavg()[0]
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     root = psutil.Process(proc.pid)
@@ -79,8 +93,9 @@ def measure(cmd: list[str]) -> dict:
     err = proc.stderr.read()
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err[-2000:]}")
-    return {"seconds": round(wall, 1), "cpu_seconds": round(sum(cpu.values()), 1), "peak_rss_mb": round(tree_peak / 2**20), "largest_process_mb":
-            round(single_peak / 2**20)}
+    return {"seconds": round(wall, 1), "cpu_seconds": round(sum(cpu.values()), 1),
+            "peak_rss_mb": round(tree_peak / 2**20), "largest_process_mb": round(single_peak / 2**20),
+            "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2)}
 
 
 def run(series: int, rows: int, epochs: int, jobs: int, work: Path) -> dict:
@@ -90,12 +105,14 @@ def run(series: int, rows: int, epochs: int, jobs: int, work: Path) -> dict:
     print(f"generated {series} series x {rows} rows in {time.perf_counter() - t:.0f}s", file=sys.stderr)
     py = sys.executable
     results = {}
-    for name in ("loop", "jobs=1", f"jobs={jobs}"):
+    for name in ("loop", "jobs=1", f"jobs={jobs}", f"loop x{jobs}"):
         models, out = work / f"models-{name}", work / f"out-{name}"
         out.mkdir()
         for phase in ("train", "detect"):
             if name == "loop":
                 cmd = [py, __file__, "--loop", phase, str(data), str(models), str(out), str(epochs)]
+            elif name.startswith("loop x"):
+                cmd = [py, __file__, "--loops", str(jobs), phase, str(data), str(models), str(out), str(epochs)]
             else:
                 cmd = [py, "-m", "anomaly", "fleet", phase, "--data-dir", str(data), "--model-dir", str(models),
                        "--jobs", name.split("=")[1], "-q"]
@@ -108,11 +125,14 @@ def run(series: int, rows: int, epochs: int, jobs: int, work: Path) -> dict:
 def report(results: dict, series: int, rows: int, epochs: int, jobs: int) -> str:
     base = {phase: results[("loop", phase)]["seconds"] for phase in ("train", "detect")}
     lines = [f"{series} series x {rows} rows, dense model (window 32), {epochs} epochs, {os.cpu_count()} cores",
-             "", "| run | phase | wall s | series/s | vs loop | cores busy | peak RSS (tree) | largest process |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+             "", "| run | phase | wall s | series/s | vs loop | vs jobs=1 | cores busy | peak RSS (tree) | "
+             "largest process | load avg before/after |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    one = {phase: results[("jobs=1", phase)]["seconds"] for phase in ("train", "detect")}
     for (name, phase), r in results.items():
         lines.append(f"| {name} | {phase} | {r['seconds']} | {series / r['seconds']:.1f} | "
-                     f"{base[phase] / r['seconds']:.2f}x | {r['cpu_seconds'] / r['seconds']:.2f} | {r['peak_rss_mb']} MB | {r['largest_process_mb']} MB |")
+                     f"{base[phase] / r['seconds']:.2f}x | {one[phase] / r['seconds']:.2f}x | "
+                     f"{r['cpu_seconds'] / r['seconds']:.2f} | {r['peak_rss_mb']} MB | {r['largest_process_mb']} MB | "
+                     f"{r['load_before']} / {r['load_after']} |")
     both = {name: sum(results[(name, p)]["seconds"] for p in ("train", "detect")) for name, _ in results}
     lines.append("")
     lines.append("train + detect: " + ", ".join(f"{n} {s:.1f}s ({both['loop'] / s:.2f}x)" for n, s in both.items()))
@@ -121,7 +141,10 @@ def report(results: dict, series: int, rows: int, epochs: int, jobs: int) -> str
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--loop":
-        loop(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], int(sys.argv[6]))
+        loop(*sys.argv[2:6], *map(int, sys.argv[6:]))
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "--loops":
+        loops(int(sys.argv[2]), sys.argv[3:])
         return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--series", type=int, default=1000)

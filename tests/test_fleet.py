@@ -84,6 +84,12 @@ def test_fleet_of_40_series_and_a_broken_file(fleet_run):
     top = summary["series"][0]
     seg = top["segments"][0]
     assert top["anomalies"] >= 3 and seg["time"].startswith("2026-01-01") and seg["first_row"] <= seg["index"]
+    # A worker (one torch thread) trains the model the same calls give in this process, byte for byte.
+    alone = ModelStore(fleet_run["tmp"] / "alone")
+    service.train(str(fleet_run["data"] / "host-05.csv"), version="host-05", store=alone, epochs=2, window=1,
+                  batch_size=64, seed=0)
+    for name in ("model.pth", "threshold.json", "scaler.pkl"):
+        assert (alone.root / "host-05" / name).read_bytes() == (models / "host-05" / name).read_bytes(), name
     # The per-row file is what `detect --output` writes for that series alone.
     one = service.detect(str(fleet_run["data"] / f"{top['series']}.csv"), version=top["series"],
                          store=ModelStore(models))
