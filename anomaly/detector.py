@@ -187,7 +187,9 @@ class DetectorCore:
             raise DataError(f"smooth must be at least 1 row (1 = no smoothing), got {self.smooth_}")
         if self.flat_:
             self.smooth_ = 1
-        raw = row_errors(self.model_, Z)
+        raw = training.out_of_fold_errors(self.model_, Z)
+        self.calibration_method_ = "in-sample" if raw is None else "out-of-fold (5 blocks)"
+        raw = row_errors(self.model_, Z) if raw is None else raw
         self.spike_floor_ = spike_floor(raw) if self.smooth_ > 1 else None
         self.decision_scores_ = row_scores(smooth_errors(raw, self.smooth_, self.spike_floor_))
         # The threshold comes from every training row, fitted and held out alike. Smoothed scores change
@@ -195,9 +197,11 @@ class DetectorCore:
         # put the threshold wherever that stretch happened to sit: 20-35% of new normal rows were flagged.
         # Early stopping keeps fitted rows' errors close to held-out ones (BENCHMARKS.md, "Calibration").
         n_val = 0 if Z_val is None else len(Z_val)
+        if self.calibration_method_ != "in-sample":  # every row was scored by a model fitted without it
+            n_val = len(Z)
         self.threshold_source_ = "training"
         self.calibration_ = {"rows": int(np.isfinite(self.decision_scores_).sum()), "held_out_rows": n_val,
-                             "fitted_rows": len(Z) - n_val}
+                             "fitted_rows": len(Z) - n_val, "errors": self.calibration_method_}
         params = {"percentile": defaults.PERCENTILE} if self.threshold_params is None else self.threshold_params
         self.set_threshold(self.threshold_method, self.decision_scores_, labels, **params)
         if self.flat_:  # identical rows differ only by float rounding: any departure from the constant is anomalous

@@ -113,6 +113,28 @@ def fit(
     return history
 
 
+def out_of_fold_errors(model: torch.nn.Module, X: np.ndarray, folds: int = 5) -> np.ndarray | None:
+    """Per-row errors of a closed-form model, each block of rows scored by a copy fitted without it: the errors a
+    new file gets, not the smaller ones of rows the model was fitted on (in-sample windowed PCA put a threshold
+    for a 0.1% tail at 5%). None when the rows are too few to leave a block out."""
+    from .scoring import row_errors
+
+    n, span = len(X), model.span
+    size = -(-n // folds)
+    if not hasattr(model, "fit_closed_form") or n - size - span < 2 * span:
+        return None
+    x = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).to(model_device(model))
+    out = np.empty(X.shape, np.float32)
+    for start in range(0, n, size):
+        stop = min(n, start + size)
+        fold = copy.deepcopy(model)
+        fold.fit_closed_form(x, exclude=(start, stop))
+        fold.eval()
+        lo, hi = max(0, start - span + 1), min(n, stop + span - 1)  # the windows that touch the block
+        out[start:stop] = row_errors(fold, X[lo:hi])[start - lo:stop - lo]
+    return out
+
+
 def evaluate_loss(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 8192, precision: str = "fp32") -> float:
     model.eval()
     n = len(x) - model.span + 1

@@ -7,9 +7,10 @@ direction's variance, plus the squared residual outside them divided by the mean
 window unlike every training window (a spike, a level shift, a changed shape or frequency) is far in the
 directions where normal windows hardly vary, however small it is in absolute terms.
 
-Windows start every `stride` rows (a quarter window by default: each row is still seen by four windows, at a
-quarter of the cost of every row; VUS-PR within 0.005 of stride 1 on the suites, BENCHMARKS.md). A row's error
-is split over the features in proportion to their share of the distance, so the strongest features are named.
+Windows start every `stride` rows: a sixteenth of the window (each row is still seen by 16 windows, VUS-PR as
+with stride 1 on the suites; a quarter window lost 0.03-0.07 on UCR), more for wide windows of many columns,
+so that scoring costs at most about ROW_BUDGET multiply-adds per row whatever the width. A row's error is split
+over the features in proportion to their share of the distance, so the strongest features are named.
 """
 
 from __future__ import annotations
@@ -31,21 +32,23 @@ DEFAULT_SMOOTH = 1  # the overlapping windows already average a row's score; mor
 # Beyond this many values per window the covariance (width^2) grows large for little gain: the window shrinks.
 MAX_WIDTH = 1024
 FIT_WINDOWS = 20_000  # windows the components are fitted on (evenly spaced over the training rows)
+ROW_BUDGET = 16_384  # multiply-adds per scored row (two width x components products per window, over stride)
 
 
 @dataclass
 class Config:
     n_features: int
     window: int = 32
-    stride: int | None = None  # rows between window starts; default window // 4
-    variance: float = 0.99  # the top components explain this share of the training windows' variance...
+    stride: int | None = None  # rows between window starts; default window // 16, more for wide windows
+    variance: float = 0.999  # the top components explain this share of the training windows' variance...
     max_components: int = 64  # ...up to this many
     ridge: float = 0.1  # variance floor, as a fraction of the mean component variance (flat directions)
     components: int | None = None  # set by the fit
 
     def __post_init__(self):
         if self.stride is None:
-            self.stride = max(1, self.window // 4)
+            cost = 2 * self.n_features * self.window * self.max_components  # per window
+            self.stride = max(1, self.window // 16, -(-cost // ROW_BUDGET))
         self.stride = max(1, min(int(self.stride), self.window))
 
 
@@ -69,10 +72,14 @@ class Model(nn.Module):
         self.register_buffer("inv_variance", torch.zeros(k))
         self.register_buffer("inv_residual", torch.zeros(()))
 
-    def fit_closed_form(self, x: torch.Tensor) -> dict:
-        """Fit on the (rows, features) training tensor; returns the training history."""
+    def fit_closed_form(self, x: torch.Tensor, exclude: tuple[int, int] | None = None) -> dict:
+        """Fit on the (rows, features) training tensor, leaving out windows that touch rows `exclude` = (start,
+        stop) (for out-of-fold calibration); returns the training history."""
         w, width = self.config.window, self.config.n_features * self.config.window
         windows = x.unfold(0, w, 1).transpose(1, 2).reshape(-1, width).double()
+        if exclude is not None:
+            starts = torch.arange(len(windows))
+            windows = windows[(starts + w <= exclude[0]) | (starts >= exclude[1])]
         if len(windows) > FIT_WINDOWS:
             windows = windows[torch.linspace(0, len(windows) - 1, FIT_WINDOWS).long()]
         mean = windows.mean(0)
