@@ -138,9 +138,13 @@ def cmd_train(args) -> int:
               f"{', '.join(rep.get('constant_columns', [])) or '-'}; empty: {', '.join(rep.get('empty_columns', [])) or '-'}")
     if rep.get("missing_values"):
         print(f"  missing values: {rep['missing_values']} ({rep['missing_policy']})")
-    print(f"  epochs: {result['epochs_run']} (best {result['best_epoch']}{', stopped early' if result['stopped_early'] else ''}), "
-          f"loss {result['final_loss']:.5g}, {result['train_seconds']:.1f}s on {result['device']} "
-          f"({result['precision']})")
+    if result.get("closed_form"):
+        print(f"  fitted in closed form (window {result['window']}, {result['components']} components), mean training "
+              f"distance {result['final_loss']:.5g}, {result['train_seconds']:.1f}s on {result['device']}")
+    else:
+        print(f"  epochs: {result['epochs_run']} (best {result['best_epoch']}"
+              f"{', stopped early' if result['stopped_early'] else ''}), loss {result['final_loss']:.5g}, "
+              f"{result['train_seconds']:.1f}s on {result['device']} ({result['precision']})")
     print(f"  threshold: {result['threshold']:.6g} ({result['threshold_method']} {result['threshold_params']}, "
           f"from {result['threshold_source']} rows)")
     print(f"  saved to {result['paths']['model'].rsplit('/', 1)[0]}")

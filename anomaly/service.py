@@ -127,6 +127,7 @@ def train(
         "epochs_run": hist["epochs_run"],
         "best_epoch": hist["best_epoch"],
         "stopped_early": hist["stopped_early"],
+        **({"closed_form": True, "components": hist.get("components")} if hist.get("closed_form") else {}),
         "final_loss": hist["loss"][-1],
         "final_val_loss": hist["val_loss"][-1],
         "train_seconds": round(seconds, 3),

@@ -121,15 +121,12 @@ def out_of_fold_errors(model: torch.nn.Module, X: np.ndarray, folds: int = 5) ->
 
     n, span = len(X), model.span
     size = -(-n // folds)
-    if not hasattr(model, "fit_closed_form") or n - size - span < 2 * span:
+    if not hasattr(model, "fit_folds") or n - size - span < 2 * span:
         return None
     x = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).to(model_device(model))
     out = np.empty(X.shape, np.float32)
-    for start in range(0, n, size):
-        stop = min(n, start + size)
-        fold = copy.deepcopy(model)
-        fold.fit_closed_form(x, exclude=(start, stop))
-        fold.eval()
+    blocks = [(start, min(n, start + size)) for start in range(0, n, size)]
+    for (start, stop), fold in zip(blocks, model.fit_folds(x, blocks)):
         lo, hi = max(0, start - span + 1), min(n, stop + span - 1)  # the windows that touch the block
         out[start:stop] = row_errors(fold, X[lo:hi])[start - lo:stop - lo]
     return out

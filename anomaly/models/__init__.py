@@ -12,7 +12,7 @@ nothing else):
   - `errors(x)`: non-negative error per scored row and feature, shape (batch, scored, features). The score
     of a row is the mean over features, averaged over all samples that score that row.
   - optional: `stride` (rows between scored samples, default 1), `fit_closed_form(x)` (fitted without gradient
-    descent; returns the history); module-level `DEFAULT_WINDOW` (an int or "auto"; default 32),
+    descent; returns the history) with `fit_folds(x, blocks)` (copies fitted without each block, for calibration); module-level `DEFAULT_WINDOW` (an int or "auto"; default 32),
     `DEFAULT_SMOOTH` (rows of score smoothing; default 2 * window - 1) and `auto_window(X)` (what
     `--window auto` picks; default `anomaly.period.auto_window`).
 
