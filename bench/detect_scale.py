@@ -68,7 +68,7 @@ def main() -> None:
         write_csv(train, 20_000, seed=1)
     models = OUT / "models"
     variants = {name: ([] if name == "default" else ["--model-type", name]) for name in args.models.split(",")}
-    for i, (name, extra) in enumerate(variants.items()):
+    for name, extra in variants.items():
         if not (models / f"scale-{name}").exists():
             run([PY, "train.py", "--data", str(train), "--model-dir", str(models), "--version", f"scale-{name}",
                  "--epochs", "5", "--batch-size", "256", "--quiet", *extra])
