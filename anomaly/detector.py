@@ -191,7 +191,7 @@ class DetectorCore:
         self.calibration_method_ = "in-sample" if raw is None else "out-of-fold (5 blocks)"
         raw = row_errors(self.model_, Z) if raw is None else raw
         self.spike_floor_ = spike_floor(raw) if self.smooth_ > 1 else None
-        self.decision_scores_ = row_scores(smooth_errors(raw, self.smooth_, self.spike_floor_))
+        self.decision_scores_ = self._calibration_scores(raw)
         # The threshold comes from every training row, fitted and held out alike. Smoothed scores change
         # slowly, so the held-out tail alone (10% of the rows) held only a handful of independent values and
         # put the threshold wherever that stretch happened to sit: 20-35% of new normal rows were flagged.
@@ -222,6 +222,16 @@ class DetectorCore:
         self.threshold_ = self.threshold_info_["threshold"]
         self.threshold_method, self.threshold_params = method, params
         return self.threshold_info_
+
+    def _calibration_scores(self, raw: np.ndarray) -> np.ndarray:
+        return row_scores(smooth_errors(raw, self.smooth_, self.spike_floor_))
+
+    def calibration_scores(self, X: np.ndarray) -> np.ndarray:
+        """The scores a threshold for the training rows `X` is calibrated on, as `fit` computes them: out of fold
+        for a closed-form model (each block scored by a copy fitted without it), else `decision_function(X)`.
+        A loaded version has no `decision_scores_`; this recomputes them (e.g. to compare threshold methods)."""
+        raw = training.out_of_fold_errors(self.model_, self.transform(X))
+        return self.decision_function(X) if raw is None else self._calibration_scores(raw)
 
     # --- scoring ---------------------------------------------------------------------------------------
 

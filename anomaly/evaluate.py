@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import defaults, metrics, thresholds
+from . import defaults, metrics, models, thresholds
 from .cli import add_device_arguments
 from .errors import DataError, NotFound
 from .rolling import RollingThreshold
@@ -192,7 +192,9 @@ def evaluate_series(series: str, train: Path, test: Path, args, tmp: Path, plot_
     t_opts = {"risk": args.risk} if args.risk is not None else {}
     for model_type in args.model_type:
         for window in args.window:
-            key = f"{model_type} w={window}"
+            # named by the window asked for; none asked: the model type's own ("auto" for pca, 32 for dense)
+            w_label = models.default_window(model_type) if window is None else window
+            key = f"{model_type} w={w_label}"
             started = time.perf_counter()
             res = service.train(str(train_file), store=store, model_type=model_type, window=window,
                                 epochs=args.epochs, batch_size=args.batch_size, patience=args.patience,
@@ -217,7 +219,8 @@ def evaluate_series(series: str, train: Path, test: Path, args, tmp: Path, plot_
             train_table = data.read_table(train_file, features=det.feature_names_)
             train_X = train_table.X
             row["rows_train"] = int(len(train_X))
-            train_scores = det.decision_function(train_X)
+            # as training calibrates: out of fold for a closed-form model (its in-sample scores are lower)
+            train_scores = det.calibration_scores(train_X)
             calib = _calibration(train_scores)
             rep["f1_at"] = {}
             for method in args.compare_thresholds:
@@ -240,7 +243,9 @@ def evaluate_series(series: str, train: Path, test: Path, args, tmp: Path, plot_
                       det, test_table, scores, labels, f"{series}: {key}")
             if args.baselines and args.baselines != ["none"]:
                 for name in args.baselines:
-                    bkey = name if name == "zscore" else f"{name} w={window}"
+                    # a baseline named like an evaluated model type (pca) must not take (or give up) its place
+                    bname = f"{name} baseline" if name in args.model_type else name
+                    bkey = bname if name == "zscore" else f"{bname} w={w_label}"
                     if bkey not in row["detectors"]:
                         row["detectors"][bkey] = _baseline(name, det.window_, train_X, test_table.X, labels,
                                                            max_buffer, args)

@@ -47,6 +47,8 @@ def sliding_window(values: np.ndarray, fallback: int = 125) -> int:
     size = 1 << (2 * len(x) - 1).bit_length()
     spectrum = np.fft.rfft(x, size)
     acov = np.fft.irfft(spectrum * np.conj(spectrum), size)[: min(401, len(x))]
+    if not acov[0] > 0:  # denormal values: their squares underflow to 0 (and no period can be told)
+        return fallback
     acf = acov / acov[0]
     base = 3
     a = acf[base:]

@@ -70,7 +70,7 @@ def rethreshold(version: str, method: str, *, model_dir: str = "models", new_ver
         if not data_file:
             raise DataError(f"version {name} does not record its training file; pass --data FILE")
         table = data.read_table(data_file, features=det.feature_names_)
-        scores = det.decision_function(table.X)
+        scores = det.calibration_scores(table.X)  # as training scored them (out of fold for a closed-form model)
         # The rows the original threshold came from: every training row (versions from before that: the tail).
         split = float(det.config_.get("training", {}).get("validation_split", defaults.VALIDATION_SPLIT))
         n_val = int(round(len(scores) * split))

@@ -107,12 +107,14 @@ def test_label_column_is_never_a_feature(tmp_path):
 
 
 def test_custom_label_column_is_never_a_feature(tmp_path):
-    body = "a,b,truth\n" + "".join(f"{r[0]:g},{r[1]:g},{i % 2}\n" for i, r in enumerate(ROWS))
+    # 0, 1, 2, ...: not a 0/1 indicator column (those are left out of the features anyway), so the first
+    # assertion still tests that only the name decides whether a column is a label
+    body = "a,b,truth\n" + "".join(f"{r[0]:g},{r[1]:g},{i % 3}\n" for i, r in enumerate(ROWS))
     f = write(tmp_path / "d.csv", body)
     assert data.read_table(f).features == ["a", "b", "truth"]  # not named like a label: a feature
     table = data.read_table(f, label_column="truth")
     assert table.features == ["a", "b"]
-    assert table.labels.tolist() == [0, 1, 0, 1, 0]
+    assert table.labels.tolist() == [0, 1, 1, 0, 1]  # any value above 0 is an anomaly
 
 
 GAPPY = "a,b\n,10\n2,\n,30\n4,40\n5,\n"  # a: edge gap at the start, inner gap; b: inner gap, edge gap at the end

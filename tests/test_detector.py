@@ -99,7 +99,8 @@ def test_unknown_scaler(X):
 
 
 def test_fit_sets_pyod_attributes_and_threshold_from_every_training_row(X):
-    det = _fit(X, threshold_params={"percentile": 90})
+    # a neural model: its calibration scores are its in-sample scores (pca's are out-of-fold: the test below)
+    det = _fit(X, model_type="dense", threshold_params={"percentile": 90})
     assert det.decision_scores_.shape == (len(X),)
     expected = np.percentile(det.decision_scores_.astype(np.float64), 90)
     assert det.threshold_source_ == "training"
@@ -111,8 +112,23 @@ def test_fit_sets_pyod_attributes_and_threshold_from_every_training_row(X):
     np.testing.assert_array_equal(det.predict(X), (det.decision_function(X) > det.threshold_).astype(np.int8))
 
 
+def test_closed_form_calibration_is_out_of_fold_and_sets_the_threshold(X):
+    det = _fit(X, model_type="pca", window=8, threshold_params={"percentile": 90})  # the default model type
+    assert det.history_["epochs_run"] == 1 and det.history_["closed_form"]
+    assert det.decision_scores_.shape == (len(X),) and np.isfinite(det.decision_scores_).all()
+    calibration = det.threshold_info_["calibration"]
+    assert calibration["errors"] == "out-of-fold (5 blocks)"
+    assert calibration["rows"] == calibration["held_out_rows"] == len(X) and calibration["fitted_rows"] == 0
+    assert det.threshold_ == pytest.approx(np.percentile(det.decision_scores_.astype(np.float64), 90), rel=1e-6)
+    in_sample = det.decision_function(X)
+    # each block scored by a fit without it: not the in-sample scores, and larger on the whole
+    assert not np.allclose(in_sample, det.decision_scores_, rtol=1e-5)
+    assert np.mean(det.decision_scores_) > np.mean(in_sample)
+    np.testing.assert_array_equal(det.predict(X), (in_sample > det.threshold_).astype(np.int8))
+
+
 def test_score_is_mean_squared_error_in_scaled_space(X):
-    det = _fit(X, epochs=2)
+    det = _fit(X, model_type="dense", epochs=2)
     Z = torch.from_numpy(det.transform(X[:50]))
     with torch.no_grad():
         recon = det.model_(Z.unsqueeze(1)).squeeze(1)
@@ -129,13 +145,13 @@ def test_other_threshold_methods_on_the_calibration_scores(X, method, params):
 
 
 def test_encoding_dim_and_hidden_shape_the_network(X):
-    det = _fit(X, epochs=1, encoding_dim=2, hidden=[12, 6])
+    det = _fit(X, model_type="dense", epochs=1, encoding_dim=2, hidden=[12, 6])
     linears = [m for m in det.model_.modules() if isinstance(m, torch.nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == [(3, 12), (12, 6), (6, 2), (2, 6), (6, 12), (12, 3)]
 
 
 def test_same_seed_same_weights_different_seed_different(X):
-    a, b, c = _fit(X, seed=7), _fit(X, seed=7), _fit(X, seed=8)
+    a, b, c = (_fit(X, model_type="dense", seed=s) for s in (7, 7, 8))  # trained weights: a neural model
     for (name, wa), wb in zip(a.model_.state_dict().items(), b.model_.state_dict().values()):
         assert torch.equal(wa, wb), name
     assert any(not torch.equal(wa, wc) for wa, wc in zip(a.model_.state_dict().values(), c.model_.state_dict().values()))

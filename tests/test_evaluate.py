@@ -34,7 +34,9 @@ def _evaluate(suite, tmp_path, *extra) -> dict:
 
 
 def test_evaluate_reports_every_metric_for_detector_and_baselines(suite, tmp_path, capsys):
-    report = _evaluate(suite, tmp_path, "--window", "4", "--plots", str(tmp_path / "plots"), "--smooth")
+    # dense: the baselines keep their plain names (the default, pca, is the next test)
+    report = _evaluate(suite, tmp_path, "--model-type", "dense", "--window", "4", "--plots", str(tmp_path / "plots"),
+                       "--smooth")
     printed = capsys.readouterr().out
     result = report["suites"][suite.name]
     series = {r["series"]: r for r in result["series"]}
@@ -61,11 +63,28 @@ def test_evaluate_reports_every_metric_for_detector_and_baselines(suite, tmp_pat
     assert len(plots) == 2 and all((tmp_path / "plots" / p).stat().st_size > 10_000 for p in plots)
 
 
+def test_evaluate_default_model_is_named_by_its_window_next_to_the_pca_baseline(suite, tmp_path, capsys):
+    report = _evaluate(suite, tmp_path, "--series", "spiky")
+    spiky = report["suites"][suite.name]["series"][0]["detectors"]
+    # the default pca model and the PCA reconstruction baseline are both reported, under distinct names
+    assert set(spiky) == {"pca w=auto", "iforest w=auto", "pca baseline w=auto", "zscore"}
+    model = spiky["pca w=auto"]
+    # Blatant spikes are easy, but a window's distance goes to every row of the window: a one-row spike raises
+    # its whole window-wide neighbourhood, so point-wise ROC-AUC is ~0.72 here (window 1 is the point-wise
+    # view; dense reconstructs each row and gets 1.0). VUS-PR, which credits the neighbourhood, is ~0.92.
+    assert model["epochs_run"] == 1 and model["vus_pr"] > 0.8 and model["roc_auc"] > 0.65
+    assert set(model["f1_at"]) == {"percentile", "pot", "meanstd", "iqr", "dynamic"}
+    # compared thresholds are calibrated as training calibrates (out of fold): the same percentile threshold
+    assert model["f1_at"]["percentile"]["threshold"] == pytest.approx(model["threshold"], rel=1e-5)
+    assert "pca baseline w=auto" in capsys.readouterr().out
+
+
 def test_evaluate_is_reproducible_with_a_seed(suite, tmp_path):
-    args = ("--series", "spiky", "--window", "1", "--baselines", "iforest", "--seed", "3")
+    args = ("--series", "spiky", "--model-type", "dense,pca", "--window", "1", "--baselines", "iforest",
+            "--seed", "3")
     a = _evaluate(suite, tmp_path, *args)["suites"][suite.name]["series"][0]["detectors"]
     b = _evaluate(suite, tmp_path, *args)["suites"][suite.name]["series"][0]["detectors"]
-    for key in ("dense w=1", "iforest w=1"):
+    for key in ("dense w=1", "pca w=1", "iforest w=1"):
         for m in ("roc_auc", "vus_pr", "f1", "threshold"):
             assert a[key][m] == b[key][m], (key, m)
 

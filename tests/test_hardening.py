@@ -345,7 +345,8 @@ def test_sigterm_is_handled_like_ctrl_c(tmp_path, dataset, trained_window):
     log = tmp_path / "train.err"
     with open(log, "w") as err:
         train = subprocess.Popen(cli_command("train.py", "--data", dataset["train"], "--model-dir", store, "--epochs",
-                                             "100000", "--window", "1", "--patience", "0"), cwd=REPO, env=cli_env(),
+                                             "100000", "--window", "1", "--patience", "0", "--model-type", "dense"),  # epochs to interrupt
+                                 cwd=REPO, env=cli_env(),
                                  stdout=subprocess.DEVNULL, stderr=err)
         assert _wait_for(lambda: "training" in log.read_text()), "training never started"  # the progress bar
         train.send_signal(signal.SIGTERM)

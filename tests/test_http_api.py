@@ -109,10 +109,12 @@ def test_detection_stream_error_before_streaming_is_a_4xx(http):
 
 
 def test_train_and_training_stream(http):
-    result = http.post("/api/train", json={"data_file": "train.csv", "epochs": 2, "version": "http-a"}).json()
+    # dense: per-epoch progress (the default pca is fitted in one step: below)
+    result = http.post("/api/train", json={"data_file": "train.csv", "epochs": 2, "version": "http-a",
+                                           "model_type": "dense"}).json()
     assert result["version"] == "http-a" and result["epochs_run"] == 2
     events = stream_events(http, "POST", "/api/train/stream", json={"data_file": "train.csv", "epochs": 3,
-                                                                      "version": "http-b"})
+                                                                      "version": "http-b", "model_type": "dense"})
     epochs = [e for n, e in events if n == "epoch"]
     assert [e["epoch"] for e in epochs] == [1, 2, 3] and all(e["loss"] > 0 for e in epochs)
     assert events[-1][0] == "result" and events[-1][1]["version"] == "http-b"
@@ -121,6 +123,9 @@ def test_train_and_training_stream(http):
     again = stream_events(http, "POST", "/api/train/stream", json={"data_file": "train.csv", "epochs": 1,
                                                                      "version": "http-b"})
     assert again[-1][0] == "error" and "already exists" in again[-1][1]["error"]
+    pca = stream_events(http, "POST", "/api/train/stream", json={"data_file": "train.csv", "version": "http-pca"})
+    assert [(n, e["epoch"], e["epochs"]) for n, e in pca if n == "epoch"] == [("epoch", 1, 1)]  # closed form
+    assert pca[-1][0] == "result" and pca[-1][1]["version"] == "http-pca" and pca[-1][1]["epochs_run"] == 1
     bad = http.post("/api/train", json={"data_file": "train.csv", "epochs": 0})
     assert bad.status_code == 422 and "epochs" in bad.json()["error"]
 

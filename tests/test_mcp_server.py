@@ -128,7 +128,8 @@ def test_train_reports_progress_and_saves_a_new_version(server, transport):
         seen.append((value, total, message))
 
     result = tool_json(call(server, transport, "train_model", {"data_file": "train.csv", "epochs": 3,
-                                                                "version": f"mcp-{transport}"}, progress))
+                                                                "version": f"mcp-{transport}",
+                                                                "model_type": "dense"}, progress))
     assert result["version"] == f"mcp-{transport}" and result["epochs_run"] == 3
     assert [s[0] for s in seen] == [1, 2, 3] and all(s[1] == 3 for s in seen)
     assert all("loss" in s[2] for s in seen)
@@ -139,6 +140,12 @@ def test_train_reports_progress_and_saves_a_new_version(server, transport):
     again = call(server, transport, "train_model", {"data_file": "train.csv", "epochs": 1,
                                                     "version": f"mcp-{transport}"})
     assert again.is_error and "already exists" in again.content[0].text
+    # the default pca is fitted in one step: a single progress report, epoch 1 of 1
+    seen.clear()
+    pca = tool_json(call(server, transport, "train_model", {"data_file": "train.csv",
+                                                             "version": f"mcp-pca-{transport}"}, progress))
+    assert pca["version"] == f"mcp-pca-{transport}" and pca["epochs_run"] == 1
+    assert [(s[0], s[1]) for s in seen] == [(1, 1)]
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

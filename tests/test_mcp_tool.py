@@ -49,7 +49,9 @@ def test_classic_explicit_paths_and_module_functions(workdir, trained):
 
 
 def test_train_model_makes_a_new_version_and_never_overwrites(workdir):
-    result = mcp_tool.train_model("train.csv", version="tool-v", epochs=2)
+    result = mcp_tool.train_model("train.csv", version="tool-v", epochs=2, model_type="dense")  # epochs: neural
+    pca = mcp_tool.train_model("train.csv", version="tool-pca")  # the default pca: one closed-form step
+    assert pca["status"] == "success" and pca["model_type"] == "pca" and pca["epochs_run"] == 1
     assert result["status"] == "success" and result["version"] == "tool-v" and result["epochs_run"] == 2
     assert "tool-v" in {m["version"] for m in mcp_tool.list_models()["models"]}
     again = mcp_tool.train_model("train.csv", version="tool-v", epochs=1)

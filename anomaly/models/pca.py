@@ -141,8 +141,12 @@ class Model(nn.Module):
         """(Mahalanobis distance per window, each value's non-negative share of it)."""
         projection = centred @ self.basis
         residual = centred - projection @ self.basis.T
-        pulled = (projection * self.inv_variance) @ self.basis.T  # covariance^-1 applied inside the top space
-        share = (centred * pulled).clamp_min(0) + residual.square() * self.inv_residual
+        # covariance^-1 applied to the window: inside the top space and in the residual outside it
+        pulled = (projection * self.inv_variance) @ self.basis.T + residual * self.inv_residual
+        # Value i's share is centred_i * pulled_i (they sum to the distance). The residual's own squares
+        # (residual_i^2) spread a spike over every value loaded on the residual directions: a +6 spike in one of
+        # two correlated sensors was split about 45/45 between them, and the wrong one was named.
+        share = (centred * pulled).clamp_min(0)
         distance = (projection.square() * self.inv_variance).sum(1) + residual.square().sum(1) * self.inv_residual
         return distance, share
 
