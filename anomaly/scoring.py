@@ -55,6 +55,7 @@ class RowScorer:
         self.model = model
         self.span, self.scored = model.span, model.scored
         self.stride = int(getattr(model, "stride", 1))
+        self.model_uniform = bool(getattr(model, "uniform_rows", False)) and self.scored > 1
         self.first_row = 0  # index in the series of self.rows[0] (samples start at multiples of the stride)
         self.batch_size = max(1, batch_size)
         self.device, self.precision = model_device(model), precision  # data goes where the model is
@@ -111,30 +112,47 @@ class RowScorer:
     def _accumulate(self, rows: np.ndarray, sums: np.ndarray, counts: np.ndarray, n_samples: int) -> None:
         x = torch.from_numpy(rows).to(self.device)  # the whole block goes to the device once
         offset = self.span - self.scored  # position of the first scored row inside a sample
-        with torch.inference_mode(), self._threads(), autocast(self.device, self.precision):
-            if self.stride > 1:
-                self._accumulate_strided(x, sums, counts, n_samples, offset)
-                return
-            for s in range(0, n_samples, self.batch_size):
-                b = min(self.batch_size, n_samples - s)
-                # (b, scored, F), back to the host once per batch
-                err = self.model.errors(window_range(x, s, s + b, self.span)).float().cpu().numpy()
-                for k in range(self.scored):
-                    r0 = s + offset + k
-                    sums[r0:r0 + b] += err[:, k]
-                    counts[r0:r0 + b] += 1
-
-    def _accumulate_strided(self, x: torch.Tensor, sums: np.ndarray, counts: np.ndarray, n_samples: int,
-                            offset: int) -> None:
         first = (-self.first_row) % self.stride  # the first sample start in this block on the series' grid
         starts = np.arange(first, n_samples, self.stride)
-        windows = x.unfold(0, self.span, 1)
-        for i in range(0, len(starts), self.batch_size):
-            batch = starts[i:i + self.batch_size]
-            err = self.model.errors(windows[torch.from_numpy(batch).to(x.device)].transpose(1, 2)).float().cpu().numpy()
-            for k in range(self.scored):  # the starts are distinct, so plain fancy-index adds are exact
-                sums[batch + offset + k] += err[:, k]
-                counts[batch + offset + k] += 1
+        windows = x.unfold(0, self.span, 1)  # a view: (samples, features, span)
+        spread = _Spread(len(sums), sums.shape[1]) if self.model_uniform else None
+        with torch.inference_mode(), self._threads(), autocast(self.device, self.precision):
+            for i in range(0, len(starts), self.batch_size):
+                batch = starts[i:i + self.batch_size]
+                if self.stride == 1:
+                    samples = window_range(x, int(batch[0]), int(batch[-1]) + 1, self.span)
+                else:
+                    samples = windows[torch.from_numpy(batch).to(x.device)].transpose(1, 2)
+                # (b, scored, F), or (b, 1, F) for a model whose error is the same on every scored row
+                err = self.model.errors(samples).float().cpu().numpy()  # back to the host once per batch
+                if spread is not None:
+                    spread.add(batch + offset, self.scored, err[:, 0])
+                    continue
+                for k in range(self.scored):  # the starts are distinct, so plain fancy-index adds are exact
+                    sums[batch + offset + k] += err[:, k]
+                    counts[batch + offset + k] += 1
+        if spread is not None:
+            spread.into(sums, counts)
+
+
+class _Spread:
+    """Adds one error per sample to each of its `scored` rows through difference arrays: O(samples + rows)
+    instead of O(samples x scored) (a pca window of 51 rows x 20 features is 1,000 values per sample)."""
+
+    def __init__(self, rows: int, features: int):
+        self.sums = np.zeros((rows + 1, features), np.float64)  # float64: cumulative sums must not drift
+        self.counts = np.zeros(rows + 1, np.int64)
+
+    def add(self, first_rows: np.ndarray, length: int, err: np.ndarray) -> None:
+        # one sample per start: each index list is distinct, so fancy-index adds are exact
+        self.sums[first_rows] += err
+        self.sums[first_rows + length] -= err
+        self.counts[first_rows] += 1
+        self.counts[first_rows + length] -= 1
+
+    def into(self, sums: np.ndarray, counts: np.ndarray) -> None:
+        sums += np.cumsum(self.sums, axis=0)[:-1].astype(np.float32)
+        counts += np.cumsum(self.counts)[:-1]
 
 
 def _mean(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:

@@ -34,7 +34,7 @@ def main() -> None:
     p.add_argument("--models", default=",".join(models.MODEL_TYPES), help="dense is always timed first (the baseline)")
     p.add_argument("--json", help="also write the results to this file")
     args = p.parse_args()
-    window = {"auto": "auto", "default": None}.get(args.window) or int(args.window)
+    window = args.window if args.window == "auto" else None if args.window == "default" else int(args.window)
     X = synthetic.make_series(args.rows, args.cols, seed=0).drop(columns="timestamp").to_numpy(np.float32)
     chosen = ["dense"] + [m for m in args.models.split(",") if m and m != "dense"]
     print(f"{args.rows} rows x {args.cols} columns, window {args.window}, at most {args.epochs} epochs")

@@ -11,7 +11,8 @@ nothing else):
   - `loss(x)`: training loss of a batch `x` of shape (batch, span, features);
   - `errors(x)`: non-negative error per scored row and feature, shape (batch, scored, features). The score
     of a row is the mean over features, averaged over all samples that score that row.
-  - optional: `stride` (rows between scored samples, default 1), `fit_closed_form(x)` (fitted without gradient
+  - optional: `stride` (rows between scored samples, default 1), `uniform_rows` (errors() returns one row per
+    sample, the same for all its scored rows), `fit_closed_form(x)` (fitted without gradient
     descent; returns the history) with `fit_folds(x, blocks)` (copies fitted without each block, for calibration); module-level `DEFAULT_WINDOW` (an int or "auto"; default 32),
     `DEFAULT_SMOOTH` (rows of score smoothing; default 2 * window - 1) and `auto_window(X)` (what
     `--window auto` picks; default `anomaly.period.auto_window`).

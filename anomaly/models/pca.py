@@ -67,6 +67,7 @@ class Model(nn.Module):
         self.config = config
         self.span = self.scored = config.window
         self.stride = config.stride
+        self.uniform_rows = True  # errors() may give one row per window: every row of it gets the same error
         width, k = config.n_features * config.window, config.components or 0
         self.register_buffer("mean", torch.zeros(width))
         self.register_buffer("basis", torch.zeros(width, k))  # top principal directions, one per column
@@ -154,9 +155,10 @@ class Model(nn.Module):
         return self._distance(x.reshape(len(x), -1) - self.mean)[0].mean()
 
     def errors(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, 1, features): the window's distance split over the features by their share; the same for every
+        row of the window (`uniform_rows`)."""
         b, w, f = x.shape
         distance, share = self._distance(x.reshape(b, -1) - self.mean)
         per_feature = share.reshape(b, w, f).sum(1)
         weights = per_feature / per_feature.sum(1, keepdim=True).clamp_min(1e-30)
-        # every row of the window gets the window's distance, split over the features by their share
-        return (distance[:, None] * weights)[:, None, :].expand(b, w, f) * f
+        return (distance[:, None] * weights * f)[:, None, :]
