@@ -139,7 +139,7 @@ class Model(nn.Module):
                 "epochs_run": 1, "closed_form": True, "components": k, "explained_variance": float(explained[k - 1])}
 
     def _distance(self, centred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(Mahalanobis distance per window, each value's non-negative share of it)."""
+        """(Mahalanobis distance per window, each value's share of it: the shares sum to the distance)."""
         projection = centred @ self.basis
         residual = centred - projection @ self.basis.T
         # covariance^-1 applied to the window: inside the top space and in the residual outside it
@@ -147,7 +147,7 @@ class Model(nn.Module):
         # Value i's share is centred_i * pulled_i (they sum to the distance). The residual's own squares
         # (residual_i^2) spread a spike over every value loaded on the residual directions: a +6 spike in one of
         # two correlated sensors was split about 45/45 between them, and the wrong one was named.
-        share = (centred * pulled).clamp_min(0)
+        share = centred * pulled  # clamped per feature by the caller (negative shares offset positive ones)
         distance = (projection.square() * self.inv_variance).sum(1) + residual.square().sum(1) * self.inv_residual
         return distance, share
 
@@ -159,6 +159,6 @@ class Model(nn.Module):
         row of the window (`uniform_rows`)."""
         b, w, f = x.shape
         distance, share = self._distance(x.reshape(b, -1) - self.mean)
-        per_feature = share.reshape(b, w, f).sum(1)
+        per_feature = share.reshape(b, w, f).sum(1).clamp_min(0)
         weights = per_feature / per_feature.sum(1, keepdim=True).clamp_min(1e-30)
         return (distance[:, None] * weights * f)[:, None, :]
