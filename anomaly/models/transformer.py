@@ -3,10 +3,16 @@
 Each time step is projected to `d_model`, a learned positional embedding is added, `layers` encoder blocks mix
 the steps, and a linear head maps back to the features. A plain reconstruction transformer can learn to copy
 its input (no bottleneck), and copying scores anomalies as normal. So a step is always reconstructed while it is
-hidden: the window is cut into `segments` contiguous segments, and a hidden segment's steps are replaced by a learned
-mask token. Training hides one random segment per window; scoring runs one pass per segment, so every step gets the
+hidden: the window's steps are dealt into `segments` groups, and a hidden group's steps are replaced by a learned
+mask token. Training hides one random group per window; scoring runs one pass per group, so every step gets the
 error of a reconstruction made from the rest of its window. With window 1 the step is reconstructed from
 nothing: the model learns the training mean and the error becomes a squared z-score.
+
+Groups interleave in runs of `run` steps (step t is in group (t // run) % segments), so each hidden run sits
+between visible ones. Hiding a quarter of the window at once made the model extrapolate the middle of every
+ramp, and errors on normal slopes outranked a 13-row burst of jitter (UCR InternalBleeding16, window 64:
+ROC-AUC 0.82-0.94 over seeds); runs of one step are interpolated so easily that a smooth change of frequency
+is reconstructed too; runs of two catch both. Configs saved before `run` existed keep contiguous groups (run 0).
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ class Config:
     heads: int = 4
     ff_width: int | None = None  # feed-forward width of each block
     dropout: float = 0.0  # hiding segments already regularises; dropout mostly slows training on CPU
-    segments: int | None = None  # contiguous segments a window is cut into; each is hidden in turn
+    segments: int | None = None  # groups a window's steps are dealt into; each is hidden in turn
+    run: int | None = None  # steps hidden together (default 2); 0: one contiguous segment per group (older versions)
     hidden: list[int] | int | None = None  # the CLI's --hidden D[,FF]: taken as d_model and ff_width
 
     def __post_init__(self):
@@ -45,7 +52,10 @@ class Config:
             self.d_model = min(64, max(16, self.n_features))
         self.d_model = self.heads * math.ceil(int(self.d_model) / self.heads)  # attention needs d_model % heads == 0
         self.ff_width = int(self.ff_width or 2 * self.d_model)
+        if self.run is None:  # a saved config without it comes from a version that hid contiguous segments
+            self.run = 2 if self.segments is None else 0
         self.segments = max(1, min(int(self.segments or 4), self.window))
+        self.run = max(0, int(self.run))
 
 
 class Block(nn.Module):
@@ -80,9 +90,10 @@ class Model(nn.Module):
         self.blocks = nn.Sequential(*[Block(config) for _ in range(config.layers)])
         self.norm = nn.LayerNorm(config.d_model)
         self.head = nn.Linear(config.d_model, config.n_features)
-        # segment_of[t]: the segment time step t belongs to (fixed, so not saved with the weights)
-        self.register_buffer("segment_of", torch.arange(config.window) * config.segments // config.window,
-                             persistent=False)
+        # segment_of[t]: the group time step t belongs to (fixed, so not saved with the weights)
+        steps = torch.arange(config.window)
+        segment_of = (steps // config.run % config.segments if config.run else steps * config.segments // config.window)
+        self.register_buffer("segment_of", segment_of, persistent=False)
 
     def forward(self, x: torch.Tensor, hidden_segment: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Reconstruct (batch, window, features) with segment `hidden_segment[i]` of window i masked out.
