@@ -141,14 +141,17 @@ class Model(nn.Module):
     def _distance(self, centred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(Mahalanobis distance per window, each value's share of it: the shares sum to the distance)."""
         projection = centred @ self.basis
-        residual = centred - projection @ self.basis.T
-        # covariance^-1 applied to the window: inside the top space and in the residual outside it
-        pulled = (projection * self.inv_variance) @ self.basis.T + residual * self.inv_residual
+        # covariance^-1 applied to the window, inside the top space and in the residual outside it, in one
+        # product: c / residual_variance + B ((1 / variance - 1 / residual_variance) * projection)
+        pulled = centred * self.inv_residual + (projection * (self.inv_variance - self.inv_residual)) @ self.basis.T
         # Value i's share is centred_i * pulled_i (they sum to the distance). The residual's own squares
         # (residual_i^2) spread a spike over every value loaded on the residual directions: a +6 spike in one of
         # two correlated sensors was split about 45/45 between them, and the wrong one was named.
         share = centred * pulled  # clamped per feature by the caller (negative shares offset positive ones)
-        distance = (projection.square() * self.inv_variance).sum(1) + residual.square().sum(1) * self.inv_residual
+        # the residual's energy |c|^2 - |projection|^2 is a difference: summed in float64
+        p2 = projection.double().square()
+        residual = (centred.square().sum(1, dtype=torch.float64) - p2.sum(1)).clamp_min(0)
+        distance = ((p2 * self.inv_variance.double()).sum(1) + residual * self.inv_residual.double()).to(centred.dtype)
         return distance, share
 
     def loss(self, x: torch.Tensor) -> torch.Tensor:
