@@ -124,7 +124,10 @@ def run(series: int, rows: int, epochs: int, jobs: int, work: Path) -> dict:
 
 def report(results: dict, series: int, rows: int, epochs: int, jobs: int) -> str:
     base = {phase: results[("loop", phase)]["seconds"] for phase in ("train", "detect")}
-    lines = [f"{series} series x {rows} rows, dense model (window 32), {epochs} epochs, {os.cpu_count()} cores",
+    from anomaly import defaults
+
+    lines = [f"{series} series x {rows} rows, default model ({defaults.MODEL_TYPE}; --epochs {epochs} applies to "
+             f"neural models), {os.cpu_count()} cores",
              "", "| run | phase | wall s | series/s | vs loop | vs jobs=1 | cores busy | peak RSS (tree) | "
              "largest process | load avg before/after |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     one = {phase: results[("jobs=1", phase)]["seconds"] for phase in ("train", "detect")}

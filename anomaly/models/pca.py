@@ -15,6 +15,7 @@ over the features in proportion to their share of the distance, so the strongest
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 
 from ..metrics import sliding_window
+from ..scoring import single_thread
 
 DEFAULT_WINDOW = "auto"  # one period: the window that lets a window's shape be compared
 # A constant training series keeps its window: the variance floor makes any departure from the constant far
@@ -33,6 +35,7 @@ DEFAULT_SMOOTH = 1  # the overlapping windows already average a row's score; mor
 # Beyond this many values per window the covariance (width^2) grows large for little gain: the window shrinks.
 MAX_WIDTH = 1024
 FIT_WINDOWS = 20_000  # windows the components are fitted on (evenly spaced over the training rows)
+NARROW = 512  # values per window below which fitting runs on one thread
 ROW_BUDGET = 4096  # multiply-adds per scored row (two width x components products per window, over stride)
 
 
@@ -76,8 +79,14 @@ class Model(nn.Module):
 
     def fit_closed_form(self, x: torch.Tensor) -> dict:
         """Fit on the (rows, features) training tensor; returns the training history."""
-        (count, total, gram), = self._moments(x, [0, len(x) - self.config.window + 1])
-        return self._fit(count, total, gram, x[:self.config.window].reshape(-1))
+        with self._threads():
+            (count, total, gram), = self._moments(x, [0, len(x) - self.config.window + 1])
+            return self._fit(count, total, gram, x[:self.config.window].reshape(-1))
+
+    def _threads(self):
+        """One thread for narrow windows: a second one only added hand-offs (twice the CPU per fit on 5,000 x 2
+        rows, and a fleet's sequential loop ran at half speed)."""
+        return single_thread() if self.config.n_features * self.config.window < NARROW else contextlib.nullcontext()
 
     def fit_folds(self, x: torch.Tensor, blocks: list[tuple[int, int]]) -> list[Model]:
         """One copy per block of rows (start, stop), fitted on the windows that do not touch it (out-of-fold
@@ -85,13 +94,15 @@ class Model(nn.Module):
         its block's: five folds cost one pass over the data, not five."""
         w, n = self.config.window, len(x) - self.config.window + 1
         edges = sorted({0, n, *(min(n, max(0, e)) for a, b in blocks for e in (a - w + 1, b))})
-        parts = self._moments(x, edges)
+        with self._threads():
+            parts = self._moments(x, edges)
         whole = [sum(p[i] for p in parts) for i in range(3)]
         models = []
         for a, b in blocks:
             left = [whole[i] - sum(p[i] for e, p in zip(edges, parts) if a - w + 1 <= e < b) for i in range(3)]
             fold = Model(copy.deepcopy(self.config))
-            fold._fit(*left, x[:w].reshape(-1))
+            with self._threads():
+                fold._fit(*left, x[:w].reshape(-1))
             models.append(fold.to(x.device).eval())
         return models
 
