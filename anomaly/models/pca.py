@@ -129,10 +129,13 @@ class Model(nn.Module):
         count = max(int(count), 1)
         centre = total / count
         covariance = (gram - count * torch.outer(centre, centre)) / max(1, count - 1)
-        # numpy's LAPACK: torch's float64 eigh took 2.3 s for a 1000-wide window here, numpy's 0.4 s
-        variance, vectors = np.linalg.eigh(((covariance + covariance.T) / 2).cpu().numpy())
-        variance = torch.from_numpy(variance[::-1].copy()).clamp_min(0).to(gram.device)
-        vectors = torch.from_numpy(vectors[:, ::-1].copy()).to(gram.device)
+        symmetric = (covariance + covariance.T) / 2
+        if width < NARROW:  # torch's, on the caller's threads (numpy's BLAS threads spin on after each call)
+            variance, vectors = torch.linalg.eigh(symmetric)
+        else:  # numpy's LAPACK: torch's float64 eigh took 2.3 s for a 1000-wide window here, numpy's 0.4 s
+            variance, vectors = (torch.from_numpy(a) for a in np.linalg.eigh(symmetric.cpu().numpy()))
+        variance = variance.flip(0).clamp_min(0).to(gram.device)
+        vectors = vectors.flip(1).contiguous().to(gram.device)
         total_variance = float(variance.sum())
         floor = self.config.ridge * total_variance / width + 1e-12
         explained = torch.cumsum(variance, 0) / max(total_variance, 1e-300)
