@@ -187,9 +187,7 @@ class DetectorCore:
             raise DataError(f"smooth must be at least 1 row (1 = no smoothing), got {self.smooth_}")
         if self.flat_:
             self.smooth_ = 1
-        raw = training.out_of_fold_errors(self.model_, Z)
-        self.calibration_method_ = "in-sample" if raw is None else "out-of-fold (5 blocks)"
-        raw = row_errors(self.model_, Z) if raw is None else raw
+        raw, self.calibration_method_ = self._calibration_errors(Z)
         self.spike_floor_ = spike_floor(raw) if self.smooth_ > 1 else None
         self.decision_scores_ = self._calibration_scores(raw)
         # The threshold comes from every training row, fitted and held out alike. Smoothed scores change
@@ -223,15 +221,22 @@ class DetectorCore:
         self.threshold_method, self.threshold_params = method, params
         return self.threshold_info_
 
+    def _calibration_errors(self, Z: np.ndarray, precision: str = "fp32") -> tuple[np.ndarray, str]:
+        """Per-row errors of scaled training rows `Z` that a threshold is calibrated on, and how they were had:
+        out of fold for a closed-form model (each block scored by a copy fitted without it), else in-sample."""
+        raw = training.out_of_fold_errors(self.model_, Z)
+        if raw is None:
+            return row_errors(self.model_, Z, precision=precision), "in-sample"
+        return raw, "out-of-fold (5 blocks)"
+
     def _calibration_scores(self, raw: np.ndarray) -> np.ndarray:
         return row_scores(smooth_errors(raw, self.smooth_, self.spike_floor_))
 
     def calibration_scores(self, X: np.ndarray) -> np.ndarray:
-        """The scores a threshold for the training rows `X` is calibrated on, as `fit` computes them: out of fold
-        for a closed-form model (each block scored by a copy fitted without it), else `decision_function(X)`.
-        A loaded version has no `decision_scores_`; this recomputes them (e.g. to compare threshold methods)."""
-        raw = training.out_of_fold_errors(self.model_, self.transform(X))
-        return self.decision_function(X) if raw is None else self._calibration_scores(raw)
+        """The scores a threshold for the training rows `X` is calibrated on, as `fit` computes them (scored in
+        this detector's precision). A loaded version has no `decision_scores_`; this recomputes them (e.g. to
+        compare threshold methods)."""
+        return self._calibration_scores(self._calibration_errors(self.transform(X), self.precision)[0])
 
     # --- scoring ---------------------------------------------------------------------------------------
 

@@ -69,9 +69,13 @@ def series_name(path: Path) -> str:
     return stem if suffix.lower() in DATA_SUFFIXES else name
 
 
+def is_data_name(name: str) -> bool:
+    """A series file's name: a data suffix (optionally .gz), not hidden."""
+    return not name.startswith(".") and name.lower().removesuffix(".gz").endswith(DATA_SUFFIXES)
+
+
 def _is_data_file(path: Path) -> bool:
-    name = path.name.lower().removesuffix(".gz")
-    return path.is_file() and not path.name.startswith(".") and name.endswith(DATA_SUFFIXES)
+    return path.is_file() and is_data_name(path.name)
 
 
 def _from_files(files: Iterable[Path], where: str) -> list[Series]:

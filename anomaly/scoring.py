@@ -57,6 +57,7 @@ class RowScorer:
         self.stride = int(getattr(model, "stride", 1))
         self.model_uniform = bool(getattr(model, "uniform_rows", False)) and self.scored > 1
         self.first_row = 0  # index in the series of self.rows[0] (samples start at multiples of the stride)
+        self.tail: np.ndarray | None = None  # the last `span` rows seen (strided models: finish()'s last sample)
         self.batch_size = max(1, batch_size)
         self.device, self.precision = model_device(model), precision  # data goes where the model is
         # small models run on one thread (hand-offs cost more than they save); big ones use them all
@@ -79,13 +80,12 @@ class RowScorer:
         self.rows, self.sums, self.counts = rows[done:], sums[done:], counts[done:]
         self.first_row += done
         if self.stride > 1:
-            self.tail = rows[-self.span:]  # the last sample, for finish()
+            self.tail = rows[-self.span:].copy()
         return _mean(sums[:done], counts[:done])
 
     def finish(self) -> np.ndarray:
-        tail = getattr(self, "tail", None)
-        if self.stride > 1 and tail is not None and len(tail) == self.span and len(self.counts) \
-                and (self.counts == 0).any():
+        tail = self.tail
+        if tail is not None and len(tail) == self.span and (self.counts == 0).any():
             # rows after the last strided sample: one more sample, ending at the last row
             with torch.inference_mode(), self._threads(), autocast(self.device, self.precision):
                 x = torch.from_numpy(np.ascontiguousarray(tail)).to(self.device)[None]
@@ -94,7 +94,7 @@ class RowScorer:
             self.sums += err[-n:]
             self.counts += 1
         out = _mean(self.sums, self.counts)
-        self.rows, self.sums, self.counts = self.rows[:0], self.sums[:0], self.counts[:0]
+        self.rows, self.sums, self.counts, self.tail = self.rows[:0], self.sums[:0], self.counts[:0], None
         return out
 
     def _threads(self):

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .device import autocast, model_device
-from .scoring import gather, single_thread
+from .scoring import gather, row_errors, single_thread
 
 ProgressFn = Callable[[dict], None]
 
@@ -117,8 +117,6 @@ def out_of_fold_errors(model: torch.nn.Module, X: np.ndarray, folds: int = 5) ->
     """Per-row errors of a closed-form model, each block of rows scored by a copy fitted without it: the errors a
     new file gets, not the smaller ones of rows the model was fitted on (in-sample windowed PCA put a threshold
     for a 0.1% tail at 5%). None when the rows are too few to leave a block out."""
-    from .scoring import row_errors
-
     n, span = len(X), model.span
     size = -(-n // folds)
     if not hasattr(model, "fit_folds") or n - size - span < 2 * span:

@@ -65,12 +65,13 @@ def auto_window(X: np.ndarray) -> int:
 
 
 class Model(nn.Module):
+    uniform_rows = True  # errors() gives one row per window: every row of it gets the same error
+
     def __init__(self, config: Config):
         super().__init__()
         self.config = config
         self.span = self.scored = config.window
         self.stride = config.stride
-        self.uniform_rows = True  # errors() may give one row per window: every row of it gets the same error
         width, k = config.n_features * config.window, config.components or 0
         self.register_buffer("mean", torch.zeros(width))
         self.register_buffer("basis", torch.zeros(width, k))  # top principal directions, one per column
@@ -94,16 +95,15 @@ class Model(nn.Module):
         its block's: five folds cost one pass over the data, not five."""
         w, n = self.config.window, len(x) - self.config.window + 1
         edges = sorted({0, n, *(min(n, max(0, e)) for a, b in blocks for e in (a - w + 1, b))})
+        models = []
         with self._threads():
             parts = self._moments(x, edges)
-        whole = [sum(p[i] for p in parts) for i in range(3)]
-        models = []
-        for a, b in blocks:
-            left = [whole[i] - sum(p[i] for e, p in zip(edges, parts) if a - w + 1 <= e < b) for i in range(3)]
-            fold = Model(copy.deepcopy(self.config))
-            with self._threads():
+            whole = [sum(p[i] for p in parts) for i in range(3)]
+            for a, b in blocks:
+                left = [whole[i] - sum(p[i] for e, p in zip(edges, parts) if a - w + 1 <= e < b) for i in range(3)]
+                fold = Model(copy.deepcopy(self.config))
                 fold._fit(*left, x[:w].reshape(-1))
-            models.append(fold.to(x.device).eval())
+                models.append(fold.to(x.device).eval())
         return models
 
     def _moments(self, x: torch.Tensor, edges: list[int]) -> list[tuple[int, torch.Tensor, torch.Tensor]]:

@@ -19,13 +19,13 @@ from fastapi import APIRouter, FastAPI, Query
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
-from .. import data
+from .. import data, metrics
 from ..errors import DataError, NotFound, PathNotAllowed
+from ..fleet import is_data_name  # the files `anomaly fleet` takes as series are the ones offered here
 from .core import Runtime, clean
 from .security import check_path_text
 
 STATIC = Path(__file__).resolve().parent / "static"
-DATA_SUFFIXES = (".csv", ".txt", ".tsv", ".dat")  # as `anomaly fleet` finds series files, optionally .gz
 MAX_LISTED = 1000
 MAX_DEPTH = 4  # folders below a data root that are searched
 MAX_SEGMENTS = 2000
@@ -78,11 +78,6 @@ def build_router(runtime: Runtime) -> APIRouter:
 
 
 # --- data files --------------------------------------------------------------------------------------------
-
-
-def is_data_name(name: str) -> bool:
-    lower = name.lower().removesuffix(".gz")
-    return not name.startswith(".") and lower.endswith(DATA_SUFFIXES)
 
 
 def list_data_files(roots: list[Path] | None, exclude: list[Path]) -> dict:
@@ -164,7 +159,7 @@ def read_series(path: Path, features: list[str] | None, time_column: str | None,
     score, flags = values["reconstruction_error"], np.nan_to_num(values["is_anomaly"]) > 0
     rows = chart_rows(score, [values[f] for f in features], points)
     t = np.concatenate(times) if times else None
-    segments = runs(flags)
+    segments = [(int(a), int(b)) for a, b in metrics.segments(flags)]
     out = {
         "rows": n, "features": features, "time_column": time_col, "index": rows,
         "time": t[rows].tolist() if t is not None else None,
@@ -192,12 +187,6 @@ def chart_rows(score: np.ndarray, series: list[np.ndarray], points: int) -> np.n
         keep.append(np.array([a + int(np.argmax(hi[a:b])) for a, b in zip(edges[:-1], edges[1:])]))
         keep.append(np.array([a + int(np.argmin(lo[a:b])) for a, b in zip(edges[:-1], edges[1:])]))
     return np.unique(np.concatenate(keep))
-
-
-def runs(flags: np.ndarray) -> list[tuple[int, int]]:
-    """(first, last) rows, inclusive, of each run of anomalous rows."""
-    edges = np.flatnonzero(np.diff(np.r_[0, flags.astype(np.int8), 0]))
-    return [(int(a), int(b) - 1) for a, b in zip(edges[::2], edges[1::2])]
 
 
 def segment(a: int, b: int, score: np.ndarray, times: np.ndarray | None) -> dict:
