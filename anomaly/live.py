@@ -12,6 +12,15 @@ from .store import ArtifactPaths, ModelStore
 from .summary import top_features
 
 
+def newest_row_errors(model, windows):
+    """The error of the newest row of each window: with a one-row split (pca), the shared part plus the spike
+    part when the spike is that row, so a spike is flagged when it arrives and not again after it."""
+    if getattr(getattr(model, "config", None), "spike_rbc", None) is None or not hasattr(model, "split_errors"):
+        return model.errors(windows)[:, -1]
+    shared, row, spike = model.split_errors(windows)
+    return shared + spike * (row == windows.shape[1] - 1)[:, None]
+
+
 class LiveScorer:
     """Scores points one by one as they arrive (the HTTP live stream), keeping the last `span` rows.
 
@@ -81,7 +90,7 @@ class LiveScorer:
             device = self.detector.device_
             starts = torch.from_numpy(ends - self.span + 1).to(device)
             with torch.inference_mode():
-                err = self.detector.model_.errors(gather(torch.from_numpy(rows).to(device), starts, self.span))[:, -1]
+                err = newest_row_errors(self.detector.model_, gather(torch.from_numpy(rows).to(device), starts, self.span))
             errors[ends - len(self.history)] = err.float().cpu().numpy()  # float32: MPS has no float64
         errors = self.smoother.push(errors.astype(np.float32))
         with np.errstate(invalid="ignore"):

@@ -56,6 +56,8 @@ class RowScorer:
         self.span, self.scored = model.span, model.scored
         self.stride = int(getattr(model, "stride", 1))
         self.model_uniform = bool(getattr(model, "uniform_rows", False)) and self.scored > 1
+        # a uniform model may put part of a sample's error on one of its rows (pca: a one-row spike)
+        self.split = self.model_uniform and getattr(getattr(model, "config", None), "spike_rbc", None) is not None
         self.first_row = 0  # index in the series of self.rows[0] (samples start at multiples of the stride)
         self.tail: np.ndarray | None = None  # the last `span` rows seen (strided models: finish()'s last sample)
         self.batch_size = max(1, batch_size)
@@ -89,7 +91,13 @@ class RowScorer:
             # rows after the last strided sample: one more sample, ending at the last row
             with torch.inference_mode(), self._threads(), autocast(self.device, self.precision):
                 x = torch.from_numpy(np.ascontiguousarray(tail)).to(self.device)[None]
-                err = self.model.errors(x).float().cpu().numpy()[0]
+                if self.split:
+                    shared, row, spike = (t.float().cpu().numpy() if t.is_floating_point() else t.cpu().numpy()
+                                          for t in self.model.split_errors(x))
+                    err = np.repeat(shared, self.span, axis=0)
+                    err[row[0]] += spike[0]
+                else:
+                    err = self.model.errors(x).float().cpu().numpy()[0]
             n = len(self.sums)
             self.sums += err[-n:]
             self.counts += 1
@@ -123,6 +131,14 @@ class RowScorer:
                     samples = window_range(x, int(batch[0]), int(batch[-1]) + 1, self.span)
                 else:
                     samples = windows[torch.from_numpy(batch).to(x.device)].transpose(1, 2)
+                if self.split:  # shared by the sample's rows, plus a part on one row (no extra count)
+                    shared, row, spike = self.model.split_errors(samples)
+                    spread.add(batch + offset, self.scored, shared.float().cpu().numpy())
+                    alone = (spike > 0).any(1).cpu().numpy()
+                    if alone.any():
+                        rows_hit = batch[alone] + offset + row.cpu().numpy()[alone]
+                        spread.add_at(rows_hit, spike.float().cpu().numpy()[alone])
+                    continue
                 # (b, scored, F), or (b, 1, F) for a model whose error is the same on every scored row
                 err = self.model.errors(samples).float().cpu().numpy()  # back to the host once per batch
                 if spread is not None:
@@ -135,6 +151,9 @@ class RowScorer:
             spread.into(sums, counts)
 
 
+HUGE_ERROR = 1e6  # errors above this (a reading of 1e300) leave float64 rounding in a running sum of later rows
+
+
 class _Spread:
     """Adds one error per sample to each of its `scored` rows through difference arrays: O(samples + rows)
     instead of O(samples x scored) (a pca window of 51 rows x 20 features is 1,000 values per sample)."""
@@ -142,16 +161,32 @@ class _Spread:
     def __init__(self, rows: int, features: int):
         self.sums = np.zeros((rows + 1, features), np.float64)  # float64: cumulative sums must not drift
         self.counts = np.zeros(rows + 1, np.int64)
+        self.point: np.ndarray | None = None  # errors added to single rows (`add_at`)
 
     def add(self, first_rows: np.ndarray, length: int, err: np.ndarray) -> None:
+        self.counts[first_rows] += 1
+        self.counts[first_rows + length] -= 1
+        huge = np.abs(err).max(axis=1) > HUGE_ERROR if len(err) else np.zeros(0, bool)
+        if huge.any():  # rare (an inf reading): added row by row, not through the running sums (see add_at)
+            for first, e in zip(first_rows[huge], err[huge]):
+                self.add_at(np.arange(first, first + length), np.broadcast_to(e, (length, len(e))))
+            first_rows, err = first_rows[~huge], err[~huge]
         # one sample per start: each index list is distinct, so fancy-index adds are exact
         self.sums[first_rows] += err
         self.sums[first_rows + length] -= err
-        self.counts[first_rows] += 1
-        self.counts[first_rows + length] -= 1
+
+    def add_at(self, rows: np.ndarray, err: np.ndarray) -> None:
+        """Adds errors to single rows (repeated rows add up), without counting a sample; kept out of the running
+        sums, where a huge spike (an inf reading) would leave rounding in every later row."""
+        if self.point is None:
+            self.point = np.zeros_like(self.sums)
+        np.add.at(self.point, rows, err)
 
     def into(self, sums: np.ndarray, counts: np.ndarray) -> None:
-        sums += np.cumsum(self.sums, axis=0)[:-1].astype(np.float32)
+        total = np.cumsum(self.sums, axis=0)[:-1]
+        if self.point is not None:
+            total += self.point[:-1]
+        sums += total.astype(np.float32)
         counts += np.cumsum(self.counts)[:-1]
 
 

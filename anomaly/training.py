@@ -124,8 +124,11 @@ def out_of_fold_errors(model: torch.nn.Module, X: np.ndarray, folds: int = 5) ->
     x = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).to(model_device(model))
     out = np.empty(X.shape, np.float32)
     blocks = [(start, min(n, start + size)) for start in range(0, n, size)]
-    for (start, stop), fold in zip(blocks, model.fit_folds(x, blocks)):
-        lo, hi = max(0, start - span + 1), min(n, stop + span - 1)  # the windows that touch the block
+    folds = model.fit_folds(x, blocks)
+    reach = [(max(0, start - span + 1), min(n, stop + span - 1)) for start, stop in blocks]  # windows touching it
+    if hasattr(model, "calibrate_split"):
+        model.calibrate_split(folds, [x[lo:hi] for lo, hi in reach])
+    for (start, stop), (lo, hi), fold in zip(blocks, reach, folds):
         out[start:stop] = row_errors(fold, X[lo:hi])[start - lo:stop - lo]
     return out
 

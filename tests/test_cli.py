@@ -284,7 +284,7 @@ def test_classic_explicit_paths_for_train_and_detect(dataset, tmp_path, capsys):
                                                      key=lambda r: r["index"])]
     det = Detector.load(ArtifactPaths(model=paths["--model"], config=paths["--config"],
                                       threshold=paths["--threshold"], scaler=art / "scaler.pkl"))
-    X = dataset["test_frame"][dataset["features"]].to_numpy(np.float32)
+    X = dataset["test_frame"][dataset["features"]].to_numpy(np.float64)  # as detection reads the file
     np.testing.assert_allclose(got, det.decision_function(X), rtol=1e-5)
     train_rows = dataset["train_frame"].iloc[:300][dataset["features"]].to_numpy(np.float32)
     lo, hi = train_rows.min(axis=0), train_rows.max(axis=0)  # min-max scaling from the training rows only

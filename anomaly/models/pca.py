@@ -11,6 +11,15 @@ Windows start every `stride` rows: a sixteenth of the window (each row is still 
 with stride 1 on the suites; a quarter window lost 0.03-0.07 on UCR), more for wide windows of many columns,
 so that scoring costs at most about ROW_BUDGET multiply-adds per row whatever the width. A row's error is split
 over the features in proportion to their share of the distance, so the strongest features are named.
+
+One-row spikes stay one row. A window's distance is shared by all its rows, so a spike lifted every row within
+a window of it (10 spikes in 3,000 rows were flagged as 633 rows). Each window's most anomalous row is found by
+its reconstruction-based contribution (how much the distance drops when that row is replaced by its best
+guess from the others: g' P_ii^-1 g, g = (P c)_i, P the regularised precision; Alcala & Qin 2009). When that
+one row explains the window (its contribution beyond `spike_rbc`, and what is left no more than `spike_rest`,
+both set from out-of-fold training windows by `calibrate_split`), the contribution goes to that row alone and
+only the rest is shared. Windows of a lasting anomaly keep their distance after one row is removed, so they
+are shared as before (VUS-PR within 0.01 on the four suites, BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -37,6 +46,11 @@ MAX_WIDTH = 1024
 FIT_WINDOWS = 20_000  # windows the components are fitted on (evenly spaced over the training rows)
 NARROW = 512  # values per window below which fitting runs on one thread
 ROW_BUDGET = 4096  # multiply-adds per scored row (two width x components products per window, over stride)
+# A window is split onto its most anomalous row when that row's contribution exceeds SPLIT_MARGIN x the largest
+# seen in out-of-fold training windows (fully from twice that) and the rest of the window is within their
+# REST_PERCENTILE distance (partly up to 1.25x it).
+SPLIT_MARGIN = 2.0
+REST_PERCENTILE = 99.0
 
 
 @dataclass
@@ -48,6 +62,8 @@ class Config:
     max_components: int = 64  # ...up to this many
     ridge: float = 0.1  # variance floor, as a fraction of the mean component variance (flat directions)
     components: int | None = None  # set by the fit
+    spike_rbc: float | None = None  # set by calibrate_split; None: no window is split (versions saved before)
+    spike_rest: float | None = None
 
     def __post_init__(self):
         if self.stride is None:
@@ -77,6 +93,7 @@ class Model(nn.Module):
         self.register_buffer("basis", torch.zeros(width, k))  # top principal directions, one per column
         self.register_buffer("inv_variance", torch.zeros(k))
         self.register_buffer("inv_residual", torch.zeros(()))
+        self._blocks: tuple | None = None  # (P's diagonal, inverse of P's feature block at each position)
 
     def fit_closed_form(self, x: torch.Tensor) -> dict:
         """Fit on the (rows, features) training tensor; returns the training history."""
@@ -142,6 +159,7 @@ class Model(nn.Module):
         k = int(torch.searchsorted(explained, torch.tensor(self.config.variance, dtype=explained.dtype))) + 1
         k = max(1, min(k, self.config.max_components, width - 1)) if width > 1 else 1
         self.config.components = k
+        self._blocks = None
         self.mean = (centre + shift.double()).float()
         self.basis = vectors[:, :k].float().contiguous()
         self.inv_variance = (1.0 / (variance[:k] + floor)).float()
@@ -152,8 +170,9 @@ class Model(nn.Module):
         return {"loss": [mean_distance], "val_loss": [None], "best_epoch": 1, "stopped_early": False,
                 "epochs_run": 1, "closed_form": True, "components": k, "explained_variance": float(explained[k - 1])}
 
-    def _distance(self, centred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(Mahalanobis distance per window, each value's share of it: the shares sum to the distance)."""
+    def _distance(self, centred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(Mahalanobis distance per window in float64, each value's share of it (the shares sum to the
+        distance), P c)."""
         projection = centred @ self.basis
         # covariance^-1 applied to the window, inside the top space and in the residual outside it, in one
         # product: c / residual_variance + B ((1 / variance - 1 / residual_variance) * projection)
@@ -165,17 +184,88 @@ class Model(nn.Module):
         # the residual's energy |c|^2 - |projection|^2 is a difference: summed in float64
         p2 = projection.double().square()
         residual = (centred.square().sum(1, dtype=torch.float64) - p2.sum(1)).clamp_min(0)
-        distance = ((p2 * self.inv_variance.double()).sum(1) + residual * self.inv_residual.double()).to(centred.dtype)
-        return distance, share
+        distance = (p2 * self.inv_variance.double()).sum(1) + residual * self.inv_residual.double()
+        return distance, share, pulled
 
     def loss(self, x: torch.Tensor) -> torch.Tensor:
-        return self._distance(x.reshape(len(x), -1) - self.mean)[0].mean()
+        return self._distance(x.reshape(len(x), -1) - self.mean)[0].mean().to(x.dtype)
 
     def errors(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, 1, features): the window's distance split over the features by their share; the same for every
-        row of the window (`uniform_rows`)."""
+        row of the window (`uniform_rows`). `split_errors` gives the same total with a spike's part on its row."""
+        shared, _, spike = self.split_errors(x)
+        return (shared + spike)[:, None, :]
+
+    def split_errors(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(shared (batch, features): the part of each window's distance shared by all its rows; row (batch,): the
+        position in the window of its most anomalous row; spike (batch, features): the part that row carries
+        alone, zero unless that row alone explains the window). Per feature, in units whose mean over the
+        features is the distance (as `errors`)."""
         b, w, f = x.shape
-        distance, share = self._distance(x.reshape(b, -1) - self.mean)
+        distance, share, pulled = self._distance(x.reshape(b, -1) - self.mean)
         per_feature = share.reshape(b, w, f).sum(1).clamp_min(0)
         weights = per_feature / per_feature.sum(1, keepdim=True).clamp_min(1e-30)
-        return (distance[:, None] * weights * f)[:, None, :]
+        row = torch.zeros(b, dtype=torch.long, device=x.device)
+        if self.config.spike_rbc is None:
+            return distance.to(x.dtype)[:, None] * weights * f, row, torch.zeros_like(weights)
+        row, contribution, by_feature, dominance = self._top_row(pulled.reshape(b, w, f))
+        # How surely that row alone explains the window, ramped rather than cut, so that rounding (a file read in
+        # blocks, another precision) cannot flip a split: its contribution from 1x to 2x spike_rbc, the rest from
+        # 1.25x to 1x spike_rest, and the row from 1.5x to 2x the next row's (a near tie could move the part).
+        beyond = (contribution / self.config.spike_rbc - 1).clamp(0, 1)
+        rest = distance - contribution
+        explained = ((1.25 * self.config.spike_rest - rest) / (0.25 * self.config.spike_rest)).clamp(0, 1)
+        spike = contribution * beyond * explained * ((dominance - 1.5) / 0.5).clamp(0, 1)
+        spike_weights = by_feature / by_feature.sum(1, keepdim=True).clamp_min(1e-30)
+        # in float64: next to a spike the shared part is a small difference of two large numbers
+        shared = (distance - spike).clamp_min(0).to(x.dtype)
+        return shared[:, None] * weights * f, row, spike.to(x.dtype)[:, None] * spike_weights * f
+
+    def _top_row(self, pulled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each window's row with the largest contribution (per-value contributions (P c)_i^2 / P_ii, summed over
+        the row's features), that row's contribution as a block (g' P_rr^-1 g), its per-feature part, and how
+        many times the next row's it is."""
+        diagonal, block_inverse = self._precision_blocks()
+        b, w, f = pulled.shape
+        top = (pulled.square() / diagonal).sum(2).topk(min(2, w), dim=1)
+        row = top.indices[:, 0]
+        dominance = top.values[:, 0] / top.values[:, -1].clamp_min(1e-30) if w > 1 else torch.full_like(top.values[:, 0], 1e30)
+        g = pulled[torch.arange(b, device=pulled.device), row].double()  # (b, f)
+        solved = torch.einsum("bfg,bg->bf", block_inverse[row], g)
+        parts = g * solved
+        return row, parts.sum(1).clamp_min(0), parts.clamp_min(0).to(pulled.dtype), dominance
+
+    def _precision_blocks(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """P's diagonal (window, features) and the inverse of P's (features x features) block at each position,
+        P = I / residual_variance + B diag(1 / variance - 1 / residual_variance) B' (derived, not saved)."""
+        if self._blocks is None or self._blocks[0].device != self.basis.device:
+            w, f = self.config.window, self.config.n_features
+            lift = (self.inv_variance - self.inv_residual).double()
+            basis = self.basis.double().reshape(w, f, -1)
+            block = torch.einsum("wfk,k,wgk->wfg", basis, lift, basis) + self.inv_residual.double() * torch.eye(
+                f, dtype=torch.float64, device=basis.device)
+            diagonal = torch.diagonal(block, dim1=1, dim2=2)
+            self._blocks = (diagonal.float().contiguous(), torch.linalg.inv(block).contiguous())
+        return self._blocks
+
+    def calibrate_split(self, folds: list[Model], pieces: list[torch.Tensor]) -> None:
+        """Set when a window is split onto one row (`spike_rbc`, `spike_rest`), from the windows of each piece of
+        the training rows scored by the copy fitted without them (out of fold), on this model and the copies.
+        A constant series (every contribution 0) splits nothing."""
+        w, contributions, distances = self.config.window, [], []
+        with torch.inference_mode():
+            for fold, x in zip(folds, pieces):
+                if len(x) < w:
+                    continue
+                windows = x.unfold(0, w, 1)[::max(1, self.config.stride)].transpose(1, 2)
+                for c in range(0, len(windows), 4096):
+                    chunk = windows[c:c + 4096]
+                    distance, _, pulled = fold._distance(chunk.reshape(len(chunk), -1) - fold.mean)
+                    contributions.append(fold._top_row(pulled.reshape(len(chunk), w, -1))[1])
+                    distances.append(distance)
+        if not contributions or float(torch.cat(contributions).max()) <= 0:
+            return
+        rbc = SPLIT_MARGIN * float(torch.cat(contributions).max())
+        rest = float(torch.quantile(torch.cat(distances).double().cpu(), REST_PERCENTILE / 100))
+        for model in (self, *folds):
+            model.config.spike_rbc, model.config.spike_rest = rbc, rest
