@@ -92,10 +92,10 @@ class RowScorer:
             with torch.inference_mode(), self._threads(), autocast(self.device, self.precision):
                 x = torch.from_numpy(np.ascontiguousarray(tail)).to(self.device)[None]
                 if self.split:
-                    shared, row, spike = (t.float().cpu().numpy() if t.is_floating_point() else t.cpu().numpy()
-                                          for t in self.model.split_errors(x))
+                    shared, rows, spikes = (t.float().cpu().numpy() if t.is_floating_point() else t.cpu().numpy()
+                                            for t in self.model.split_errors(x))
                     err = np.repeat(shared, self.span, axis=0)
-                    err[row[0]] += spike[0]
+                    np.add.at(err, rows[0], spikes[0])
                 else:
                     err = self.model.errors(x).float().cpu().numpy()[0]
             n = len(self.sums)
@@ -131,13 +131,14 @@ class RowScorer:
                     samples = window_range(x, int(batch[0]), int(batch[-1]) + 1, self.span)
                 else:
                     samples = windows[torch.from_numpy(batch).to(x.device)].transpose(1, 2)
-                if self.split:  # shared by the sample's rows, plus a part on one row (no extra count)
-                    shared, row, spike = self.model.split_errors(samples)
+                if self.split:  # shared by the sample's rows, plus parts on single rows (no extra count)
+                    shared, rows, spikes = self.model.split_errors(samples)
                     spread.add(batch + offset, self.scored, shared.float().cpu().numpy())
-                    alone = (spike > 0).any(1).cpu().numpy()
-                    if alone.any():
-                        rows_hit = batch[alone] + offset + row.cpu().numpy()[alone]
-                        spread.add_at(rows_hit, spike.float().cpu().numpy()[alone])
+                    spikes = spikes.float().cpu().numpy()
+                    hit = (spikes > 0).any(2)
+                    if hit.any():
+                        first = np.broadcast_to((batch + offset)[:, None], hit.shape)
+                        spread.add_at(first[hit] + rows.cpu().numpy()[hit], spikes[hit])
                     continue
                 # (b, scored, F), or (b, 1, F) for a model whose error is the same on every scored row
                 err = self.model.errors(samples).float().cpu().numpy()  # back to the host once per batch

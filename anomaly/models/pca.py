@@ -51,6 +51,7 @@ ROW_BUDGET = 4096  # multiply-adds per scored row (two width x components produc
 # REST_PERCENTILE distance (partly up to 1.25x it).
 SPLIT_MARGIN = 2.0
 REST_PERCENTILE = 99.0
+SPLIT_ROWS = 3  # a window may hold up to this many spikes (random spikes land in one window together)
 
 
 @dataclass
@@ -193,47 +194,52 @@ class Model(nn.Module):
     def errors(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, 1, features): the window's distance split over the features by their share; the same for every
         row of the window (`uniform_rows`). `split_errors` gives the same total with a spike's part on its row."""
-        shared, _, spike = self.split_errors(x)
-        return (shared + spike)[:, None, :]
+        shared, _, spikes = self.split_errors(x)
+        return (shared + spikes.sum(1))[:, None, :]
 
     def split_errors(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(shared (batch, features): the part of each window's distance shared by all its rows; row (batch,): the
-        position in the window of its most anomalous row; spike (batch, features): the part that row carries
-        alone, zero unless that row alone explains the window). Per feature, in units whose mean over the
-        features is the distance (as `errors`)."""
+        """(shared (batch, features): the part of each window's distance shared by all its rows; rows (batch,
+        SPLIT_ROWS): the positions in the window of its most anomalous rows; spikes (batch, SPLIT_ROWS, features):
+        the part each of them carries alone, zero unless such rows alone explain the window). Per feature, in
+        units whose mean over the features is the distance (as `errors`)."""
         b, w, f = x.shape
         distance, share, pulled = self._distance(x.reshape(b, -1) - self.mean)
         per_feature = share.reshape(b, w, f).sum(1).clamp_min(0)
         weights = per_feature / per_feature.sum(1, keepdim=True).clamp_min(1e-30)
-        row = torch.zeros(b, dtype=torch.long, device=x.device)
         if self.config.spike_rbc is None:
-            return distance.to(x.dtype)[:, None] * weights * f, row, torch.zeros_like(weights)
-        row, contribution, by_feature, dominance = self._top_row(pulled.reshape(b, w, f))
-        # How surely that row alone explains the window, ramped rather than cut, so that rounding (a file read in
-        # blocks, another precision) cannot flip a split: its contribution from 1x to 2x spike_rbc, the rest from
-        # 1.25x to 1x spike_rest, and the row from 1.5x to 2x the next row's (a near tie could move the part).
-        beyond = (contribution / self.config.spike_rbc - 1).clamp(0, 1)
-        rest = distance - contribution
+            rows = torch.zeros(b, 1, dtype=torch.long, device=x.device)
+            return distance.to(x.dtype)[:, None] * weights * f, rows, torch.zeros_like(weights)[:, None]
+        rows, contribution, by_feature, dominance = self._top_rows(pulled.reshape(b, w, f))
+        # How surely those rows alone explain the window, ramped rather than cut so that rounding (a file read in
+        # blocks, another precision) cannot flip a split: each row's contribution from 1x to 2x spike_rbc and
+        # from 1.5x to 2x the per-value contribution of the first row not split; the rest of the window from
+        # 1.25x to 1x spike_rest.
+        part = contribution * (contribution / self.config.spike_rbc - 1).clamp(0, 1) * ((dominance - 1.5) / 0.5).clamp(0, 1)
+        rest = distance - part.sum(1)
         explained = ((1.25 * self.config.spike_rest - rest) / (0.25 * self.config.spike_rest)).clamp(0, 1)
-        spike = contribution * beyond * explained * ((dominance - 1.5) / 0.5).clamp(0, 1)
-        spike_weights = by_feature / by_feature.sum(1, keepdim=True).clamp_min(1e-30)
+        part = part * explained[:, None]
+        spike_weights = by_feature / by_feature.sum(2, keepdim=True).clamp_min(1e-30)
         # in float64: next to a spike the shared part is a small difference of two large numbers
-        shared = (distance - spike).clamp_min(0).to(x.dtype)
-        return shared[:, None] * weights * f, row, spike.to(x.dtype)[:, None] * spike_weights * f
+        shared = (distance - part.sum(1)).clamp_min(0).to(x.dtype)
+        return shared[:, None] * weights * f, rows, part.to(x.dtype)[:, :, None] * spike_weights * f
 
-    def _top_row(self, pulled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Each window's row with the largest contribution (per-value contributions (P c)_i^2 / P_ii, summed over
-        the row's features), that row's contribution as a block (g' P_rr^-1 g), its per-feature part, and how
-        many times the next row's it is."""
+    def _top_rows(self, pulled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each window's SPLIT_ROWS rows with the largest contributions (per-value (P c)_i^2 / P_ii summed over a
+        row's features), as (positions, each row's contribution as a block g' P_rr^-1 g (rows far apart: about
+        what removing them all removes), its per-feature part, how many times the next row's per-value
+        contribution it is)."""
         diagonal, block_inverse = self._precision_blocks()
         b, w, f = pulled.shape
-        top = (pulled.square() / diagonal).sum(2).topk(min(2, w), dim=1)
-        row = top.indices[:, 0]
-        dominance = top.values[:, 0] / top.values[:, -1].clamp_min(1e-30) if w > 1 else torch.full_like(top.values[:, 0], 1e30)
-        g = pulled[torch.arange(b, device=pulled.device), row].double()  # (b, f)
-        solved = torch.einsum("bfg,bg->bf", block_inverse[row], g)
-        parts = g * solved
-        return row, parts.sum(1).clamp_min(0), parts.clamp_min(0).to(pulled.dtype), dominance
+        k = min(SPLIT_ROWS, w - 1)
+        if k < 1:  # a window of one row: the row is the window, nothing to split
+            zeros = torch.zeros(b, 1, dtype=torch.float64, device=pulled.device)
+            return torch.zeros(b, 1, dtype=torch.long, device=pulled.device), zeros, pulled.new_zeros(b, 1, f), zeros
+        top = (pulled.square() / diagonal).sum(2).topk(k + 1, dim=1)
+        rows = top.indices[:, :k]
+        dominance = top.values[:, :k].double() / top.values[:, k:].double().clamp_min(1e-30)
+        g = pulled.gather(1, rows[:, :, None].expand(b, k, f)).double()  # (b, k, f)
+        parts = g * torch.einsum("bkfg,bkg->bkf", block_inverse[rows], g)
+        return rows, parts.sum(2).clamp_min(0), parts.clamp_min(0).to(pulled.dtype), dominance
 
     def _precision_blocks(self) -> tuple[torch.Tensor, torch.Tensor]:
         """P's diagonal (window, features) and the inverse of P's (features x features) block at each position,
@@ -261,7 +267,7 @@ class Model(nn.Module):
                 for c in range(0, len(windows), 4096):
                     chunk = windows[c:c + 4096]
                     distance, _, pulled = fold._distance(chunk.reshape(len(chunk), -1) - fold.mean)
-                    contributions.append(fold._top_row(pulled.reshape(len(chunk), w, -1))[1])
+                    contributions.append(fold._top_rows(pulled.reshape(len(chunk), w, -1))[1][:, 0])
                     distances.append(distance)
         if not contributions or float(torch.cat(contributions).max()) <= 0:
             return
