@@ -223,7 +223,8 @@ class Model(nn.Module):
         shared = (distance - part.sum(1)).clamp_min(0).to(x.dtype)
         return shared[:, None] * weights * f, rows, part.to(x.dtype)[:, :, None] * spike_weights * f
 
-    def _top_rows(self, pulled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _top_rows(self, pulled: torch.Tensor, every: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                           torch.Tensor]:
         """Each window's SPLIT_ROWS rows with the largest contributions (per-value (P c)_i^2 / P_ii summed over a
         row's features), as (positions, each row's contribution as a block g' P_rr^-1 g (rows far apart: about
         what removing them all removes), its per-feature part, how many times the next row's per-value
@@ -234,11 +235,17 @@ class Model(nn.Module):
         if k < 1:  # a window of one row: the row is the window, nothing to split
             zeros = torch.zeros(b, 1, dtype=torch.float64, device=pulled.device)
             return torch.zeros(b, 1, dtype=torch.long, device=pulled.device), zeros, pulled.new_zeros(b, 1, f), zeros
-        top = (pulled.square() / diagonal).sum(2).topk(k + 1, dim=1)
+        top = (pulled.square() * (1 / diagonal)).sum(2).topk(k + 1, dim=1)
         rows = top.indices[:, :k]
         dominance = top.values[:, :k].double() / top.values[:, k:].double().clamp_min(1e-30)
-        g = pulled.gather(1, rows[:, :, None].expand(b, k, f)).double()  # (b, k, f)
-        parts = g * torch.einsum("bkfg,bkg->bkf", block_inverse[rows], g)
+        parts = torch.zeros(b, k, f, dtype=torch.float64, device=pulled.device)
+        # Only windows whose top row stands out can be split (the others get a zero weight): most windows of
+        # normal data skip the blocks' products (`every`: all windows, for calibration).
+        maybe = torch.arange(b, device=pulled.device) if every else torch.nonzero(dominance[:, 0] > 1.5).squeeze(1)
+        if len(maybe):
+            picked = rows[maybe]
+            g = pulled[maybe].gather(1, picked[:, :, None].expand(len(maybe), k, f)).double()  # (m, k, f)
+            parts[maybe] = g * torch.einsum("bkfg,bkg->bkf", block_inverse[picked], g)
         return rows, parts.sum(2).clamp_min(0), parts.clamp_min(0).to(pulled.dtype), dominance
 
     def _precision_blocks(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -267,7 +274,7 @@ class Model(nn.Module):
                 for c in range(0, len(windows), 4096):
                     chunk = windows[c:c + 4096]
                     distance, _, pulled = fold._distance(chunk.reshape(len(chunk), -1) - fold.mean)
-                    contributions.append(fold._top_rows(pulled.reshape(len(chunk), w, -1))[1][:, 0])
+                    contributions.append(fold._top_rows(pulled.reshape(len(chunk), w, -1), every=True)[1][:, 0])
                     distances.append(distance)
         if not contributions or float(torch.cat(contributions).max()) <= 0:
             return
