@@ -13,13 +13,13 @@ so that scoring costs at most about ROW_BUDGET multiply-adds per row whatever th
 over the features in proportion to their share of the distance, so the strongest features are named.
 
 One-row spikes stay one row. A window's distance is shared by all its rows, so a spike lifted every row within
-a window of it (10 spikes in 3,000 rows were flagged as 633 rows). Each window's most anomalous row is found by
-its reconstruction-based contribution (how much the distance drops when that row is replaced by its best
-guess from the others: g' P_ii^-1 g, g = (P c)_i, P the regularised precision; Alcala & Qin 2009). When that
-one row explains the window (its contribution beyond `spike_rbc`, and what is left no more than `spike_rest`,
-both set from out-of-fold training windows by `calibrate_split`), the contribution goes to that row alone and
-only the rest is shared. Windows of a lasting anomaly keep their distance after one row is removed, so they
-are shared as before (VUS-PR within 0.01 on the four suites, BENCHMARKS.md).
+a window of it (10 spikes in 3,000 rows were flagged as 633 rows). Each window's most anomalous rows (up to
+SPLIT_ROWS) are found by their reconstruction-based contribution (how much the distance drops when a row is
+replaced by its best guess from the others: g' P_ii^-1 g, g = (P c)_i, P the regularised precision; Alcala &
+Qin 2009). When those rows alone explain the window (each beyond `spike_rbc`, and what is left no more than
+`spike_rest`, both set from out-of-fold training windows by `calibrate_split`), their contributions go to them
+alone and only the rest is shared. Windows of a lasting anomaly keep their distance when a few rows are
+removed, so they are shared as before (VUS-PR within 0.01 on the four suites, BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ MAX_WIDTH = 1024
 FIT_WINDOWS = 20_000  # windows the components are fitted on (evenly spaced over the training rows)
 NARROW = 512  # values per window below which fitting runs on one thread
 ROW_BUDGET = 4096  # multiply-adds per scored row (two width x components products per window, over stride)
-# A window is split onto its most anomalous row when that row's contribution exceeds SPLIT_MARGIN x the largest
-# seen in out-of-fold training windows (fully from twice that) and the rest of the window is within their
+# A window's most anomalous rows carry their own part when it exceeds SPLIT_MARGIN x the largest top-row part
+# of any out-of-fold training window (fully from twice that) and the rest of the window is within their
 # REST_PERCENTILE distance (partly up to 1.25x it).
 SPLIT_MARGIN = 2.0
 REST_PERCENTILE = 99.0
@@ -262,7 +262,7 @@ class Model(nn.Module):
         return self._blocks
 
     def calibrate_split(self, folds: list[Model], pieces: list[torch.Tensor]) -> None:
-        """Set when a window is split onto one row (`spike_rbc`, `spike_rest`), from the windows of each piece of
+        """Set when a window is split onto its rows (`spike_rbc`, `spike_rest`), from the windows of each piece of
         the training rows scored by the copy fitted without them (out of fold), on this model and the copies.
         A constant series (every contribution 0) splits nothing."""
         w, contributions, distances = self.config.window, [], []
@@ -279,6 +279,6 @@ class Model(nn.Module):
         if not contributions or float(torch.cat(contributions).max()) <= 0:
             return
         rbc = SPLIT_MARGIN * float(torch.cat(contributions).max())
-        rest = float(torch.quantile(torch.cat(distances).double().cpu(), REST_PERCENTILE / 100))
+        rest = float(np.percentile(torch.cat(distances).cpu().numpy(), REST_PERCENTILE))
         for model in (self, *folds):
             model.config.spike_rbc, model.config.spike_rest = rbc, rest
