@@ -187,7 +187,7 @@ class DetectorCore:
             raise DataError(f"smooth must be at least 1 row (1 = no smoothing), got {self.smooth_}")
         if self.flat_:
             self.smooth_ = 1
-        raw, self.calibration_method_ = self._calibration_errors(Z)
+        raw, self.calibration_method_ = self._calibration_errors(Z, fitting=True)
         self.spike_floor_ = spike_floor(raw) if self.smooth_ > 1 else None
         self.decision_scores_ = self._calibration_scores(raw)
         # The threshold comes from every training row, fitted and held out alike. Smoothed scores change
@@ -221,10 +221,11 @@ class DetectorCore:
         self.threshold_method, self.threshold_params = method, params
         return self.threshold_info_
 
-    def _calibration_errors(self, Z: np.ndarray, precision: str = "fp32") -> tuple[np.ndarray, str]:
+    def _calibration_errors(self, Z: np.ndarray, precision: str = "fp32", fitting: bool = False) -> tuple[np.ndarray, str]:
         """Per-row errors of scaled training rows `Z` that a threshold is calibrated on, and how they were had:
-        out of fold for a closed-form model (each block scored by a copy fitted without it), else in-sample."""
-        raw = training.out_of_fold_errors(self.model_, Z)
+        out of fold for a closed-form model (each block scored by a copy fitted without it), else in-sample.
+        `fitting`: the model's own calibration (pca's spike split) is set from them too; a fitted model keeps it."""
+        raw = training.out_of_fold_errors(self.model_, Z, calibrate=fitting)
         if raw is None:
             return row_errors(self.model_, Z, precision=precision), "in-sample"
         return raw, "out-of-fold (5 blocks)"

@@ -113,10 +113,11 @@ def fit(
     return history
 
 
-def out_of_fold_errors(model: torch.nn.Module, X: np.ndarray, folds: int = 5) -> np.ndarray | None:
+def out_of_fold_errors(model: torch.nn.Module, X: np.ndarray, folds: int = 5, calibrate: bool = False) -> np.ndarray | None:
     """Per-row errors of a closed-form model, each block of rows scored by a copy fitted without it: the errors a
     new file gets, not the smaller ones of rows the model was fitted on (in-sample windowed PCA put a threshold
-    for a 0.1% tail at 5%). None when the rows are too few to leave a block out."""
+    for a 0.1% tail at 5%). None when the rows are too few to leave a block out. `calibrate`: set the model's
+    own calibration from these out-of-fold windows first (pca's `calibrate_split`), at fitting time."""
     n, span = len(X), model.span
     size = -(-n // folds)
     if not hasattr(model, "fit_folds") or n - size - span < 2 * span:
@@ -126,7 +127,7 @@ def out_of_fold_errors(model: torch.nn.Module, X: np.ndarray, folds: int = 5) ->
     blocks = [(start, min(n, start + size)) for start in range(0, n, size)]
     folds = model.fit_folds(x, blocks)
     reach = [(max(0, start - span + 1), min(n, stop + span - 1)) for start, stop in blocks]  # windows touching it
-    if hasattr(model, "calibrate_split"):
+    if calibrate and hasattr(model, "calibrate_split"):  # the copies inherit the model's own otherwise
         model.calibrate_split(folds, [x[lo:hi] for lo, hi in reach])
     for (start, stop), (lo, hi), fold in zip(blocks, reach, folds):
         out[start:stop] = row_errors(fold, X[lo:hi])[start - lo:stop - lo]
