@@ -363,8 +363,8 @@ def test_mcp_paths_outside_the_transports_keep_their_http_answers(server):
         assert http.get("/health").status_code == 200
 
 
-def test_coalescing_transport_sends_one_step_of_writes_at_once():
-    from anomaly.server.app import COALESCE_BYTES, CoalescingTransport
+def test_coalescing_transport_sends_a_response_head_with_its_body():
+    from anomaly.server.app import CoalescingTransport
 
     class Transport:
         def __init__(self):
@@ -402,24 +402,27 @@ def test_coalescing_transport_sends_one_step_of_writes_at_once():
 
     real, loop = Transport(), Loop()
     t = CoalescingTransport(real, loop)
-    t.write(b"HTTP/1.1 200 OK\r\n\r\n")
+    head = b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\n"
+    t.write(head)
     t.write(b"")
+    assert real.sent == [] and t.get_write_buffer_size() == len(head)
     t.write(bytearray(b'{"a": 1}'))
-    assert real.sent == [] and t.get_write_buffer_size() == 27
+    assert real.sent == [head + b'{"a": 1}']  # status line, headers and body: one send, at once
     loop.step()
-    assert real.sent == [b'HTTP/1.1 200 OK\r\n\r\n{"a": 1}']  # status line, headers and body: one send
-    t.write(b"x" * COALESCE_BYTES)  # a large write does not wait for the step's end
-    assert len(real.sent) == 2 and len(real.sent[1]) == COALESCE_BYTES
-    loop.step()
-    assert len(real.sent) == 2
-    t.write(b"last")
-    t.close()  # what is buffered leaves before the close
-    assert real.sent[-1] == b"last" and real.closed
+    assert len(real.sent) == 1
+    t.write(b"data: event\r\n\r\n")  # not a head: straight out
+    assert real.sent[-1] == b"data: event\r\n\r\n"
+    t.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")  # a stream's head alone...
+    loop.step()  # ...leaves at the end of the step
+    assert real.sent[-1].startswith(b"HTTP/1.1 200 OK") and len(real.sent) == 3
+    t.write(head)
+    t.close()  # a held head leaves before the close
+    assert real.sent[-1] == head and real.closed
     t.write(b"after")
     loop.step()
-    assert real.sent[-1] == b"last"  # nothing is written to a closed transport
+    assert real.sent[-1] == head  # nothing is written to a closed transport
     t2 = CoalescingTransport(Transport(), loop)
-    t2.write(b"dropped")
+    t2.write(head)
     t2.abort()
     loop.step()
     assert t2._transport.sent == [] and t2._transport.aborted

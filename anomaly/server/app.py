@@ -117,53 +117,51 @@ class RequestLog:
 KEEP_ALIVE_S = 5  # an idle keep-alive connection is closed after this
 
 
-COALESCE_BYTES = 64 << 10  # buffered writes beyond this go out at once (the transport's flow control applies)
-
-
 class CoalescingTransport:
-    """A socket transport whose writes made in one event-loop step leave in one `send`: uvicorn writes a
-    response's status line and headers, its body and (chunked) its end separately, and each `send` on its own
-    wakes the client and costs a system call: a JSON-RPC reply went out as two packets. Everything but `write`
-    is the transport's own; buffered bytes leave before a close, never after an abort."""
+    """A socket transport that sends a response's head with its body: uvicorn writes the status line and
+    headers, then the body, separately, and each `send` on its own wakes the client and costs a system call
+    (a JSON-RPC reply went out as two packets). A head is held until the next write, which takes it along at
+    once, or at the latest until the end of the event-loop step; every other write goes straight out (a body
+    or a stream's event is never delayed). Everything but `write` is the transport's own; a held head leaves
+    before a close, never after an abort."""
 
     def __init__(self, transport, loop):
         self._transport, self._loop = transport, loop
-        self._pending: list[bytes] = []
-        self._size = 0
+        self._head: bytes | None = None
 
     def write(self, data) -> None:
         if not data:
             return
-        if not self._pending:
+        data = bytes(data)
+        if self._head is not None:
+            data, self._head = self._head + data, None
+        elif data.startswith(b"HTTP/1.") and data.endswith(b"\r\n\r\n"):  # a status line and headers
+            self._head = data
             self._loop.call_soon(self._flush)
-        self._pending.append(bytes(data))
-        self._size += len(data)
-        if self._size >= COALESCE_BYTES:
-            self._flush()
+            return
+        if not self._transport.is_closing():
+            self._transport.write(data)
 
     def writelines(self, lines) -> None:
         for data in lines:
             self.write(data)
 
     def _flush(self) -> None:
-        if self._pending:
-            data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
-            self._pending.clear()
-            self._size = 0
+        if self._head is not None:
+            head, self._head = self._head, None
             if not self._transport.is_closing():
-                self._transport.write(data)
+                self._transport.write(head)
 
     def close(self) -> None:
         self._flush()
         self._transport.close()
 
     def abort(self) -> None:
-        self._pending.clear()
-        self._size = 0
+        self._head = None
         self._transport.abort()
 
     def get_write_buffer_size(self) -> int:
-        return self._size + self._transport.get_write_buffer_size()
+        return len(self._head or b"") + self._transport.get_write_buffer_size()
 
     def __getattr__(self, name: str):
         return getattr(self._transport, name)
