@@ -197,8 +197,10 @@ def test_training_and_ten_detections_run_concurrently_and_health_stays_fast(serv
 
         async def train():
             async with mcp_client(server, "http") as client:
+                # dense: a training that lasts (the pca default is fitted in ~0.1 s, between two /health polls)
                 results["train"] = await client.call_tool("train_model", {"data_file": "train.csv", "epochs": 25,
-                                                                          "version": "concurrent"})
+                                                                          "version": "concurrent",
+                                                                          "model_type": "dense"})
 
         async def detect(i):
             await anyio.sleep(0.5)  # let the training start first
@@ -349,3 +351,79 @@ def test_model_resources_and_the_investigate_prompt(server, trained, transport):
     assert {a.name: a.required for a in prompts[0].arguments} == {"file_path": True, "version": False}
     text = prompt.messages[0].content.text
     assert "incidents.csv" in text and "run_detection" in text and "version='v1'" in text
+
+
+def test_mcp_paths_outside_the_transports_keep_their_http_answers(server):
+    """The MCP routes are served before FastAPI's stack; what they do not match in full is still FastAPI's."""
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        assert http.post("/sse").status_code == 405  # /sse is GET only
+        assert http.get("/mcpx").status_code == 404
+        assert http.get("/messages/", params={"session_id": "0" * 32}).status_code == 405  # POST only
+        assert http.get("/messages").status_code == 307  # to /messages/, as FastAPI's router redirects
+        assert http.get("/health").status_code == 200
+
+
+def test_coalescing_transport_sends_a_response_head_with_its_body():
+    from anomaly.server.app import CoalescingTransport
+
+    class Transport:
+        def __init__(self):
+            self.sent, self.closed, self.aborted = [], False, False
+
+        def write(self, data):
+            self.sent.append(data)
+
+        def is_closing(self):
+            return self.closed
+
+        def close(self):
+            self.closed = True
+
+        def abort(self):
+            self.aborted = True
+
+        def get_write_buffer_size(self):
+            return 0
+
+        def get_extra_info(self, name):
+            return f"info:{name}"
+
+    class Loop:
+        def __init__(self):
+            self.ready = []
+
+        def call_soon(self, fn):
+            self.ready.append(fn)
+
+        def step(self):
+            ready, self.ready = self.ready, []
+            for fn in ready:
+                fn()
+
+    real, loop = Transport(), Loop()
+    t = CoalescingTransport(real, loop)
+    head = b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\n"
+    t.write(head)
+    t.write(b"")
+    assert real.sent == [] and t.get_write_buffer_size() == len(head)
+    t.write(bytearray(b'{"a": 1}'))
+    assert real.sent == [head + b'{"a": 1}']  # status line, headers and body: one send, at once
+    loop.step()
+    assert len(real.sent) == 1
+    t.write(b"data: event\r\n\r\n")  # not a head: straight out
+    assert real.sent[-1] == b"data: event\r\n\r\n"
+    t.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")  # a stream's head alone...
+    loop.step()  # ...leaves at the end of the step
+    assert real.sent[-1].startswith(b"HTTP/1.1 200 OK") and len(real.sent) == 3
+    t.write(head)
+    t.close()  # a held head leaves before the close
+    assert real.sent[-1] == head and real.closed
+    t.write(b"after")
+    loop.step()
+    assert real.sent[-1] == head  # nothing is written to a closed transport
+    t2 = CoalescingTransport(Transport(), loop)
+    t2.write(head)
+    t2.abort()
+    loop.step()
+    assert t2._transport.sent == [] and t2._transport.aborted
+    assert t2.get_extra_info("peername") == "info:peername"  # the rest is the transport's own

@@ -12,6 +12,7 @@ import time
 
 import anyio
 from fastapi import FastAPI
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
@@ -20,7 +21,7 @@ from .core import Runtime
 from .http_api import add_error_handlers, build_router
 from .live import LiveHub
 from .mcp_app import build_mcp
-from .security import MCP_MAX_BODY, Guard
+from .security import MCP_MAX_BODY, MCP_PATHS, Guard
 from .web import add_web
 
 log = logging.getLogger("anomaly.server")
@@ -51,10 +52,29 @@ def create_app(settings: Settings) -> Guard:
     add_error_handlers(app)
     app.include_router(build_router(runtime, hub))
     add_web(app, runtime)  # /, /docs, /static/..., /api/data, /api/results/series
-    app.router.routes.extend(sse_app.routes)  # /sse and /messages/
-    app.router.routes.extend(http_app.routes)  # /mcp
+    mcp_routes = [*sse_app.routes, *http_app.routes]  # /sse, /messages/ and /mcp
+    app.router.routes.extend(mcp_routes)
     app.state.runtime = runtime
-    return RequestLog(Guard(app, access))
+    return RequestLog(Guard(MCPRoutes(app, mcp_routes), access))
+
+
+class MCPRoutes:
+    """The MCP transports' routes, served straight from the SDK's own route objects: an MCP call does not go
+    through FastAPI's middleware stack and its list of API routes (nothing there is for MCP: the SDK answers
+    its own errors). Anything these routes do not match in full (another path, a wrong method) is FastAPI's,
+    where the same routes are registered, so its answers (404, 405) are unchanged."""
+
+    def __init__(self, app: ASGIApp, routes: list):
+        self.app, self.routes = app, routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(MCP_PATHS):
+            for route in self.routes:
+                match, child = route.matches(scope)
+                if match is Match.FULL:
+                    await route.handle({**scope, **child}, receive, send)
+                    return
+        await self.app(scope, receive, send)
 
 
 class RequestLog:
@@ -81,30 +101,94 @@ class RequestLog:
         try:
             await self.app(scope, receive, watch)
         finally:
-            ms = (time.perf_counter() - started) * 1000
-            code = status["code"] or 500
-            outcome = "ok" if code < 400 else "user_error" if code < 500 else "error"
-            shown = " ".join(f"{k}={v}" for k, v in facts.items() if v is not None)
-            log.info("http %s %s %s %.0fms %s", scope["method"], scope["path"], code, ms, shown,
-                     extra={"kind": "http", "call": f"{scope['method']} {scope['path']}", "status": code,
-                            "ms": round(ms, 1), "outcome": outcome, **{k: v for k, v in facts.items() if v is not None}})
+            if log.isEnabledFor(logging.INFO):  # off by default: the line is not even built
+                self._log(scope, facts, status["code"], (time.perf_counter() - started) * 1000)
+
+    @staticmethod
+    def _log(scope: Scope, facts: dict, code: int, ms: float) -> None:
+        code = code or 500
+        outcome = "ok" if code < 400 else "user_error" if code < 500 else "error"
+        shown = " ".join(f"{k}={v}" for k, v in facts.items() if v is not None)
+        log.info("http %s %s %s %.0fms %s", scope["method"], scope["path"], code, ms, shown,
+                 extra={"kind": "http", "call": f"{scope['method']} {scope['path']}", "status": code,
+                        "ms": round(ms, 1), "outcome": outcome, **{k: v for k, v in facts.items() if v is not None}})
 
 
 KEEP_ALIVE_S = 5  # an idle keep-alive connection is closed after this
 
 
-def header_timeout_protocol(seconds: float) -> type:
-    """uvicorn's h11 protocol with a header-read timeout, which uvicorn 0.54 lacks: its keep-alive timer starts
-    only after a response, so a client that connects and sends half a request line (or nothing) holds the
-    connection forever; hundreds of them exhaust the server. Here a connection waiting for a request's headers
-    is closed `seconds` after that wait began."""
-    from uvicorn.protocols.http.h11_impl import H11Protocol
+class CoalescingTransport:
+    """A socket transport that sends a response's head with its body: uvicorn writes the status line and
+    headers, then the body, separately, and each `send` on its own wakes the client and costs a system call
+    (a JSON-RPC reply went out as two packets). A head is held until the next write, which takes it along at
+    once, or at the latest until the end of the event-loop step; every other write goes straight out (a body
+    or a stream's event is never delayed). Everything but `write` is the transport's own; a held head leaves
+    before a close, never after an abort."""
 
-    class HeaderTimeoutProtocol(H11Protocol):
+    def __init__(self, transport, loop):
+        self._transport, self._loop = transport, loop
+        self._head: bytes | None = None
+
+    def write(self, data) -> None:
+        if not data:
+            return
+        data = bytes(data)
+        if self._head is not None:
+            data, self._head = self._head + data, None
+        elif data.startswith(b"HTTP/1.") and data.endswith(b"\r\n\r\n"):  # a status line and headers
+            self._head = data
+            self._loop.call_soon(self._flush)
+            return
+        if not self._transport.is_closing():
+            self._transport.write(data)
+
+    def writelines(self, lines) -> None:
+        for data in lines:
+            self.write(data)
+
+    def _flush(self) -> None:
+        if self._head is not None:
+            head, self._head = self._head, None
+            if not self._transport.is_closing():
+                self._transport.write(head)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._head = None
+        self._transport.abort()
+
+    def get_write_buffer_size(self) -> int:
+        return len(self._head or b"") + self._transport.get_write_buffer_size()
+
+    def __getattr__(self, name: str):
+        return getattr(self._transport, name)
+
+
+def http_protocol_base() -> type:
+    """uvicorn's HTTP/1.1 protocol: on httptools' parser (C) when it is installed (the server extra pins it),
+    else on h11 (pure Python: a few hundred microseconds more of each MCP call)."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+        return HttpToolsProtocol
+    except ImportError:
+        from uvicorn.protocols.http.h11_impl import H11Protocol
+        return H11Protocol
+
+
+def header_timeout_protocol(seconds: float, base: type | None = None) -> type:
+    """uvicorn's HTTP protocol (`http_protocol_base`) with a header-read timeout, which uvicorn 0.54 lacks: its
+    keep-alive timer starts only after a response, so a client that connects and sends half a request line (or
+    nothing) holds the connection forever; hundreds of them exhaust the server. Here a connection waiting for
+    a request's headers is closed `seconds` after that wait began. Its writes go through `CoalescingTransport`."""
+
+    class HeaderTimeoutProtocol(base or http_protocol_base()):
         header_timer = None
 
         def connection_made(self, transport) -> None:
-            super().connection_made(transport)
+            super().connection_made(CoalescingTransport(transport, self.loop))
             self._watch_headers()
 
         def data_received(self, data: bytes) -> None:

@@ -50,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
           f"device: {settings.device}  models: {Path(settings.model_dir).resolve()}  "
           f"data roots: {', '.join(str(Path(r).resolve()) for r in settings.data_roots)}"
           f"{'  (token required)' if settings.token else ''}", file=sys.stderr, flush=True)
-    # uvicorn's own access log is off: the app logs one line per request itself (with its outcome and time)
+    # uvicorn's own access log is off: the app logs one line per request itself (with its outcome and time).
+    # Its loop is uvloop when installed (the server extra pins it; loop="auto"), else asyncio.
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=logging.getLevelName(
         logging.getLogger("anomaly").getEffectiveLevel()).lower(), access_log=False, log_config=None,
         timeout_graceful_shutdown=3, http=header_timeout_protocol(settings.header_timeout),
