@@ -15,7 +15,7 @@ from .summary import top_features
 def newest_row_errors(model, windows):
     """The error of the newest row of each window: with spikes split onto their rows (pca), the shared part plus
     the spike part when a spike is that row, so a spike is flagged when it arrives and not again after it."""
-    if getattr(getattr(model, "config", None), "spike_rbc", None) is None or not hasattr(model, "split_errors"):
+    if not hasattr(model, "split_errors"):
         return model.errors(windows)[:, -1]
     shared, rows, spikes = model.split_errors(windows)
     return shared + (spikes * (rows == windows.shape[1] - 1)[:, :, None]).sum(1)

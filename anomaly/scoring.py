@@ -57,7 +57,7 @@ class RowScorer:
         self.stride = int(getattr(model, "stride", 1))
         self.model_uniform = bool(getattr(model, "uniform_rows", False)) and self.scored > 1
         # a uniform model may put part of a sample's error on one of its rows (pca: a one-row spike)
-        self.split = self.model_uniform and getattr(getattr(model, "config", None), "spike_rbc", None) is not None
+        self.split = self.model_uniform and hasattr(model, "split_errors")
         self.first_row = 0  # index in the series of self.rows[0] (samples start at multiples of the stride)
         self.tail: np.ndarray | None = None  # the last `span` rows seen (strided models: finish()'s last sample)
         self.batch_size = max(1, batch_size)

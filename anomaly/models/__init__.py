@@ -13,7 +13,7 @@ nothing else):
     of a row is the mean over features, averaged over all samples that score that row.
   - optional: `stride` (rows between scored samples, default 1), `uniform_rows` (errors() returns one row per
     sample, the same for all its scored rows) with `split_errors(x)` (that error as a part shared by the rows
-    plus parts carried by single rows, when `config.spike_rbc` is set) and `calibrate_split(folds, pieces)`
+    plus parts carried by single rows, zero when the model does not split) and `calibrate_split(folds, pieces)`
     (sets it from out-of-fold windows), `fit_closed_form(x)` (fitted without gradient
     descent; returns the history) with `fit_folds(x, blocks)` (copies fitted without each block, for calibration); module-level `DEFAULT_WINDOW` (an int or "auto"; default 32),
     `DEFAULT_SMOOTH` (rows of score smoothing; default 2 * window - 1) and `auto_window(X)` (what
