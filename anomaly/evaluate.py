@@ -25,6 +25,7 @@ import numpy as np
 from . import defaults, metrics, models, thresholds
 from .cli import add_device_arguments
 from .errors import DataError, NotFound
+from .pipeline import Thresholder
 from .rolling import RollingThreshold
 
 RANKING = ("roc_auc", "pr_auc", "vus_pr", "best_f1")
@@ -212,7 +213,8 @@ def evaluate_series(series: str, train: Path, test: Path, args, tmp: Path, plot_
             started = time.perf_counter()
             scores = det.decision_function(test_table.X)
             score_seconds = time.perf_counter() - started
-            rep = _report(labels, scores, det.threshold_, max_buffer)
+            # at the threshold detection applies: the stored one, following the file's level (`follow_level`)
+            rep = _report(labels, scores, Thresholder(det, None)(scores, None), max_buffer)
             rep |= {"threshold": det.threshold_, "train_seconds": round(train_seconds, 3),
                     "score_seconds": round(score_seconds, 3), "epochs_run": res["epochs_run"]}
             # The same model under other label-free threshold methods, calibrated like training does.

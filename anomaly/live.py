@@ -103,7 +103,7 @@ class LiveScorer:
             scored = bool(np.isfinite(scores[i]))
             out.append({"index": self.count + i, "reconstruction_error": float(scores[i]) if scored else None,
                         "is_anomaly": bool(flags[i]),
-                        **({"threshold": float(threshold[i])} if self.thresholder.rolling is not None else {}),
+                        **({"threshold": float(threshold[i])} if self.thresholder.moving else {}),
                         "top_features": top_features(errors[i], self.features) if scored else []})
         self.count += len(Z)
         return out

@@ -88,7 +88,7 @@ def iter_detect(
     if window is not None and not isinstance(window, int) and time_col is None:
         raise DataError(f"threshold_window {threshold_window!r} is a time span, but {p.name} has no time column "
                         "(name one with time_column, or give the window in rows)")
-    thresholder = Thresholder(det, window, str(threshold_window))
+    thresholder = Thresholder(det, window, str(threshold_window), spec.follow_level)
     total_bytes = p.stat().st_size
     result_cols = (["reconstruction_error", "is_anomaly"] + (["threshold"] if window is not None else [])
                    + ([f"{f}_contribution" for f in features] if per_feature else []))
@@ -129,8 +129,8 @@ def iter_detect(
             "window": det.window_, "threshold_method": det.threshold_info_.get("method"),
             "time_column": time_col, "missing": missing_report, "seconds": round(time.perf_counter() - started, 3),
         }
-        if thresholder.rolling is not None:
-            summary["threshold_window"] = thresholder.rolling.describe()
+        summary |= thresholder.report()
+        summary["warnings"] = summary["warnings"] + thresholder.warnings()
         if output:
             summary["output"] = str(Path(output))
         if label_col:
@@ -213,19 +213,42 @@ def _plotter(plot: str | None, det, fmt, used: list[str], label_col: str | None)
 
 
 class Thresholder:
-    """The stored threshold, or a rolling one (`anomaly.rolling`) when a threshold window is given."""
+    """Per-row thresholds: a rolling one (`anomaly.rolling`) when a threshold window is given, else the stored
+    threshold, raised by the scored rows' level when `follow_level` (`rolling.LevelFollower`)."""
 
-    def __init__(self, det, window, label: str | None = None):
-        from .rolling import RollingThreshold
+    def __init__(self, det, window, label: str | None = None, follow_level: bool = True):
+        from .rolling import LevelFollower, RollingThreshold
 
         info = det.threshold_info_
         self.static = det.threshold_
         self.rolling = None if window is None else RollingThreshold(
             window, info.get("method", "percentile"), info.get("params") or {}, det.threshold_,
             label=label)
+        stats = info.get("stats") or {}
+        train_median = stats.get("p50")
+        self.level = LevelFollower(det.threshold_, train_median, stats.get("p90")) if (
+            follow_level and window is None and train_median is not None and np.isfinite(det.threshold_)) else None
+        self.by_time = self.rolling is not None and self.rolling.by_time
+
+    @property
+    def moving(self) -> bool:
+        return self.rolling is not None or self.level is not None
 
     def __call__(self, scores: np.ndarray, times: np.ndarray | None) -> np.ndarray | float:
-        return self.static if self.rolling is None else self.rolling.push(scores, times)
+        if self.rolling is not None:
+            return self.rolling.push(scores, times)
+        return self.static if self.level is None else self.level.push(scores)
+
+    def report(self) -> dict:
+        """Summary fields that say how the threshold moved, and a warning when following the level hid a drift."""
+        if self.rolling is not None:
+            return {"threshold_window": self.rolling.describe()}
+        described = None if self.level is None else self.level.describe()
+        return {} if described is None else {"threshold_level": described}
+
+    def warnings(self) -> list[str]:
+        warning = None if self.level is None else self.level.warning()
+        return [warning] if warning else []
 
 
 def _emit(pending: _Pending, final: bool, det, acc: "Summary", writer, per_feature: bool,
@@ -240,8 +263,8 @@ def _emit(pending: _Pending, final: bool, det, acc: "Summary", writer, per_featu
         with np.errstate(invalid="ignore"):
             scores = row_err.mean(axis=1) if row_err.shape[1] else np.full(n, np.nan, np.float32)
         times = block.frame[time_col].astype(str).to_numpy() if time_col else None
-        moving = thresholder is not None and thresholder.rolling is not None
-        threshold = thresholder(scores, data.parse_times(times) if moving and thresholder.rolling.by_time else None) \
+        moving = thresholder is not None and thresholder.moving
+        threshold = thresholder(scores, data.parse_times(times) if moving and thresholder.by_time else None) \
             if thresholder is not None else det.threshold_
         flags = flag(scores, threshold)
         acc.add(block.start, scores, flags, row_err, times, threshold if moving else None)
@@ -249,7 +272,7 @@ def _emit(pending: _Pending, final: bool, det, acc: "Summary", writer, per_featu
             plot.add_frame(block.start, block.frame, scores, flags, row_err, threshold if moving else None)
         if writer:
             cols = {"reconstruction_error": scores, "is_anomaly": flags}
-            if moving:
+            if "threshold" in writer.extra:
                 cols["threshold"] = threshold
             if per_feature:
                 share = contributions(row_err)

@@ -12,6 +12,8 @@ incidents to catch. Until N rows (or the span) have been seen, the stored thresh
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from . import thresholds
@@ -33,7 +35,8 @@ def parse_window(value) -> int | np.timedelta64 | None:
         return rows
     import pandas as pd
     try:
-        span = pd.Timedelta(str(value).strip())
+        # pandas deprecates the unit "d"; "7d" is how people write a week, so it means "7D"
+        span = pd.Timedelta(re.sub(r"(?<=\d)\s*d(?![a-z])", "D", str(value).strip()))
     except (ValueError, TypeError):
         raise DataError(f"threshold_window takes a number of rows or a time span such as 7d or 12h, got {value!r}") from None
     if span <= pd.Timedelta(0):
@@ -98,3 +101,94 @@ class RollingThreshold:
         window = self.label if self.by_time else int(self.window)
         return {"window": window, "method": self.method, "params": self.params, "step_rows": self.step,
                 "last_threshold": self.current}
+
+
+class LevelFollower:
+    """The stored threshold, moved onto the level and spread of the rows scored so far when those are higher.
+
+    The training scores' median (p50), spread (p90 - p50) and threshold are known; the same two numbers of the
+    rows scored so far place the threshold as far above this file's median, in units of its spread, as it sat
+    above the training median: `max(stored, median + (stored - p50) * max(1, spread / training spread))`.
+    A file that scores higher all over (a drifted level, a noisier sensor, another operating mode) would
+    otherwise be flagged nearly everywhere; this way its peaks are flagged, with a warning, while data like the
+    training data (median and spread near training's) keeps the stored threshold and its documented rate.
+    Both numbers are robust: incidents in fewer than 10% of the rows seen barely move them. They are recomputed
+    on a grid of row counts anchored at the first row (from `MIN_ROWS` on, then every 5% more rows), over a
+    sample thinned deterministically by row index, so chunked and whole-file detection agree and memory stays
+    bounded. Measured on the labelled suites in BENCHMARKS.md."""
+
+    MIN_ROWS = 200  # scored rows before the median says anything
+    MIN_STEP = 50
+    SAMPLE_CAP = 16384  # kept scores at most: every 2^k-th row beyond
+
+    def __init__(self, threshold: float, train_median: float, train_p90: float | None = None):
+        self.base, self.train_median = float(threshold), float(train_median)
+        spread = None if train_p90 is None else float(train_p90) - self.train_median
+        self.train_spread = spread if spread is not None and spread > 0 else None  # None: follow the level only
+        self.current = self.base
+        self.row, self.next_update = 0, self.MIN_ROWS
+        self.finite = 0
+        self.stride = 1
+        self.kept: list[np.ndarray] = []
+        self.kept_rows: list[np.ndarray] = []
+        self.median = self.spread = None
+        self.raised_from: int | None = None  # first row whose threshold was raised
+        self.highest = self.base
+        self.highest_median = -np.inf
+
+    def push(self, scores: np.ndarray) -> np.ndarray:
+        out = np.empty(len(scores), np.float64)
+        i = 0
+        while i < len(scores):
+            j = min(len(scores), i + self.next_update - self.row)
+            out[i:j] = self.current
+            chunk = np.asarray(scores[i:j], np.float64)
+            rows = self.row + np.arange(len(chunk))
+            keep = np.isfinite(chunk)
+            self.finite += int(keep.sum())
+            keep &= rows % self.stride == 0
+            self.kept.append(chunk[keep])
+            self.kept_rows.append(rows[keep])
+            self.row += j - i
+            if self.row == self.next_update:
+                self._update()
+                self.next_update = self.row + max(self.MIN_STEP, self.row // 20)
+            i = j
+        return out
+
+    def _update(self) -> None:
+        kept, rows = np.concatenate(self.kept), np.concatenate(self.kept_rows)
+        while len(kept) > self.SAMPLE_CAP:
+            self.stride *= 2
+            thin = rows % self.stride == 0
+            kept, rows = kept[thin], rows[thin]
+        self.kept, self.kept_rows = [kept], [rows]
+        if self.finite < self.MIN_ROWS or not len(kept):
+            return
+        median, p90 = np.percentile(kept, [50, 90])
+        self.median, self.spread = float(median), float(p90 - median)
+        scale = 1.0 if self.train_spread is None else max(1.0, self.spread / self.train_spread)
+        self.current = max(self.base, self.median + (self.base - self.train_median) * scale)
+        if self.current > self.base and self.raised_from is None:
+            self.raised_from = self.row
+        self.highest = max(self.highest, self.current)
+        self.highest_median = max(self.highest_median, self.median)
+
+    def warning(self) -> str | None:
+        """Plain words when the file's typical score went past the stored threshold: without following its
+        level, most rows would have been flagged."""
+        if self.highest_median <= self.base:
+            return None
+        return (f"this file scores higher than the training data all over (median score {self.highest_median:.4g} "
+                f"against {self.train_median:.4g} in training, above the stored threshold {self.base:.4g}): the data "
+                "may have drifted or the model may not fit it. The threshold followed the file's level "
+                "(follow_level), so only its peaks are flagged; retrain on recent normal data, or turn "
+                "follow_level off to flag against the stored threshold.")
+
+    def describe(self) -> dict | None:
+        """What following the level did (None when it never raised the threshold)."""
+        if self.raised_from is None:
+            return None
+        return {"training_median": self.train_median, "file_median": self.median, "file_spread": self.spread,
+                "training_spread": self.train_spread, "raised_from_row": self.raised_from,
+                "last_threshold": self.current, "highest_threshold": self.highest}

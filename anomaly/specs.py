@@ -163,6 +163,9 @@ class DetectSpec(Spec):
     time_column: str | None = _p(None, "column that says when each row happened, reported with every anomaly "
                                  "(default: a column named timestamp, time, date or datetime)", Opt("data"))
     threshold_window: Annotated[int, Field(ge=1)] | str | None = _p(None, TIME_SPAN_HELP, Opt("threshold"))
+    follow_level: bool = _p(True, "when this file scores higher than training all over (median, spread), move the "
+                            "threshold up with it: its peaks are flagged, not every row; off: the stored threshold "
+                            "(ignored with threshold_window)", Opt("threshold"))
     label_column: str | None = _p(None, "column of 0/1 labels for precision/recall/F1 (default: a column named "
                                   "'label')", Opt("data"))
     missing: Literal[MISSING_POLICIES] = _p(defaults.MISSING, "missing values: interpolate (edges filled), drop "
@@ -281,8 +284,8 @@ def add_arguments(parser: argparse.ArgumentParser, spec_cls: type[Spec], only: t
         flags = opt.flags or ("--" + name.replace("_", "-"),)
         default = info.default if opt.cli_default == Opt.cli_default else opt.cli_default
         kwargs: dict[str, Any] = {"dest": name, "help": info.description, "default": default}
-        if info.annotation is bool:
-            kwargs["action"] = "store_true"
+        if info.annotation is bool:  # on by default: --name and --no-name
+            kwargs["action"] = argparse.BooleanOptionalAction if default else "store_true"
         else:
             kwargs["type"], choices = _converter(name, info.annotation)
             if choices:  # shown, not enforced by argparse: the spec refuses a wrong one in one error line

@@ -81,9 +81,13 @@ class Summary:
         self.anomalies += len(idx)
         self._add_segments(start, scores, flags.astype(bool), row_err, times)
         cap = self.max_results
+        # rows whose threshold moved (rolling, or following the file's level) say which one they were held to
+        own = (lambda i: None) if thresholds is None else (
+            lambda i: None if np.broadcast_to(thresholds, scores.shape)[i] == self.threshold
+            else float(np.broadcast_to(thresholds, scores.shape)[i]))
         if cap is None or len(self.anom_rows) < cap:
             take = idx if cap is None else idx[: cap - len(self.anom_rows)]
-            rows = [_row(start, i, scores, times, True) for i in take]
+            rows = [_row(start, i, scores, times, True, own(i)) for i in take]
             if self.row_features:
                 for row, drivers in zip(rows, top_features_rows(row_err[take], self.features)):
                     row["top_features"] = drivers
@@ -91,7 +95,7 @@ class Summary:
         if cap is None or len(self.normal_rows) < cap:
             normal = np.flatnonzero(flags == 0)
             take = normal if cap is None else normal[: cap - len(self.normal_rows)]
-            self.normal_rows += [_row(start, i, scores, times, False) for i in take]
+            self.normal_rows += [_row(start, i, scores, times, False, own(i)) for i in take]
         if self.keep_all:
             self.all_scores.append(scores)
             if thresholds is not None:
@@ -253,11 +257,14 @@ def _as_string(obj) -> int:
     return len(json.dumps(json.dumps(obj, separators=(",", ":"))))
 
 
-def _row(start: int, i: int, scores: np.ndarray, times: np.ndarray | None, anomaly: bool) -> dict:
+def _row(start: int, i: int, scores: np.ndarray, times: np.ndarray | None, anomaly: bool,
+         threshold: float | None = None) -> dict:
+    """One per-row result; `threshold`: the row's own, given where it differs from the stored one."""
     row = {"index": start + int(i)}
     if times is not None:
         row["time"] = str(times[i])
-    return row | {"reconstruction_error": _num(scores[i]), "is_anomaly": anomaly}
+    row |= {"reconstruction_error": _num(scores[i]), "is_anomaly": anomaly}
+    return row if threshold is None else row | {"threshold": _num(threshold)}
 
 
 def _segment_report(seg: dict, features: list[str]) -> dict:

@@ -139,10 +139,64 @@ def test_far_more_flags_than_nominal_carry_a_warning(flags_data, tmp_path):
     shifted = flags_data["clean"].copy()
     shifted["a"] += 8  # the process moved
     shifted.to_csv(tmp_path / "shifted.csv", index=False)
-    out = service.detect(str(tmp_path / "shifted.csv"), store=store, max_results=0)
+    out = service.detect(str(tmp_path / "shifted.csv"), store=store, max_results=0, follow_level=False)
     assert out["anomaly_ratio"] > 0.5 and out["warnings"] and "drifted" in out["warnings"][0]
+    assert "threshold_level" not in out
+    followed = service.detect(str(tmp_path / "shifted.csv"), store=store, max_results=0)
+    assert followed["anomaly_ratio"] < 0.2 and "drifted" in " ".join(followed["warnings"])
     calm = service.detect(str(flags_data["dir"] / "clean.csv"), store=store, max_results=0)
     assert calm["warnings"] == []
+
+
+def test_a_file_that_scores_higher_all_over_gets_its_peaks_flagged(flags_data, tmp_path, cli):
+    """follow_level: the threshold rises with the file's median score, so a noisier sensor is not flagged on
+    every row, its spikes still are, and data like the training data keeps the stored threshold."""
+    store = ModelStore(tmp_path / "models")
+    service.train(str(flags_data["dir"] / "train.csv"), store=store, version="v")
+    noisy, idx = periodic(2000, 5000, seed=13, spikes=20)
+    noisy["b"] += np.random.default_rng(5).normal(0, 0.2, len(noisy))  # b is 20% noisier than in training
+    path = tmp_path / "noisy.csv"
+    noisy.to_csv(path, index=False)
+    stored = service.detect(str(path), store=store, version="v", max_results=0, follow_level=False)
+    out = tmp_path / "followed.csv"
+    followed = service.detect(str(path), store=store, version="v", max_results=0, output=str(out))
+    assert stored["anomaly_ratio"] > 0.4 and followed["anomaly_ratio"] < 0.1
+    level = followed["threshold_level"]
+    assert level["raised_from_row"] == 200 and level["highest_threshold"] > followed["threshold"]
+    assert level["file_spread"] > level["training_spread"]
+    flags = pd.read_csv(out)["is_anomaly"].to_numpy().astype(bool)
+    assert flags[idx].mean() >= 0.9
+    # chunked = whole file: the median is taken on a grid of row counts, not at block ends
+    chunked = tmp_path / "chunked.csv"
+    service.detect(str(path), store=store, version="v", max_results=0, output=str(chunked), block_bytes=4096)
+    assert (pd.read_csv(chunked)["is_anomaly"].to_numpy().astype(bool) == flags).all()
+    # the same process as training: the stored threshold holds (its documented rate)
+    clean = str(flags_data["dir"] / "clean.csv")
+    a = service.detect(clean, store=store, version="v", max_results=0)
+    b = service.detect(clean, store=store, version="v", max_results=0, follow_level=False)
+    assert a["anomaly_ratio"] >= 0.6 * b["anomaly_ratio"] and a["warnings"] == []
+    # the CLI spells it --no-follow-level
+    proc = cli("detect.py", "--data", path, "--model-dir", store.root, "--version", "v", "--json",
+               "--max-results", "0", "--no-follow-level")
+    assert json.loads(proc.stdout)["anomaly_ratio"] == stored["anomaly_ratio"]
+
+
+def test_level_follower_mechanics():
+    from anomaly.rolling import LevelFollower
+
+    rng = np.random.default_rng(0)
+    scores = np.r_[rng.normal(10, 1, 2000), rng.normal(30, 1, 40000)]
+    scores[5] = np.nan
+    follower = LevelFollower(12.0, train_median=10.0, train_p90=11.28)
+    thr = follower.push(scores)
+    assert (thr[:200] == 12.0).all() and abs(thr[1999] - 12.0) < 0.2  # like training: the stored threshold
+    assert abs(thr[-1] - 32.0) < 0.3  # the median moved +20, the spread stayed
+    wide = LevelFollower(12.0, train_median=10.0, train_p90=11.28)
+    assert abs(wide.push(rng.normal(10, 3, 5000))[-1] - (10 + 2 * 3)) < 0.5  # three times the spread
+    assert len(np.concatenate(follower.kept)) <= 2 * LevelFollower.SAMPLE_CAP
+    again = LevelFollower(12.0, train_median=10.0, train_p90=11.28)
+    parts = np.concatenate([again.push(scores[i:i + 777]) for i in range(0, len(scores), 777)])
+    assert np.array_equal(parts, thr)
 
 
 @pytest.mark.parametrize("model_args", [[], ["--model-type", "dense"]], ids=["default-pca", "dense"])
@@ -191,7 +245,7 @@ def drifting(tmp_path_factory, flags_data):
 
 def test_rolling_threshold_follows_drift_and_still_catches_spikes(drifting):
     path = str(drifting["dir"] / "drift.csv")
-    static = service.detect(path, store=drifting["store"], max_results=None)
+    static = service.detect(path, store=drifting["store"], max_results=None, follow_level=False)
     late = [r["is_anomaly"] for r in static["results"] if r["index"] >= 3000]
     assert np.mean(late) > 0.5, "the static threshold flags most rows once the level has drifted"
     out = drifting["dir"] / "rolling.csv"
