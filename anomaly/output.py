@@ -143,9 +143,12 @@ class ResultWriter:
     def _write_csv(self, raw_lines: list[bytes], columns: dict[str, np.ndarray]) -> None:
         raw_lines = self._pad_short_lines(raw_lines)
         suffix = np.full(len(raw_lines), b"", dtype="S1")
-        for values in columns.values():
+        for name, values in columns.items():
             if values.dtype.kind in "iub":
                 text = np.where(values.astype(bool), b"1", b"0")
+            elif name == "threshold":  # a few distinct values per block: format each once
+                distinct, where = np.unique(values, return_inverse=True)
+                text = np.array(format_scientific(distinct), dtype="S12")[where]
             else:
                 text = np.array(format_scientific(values), dtype="S12")
             suffix = np.strings.add(np.strings.add(suffix, self.delim), text)

@@ -90,7 +90,7 @@ def iter_detect(
                         "(name one with time_column, or give the window in rows)")
     thresholder = Thresholder(det, window, str(threshold_window), spec.follow_level)
     total_bytes = p.stat().st_size
-    result_cols = (["reconstruction_error", "is_anomaly"] + (["threshold"] if window is not None else [])
+    result_cols = (["reconstruction_error", "is_anomaly"] + (["threshold"] if thresholder.moving else [])
                    + ([f"{f}_contribution" for f in features] if per_feature else []))
     stream = det.stream()
     pending = _Pending()

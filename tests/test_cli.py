@@ -231,8 +231,11 @@ def test_detect_finds_blatant_anomalies_at_the_expected_false_positive_rate(cli_
 def test_output_csv_keeps_every_input_column_and_row(cli_detection, dataset):
     original = pd.read_csv(dataset["test"], dtype=str)
     out = pd.read_csv(cli_detection["csv"], dtype=str)
-    assert list(out.columns) == list(original.columns) + ["reconstruction_error", "is_anomaly"] + \
+    # threshold: the one each row was held to (the stored one, or higher where the file's level was followed)
+    assert list(out.columns) == list(original.columns) + ["reconstruction_error", "is_anomaly", "threshold"] + \
         [f"{f}_contribution" for f in dataset["features"]]
+    assert (out["is_anomaly"].astype(int) == (out["reconstruction_error"].astype(float)
+                                               > out["threshold"].astype(float))).all()
     assert len(out) == len(original)
     pd.testing.assert_frame_equal(out[original.columns], original)
     by_index = {r["index"]: r for r in cli_detection["summary"]["results"]}

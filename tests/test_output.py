@@ -65,12 +65,12 @@ def test_csv_output_passes_every_input_line_through(trained, rows, tmp_path, var
     data_in = in_lines[1:] if header else in_lines
     assert len(out_lines) == len(data_in) + 1  # a header row, then one line per input row
     if header:
-        assert out_lines[0] == in_lines[0] + delim + b"reconstruction_error" + delim + b"is_anomaly"
+        assert out_lines[0] == in_lines[0] + delim + delim.join([b"reconstruction_error", b"is_anomaly", b"threshold"])
     for a, b in zip(data_in, out_lines[1:]):
         assert b.startswith(a + delim), (a, b)
-        error, flag = b[len(a) + 1:].split(delim)
-        assert float(error) >= 0 and flag in (b"0", b"1")
-    # and it reads back as a table: every input column and value, plus the two result columns
+        error, flag, threshold = b[len(a) + 1:].split(delim)
+        assert float(error) >= 0 and flag in (b"0", b"1") and float(threshold) > 0
+    # and it reads back as a table: every input column and value, plus the result columns
     back = pd.read_csv(out, sep=r"\s+" if sep == " " else sep, dtype=str, encoding="utf-8")
     assert len(back) == len(frame)
     if header:
@@ -98,7 +98,7 @@ def test_json_outputs_round_trip(trained, rows, tmp_path, suffix):
     else:
         records = [strict_json(line) for line in text.splitlines() if line.strip()]
     assert [r["index"] for r in records] == list(range(len(frame)))
-    expected_keys = {"index", *frame.columns, "reconstruction_error", "is_anomaly",
+    expected_keys = {"index", *frame.columns, "reconstruction_error", "is_anomaly", "threshold",
                      *(f"sensor_{j}_contribution" for j in range(4))}
     assert all(set(r) == expected_keys for r in records)
     assert records[3]["reconstruction_error"] is None and records[3]["is_anomaly"] is False
