@@ -82,9 +82,9 @@ class Summary:
         self._add_segments(start, scores, flags.astype(bool), row_err, times)
         cap = self.max_results
         # rows whose threshold moved (rolling, or following the file's level) say which one they were held to
-        own = (lambda i: None) if thresholds is None else (
-            lambda i: None if np.broadcast_to(thresholds, scores.shape)[i] == self.threshold
-            else float(np.broadcast_to(thresholds, scores.shape)[i]))
+        per_row = None if thresholds is None else np.broadcast_to(thresholds, scores.shape)
+        own = (lambda i: None) if per_row is None else (
+            lambda i: None if per_row[i] == self.threshold else float(per_row[i]))
         if cap is None or len(self.anom_rows) < cap:
             take = idx if cap is None else idx[: cap - len(self.anom_rows)]
             rows = [_row(start, i, scores, times, True, own(i)) for i in take]
