@@ -10,6 +10,7 @@ accepts the other accepts too.
 from __future__ import annotations
 
 import csv
+import operator
 import gzip
 import io
 import os
@@ -416,7 +417,34 @@ class Block:
 
     start: int  # index of the first row in the file (0-based, data rows only)
     raw_lines: list[bytes]  # each line without its terminator
+    frame: pd.DataFrame | None  # None for a block from the parser process: `numbers` and `texts` hold its columns
+    texts: dict | None = None  # column -> values (`anomaly.parse_process.Texts`)
+    numbers: tuple[list[str], np.ndarray] | None = None  # (columns, C-ordered float64 matrix)
+
+    def matrix(self, columns: list[str]) -> np.ndarray:
+        """Numeric columns as a float64 (rows, columns) matrix."""
+        if self.numbers is not None:
+            names, X = self.numbers
+            return X if names == columns else X[:, [names.index(c) for c in columns]]
+        return self.frame[columns].to_numpy(np.float64)
+
+    def text(self, column: str):
+        """A text column's values as strings (NaN where empty), indexable row by row."""
+        if self.texts is not None and column in self.texts:
+            return self.texts[column]
+        return self.frame[column].astype(str).to_numpy()
+
+
+@dataclass
+class Parsed:
+    """One block as the reader made it: `plain` when its lines are exactly the body split at newlines (what
+    the parser process checks to send the body instead of the lines)."""
+
+    start: int
+    body: bytes
+    lines: list[bytes]
     frame: pd.DataFrame
+    plain: bool
 
 
 def iter_blocks(path: str | os.PathLike, fmt: CsvFormat, numeric_cols: list[str], block_bytes: int = 32 << 20,
@@ -424,6 +452,13 @@ def iter_blocks(path: str | os.PathLike, fmt: CsvFormat, numeric_cols: list[str]
     """Yield consecutive blocks of data rows; memory stays bounded whatever the file size. Without
     `all_columns` the frame holds only `numeric_cols` (turning text columns into objects costs time).
     This is the one reader of data rows: training (`read_table`) and detection both go through it."""
+    for block in iter_parsed(path, fmt, numeric_cols, block_bytes, all_columns, text_cols):
+        yield Block(block.start, block.lines, block.frame)
+
+
+def iter_parsed(path: str | os.PathLike, fmt: CsvFormat, numeric_cols: list[str], block_bytes: int = 32 << 20,
+                all_columns: bool = True, text_cols: list[str] = ()) -> Iterator[Parsed]:
+    """`iter_blocks` with each block's body (the parser process sends it on)."""
     p = Path(path)
     opener = gzip.open if fmt.compression else open
     dtype = {c: np.float32 for c in numeric_cols}
@@ -447,23 +482,69 @@ def iter_blocks(path: str | os.PathLike, fmt: CsvFormat, numeric_cols: list[str]
                 lines = body.split(b"\n")
                 if lines and lines[-1] == b"":
                     lines.pop()
+                plain = True
                 if lines and lines[0].endswith(b"\r"):
                     lines = [ln[:-1] if ln.endswith(b"\r") else ln for ln in lines]
+                    plain = False
                 raw = lines
                 if not all(lines):  # pandas skips blank (and whitespace-only) lines; so do we
                     lines = [ln for ln in lines if ln.strip()]
+                    plain = False
                 if lines:
                     # pandas skips blank lines and handles CRLF itself, so the block is parsed as it is
                     frame = _parse_block(body, fmt, dtype, p, None if all_columns else
                                          list(dict.fromkeys([*numeric_cols, *text_cols])), text_cols)
                     if len(frame) != len(lines) and b'"' in body:
                         lines = _quoted_records(raw)  # a quoted field spans lines: one record, several lines
+                        plain = False
                     if len(frame) != len(lines):
                         raise DataError(f"malformed CSV in {p}: line structure around row {row} could not be read")
-                    yield Block(row, lines, frame)
+                    yield Parsed(row, body, lines, frame, plain)
                     row += len(lines)
             if not chunk:
                 break
+
+
+class LineTexts:
+    """A text column (the time column) of a block, read from its raw lines only for the rows asked for: the
+    summary names the times of a few rows per block, and parsing the whole column cost more than the numbers.
+    Each line is parsed by the same parser as a whole block (a line is a whole record), so the values match."""
+
+    MANY = 64  # single rows asked for before the whole column is parsed at once
+
+    def __init__(self, lines: list[bytes], path: Path, fmt: CsvFormat, column: str):
+        self.lines, self.path, self.fmt, self.column = lines, path, fmt, column
+        self.values: np.ndarray | None = None
+        self.asked = 0
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    def __getitem__(self, i):
+        if self.values is None and self.asked < self.MANY:
+            self.asked += 1
+            return self._parse([self.lines[operator.index(i)]])[0]
+        return self.__array__()[i]
+
+    def __iter__(self):
+        return iter(self.__array__())
+
+    def __array__(self, dtype=None, copy=None):
+        if self.values is None:
+            self.values = self._parse(self.lines)
+        return self.values if dtype is None else self.values.astype(dtype)
+
+    def _parse(self, lines: list[bytes]) -> np.ndarray:
+        frame = _parse_block(b"\n".join(lines) + b"\n", self.fmt, {}, self.path, [self.column], [self.column])
+        return frame[self.column].astype(str).to_numpy()
+
+
+def plain_lines(body: bytes) -> list[bytes]:
+    """The lines of a `plain` block's body, as `iter_parsed` split them."""
+    lines = body.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    return lines
 
 
 def _read_chunk(f, size: int, p: Path, line: bool = False) -> bytes:

@@ -67,10 +67,6 @@ def iter_detect(
     `threshold_window` (rows, or a time span such as `7d`) makes the threshold follow the data (`anomaly.rolling`).
     `row_features`: each anomalous row in `results` also names its strongest features (the MCP reply)."""
     spec = parse(DetectSpec, spec, **params)
-    output, per_feature, missing, plot = spec.output, spec.per_feature, spec.missing, spec.plot
-    label_column, max_results, return_details = spec.label_column, spec.max_results, spec.return_details
-    time_column, threshold_window = spec.time_column, spec.threshold_window
-    device, precision = spec.device or "auto", spec.precision
     started = time.perf_counter()
     p = data.check_file(file_path)  # before loading the model: a typo in the file name fails at once
     fmt = data.sniff(p)
@@ -78,6 +74,22 @@ def iter_detect(
         paths, label = artifact_paths(version, store)
     else:
         label = str(paths.model.parent)
+    # A large file is parsed by a child process, started before the model is loaded: it parses while torch is
+    # imported. Its columns come from the saved config; once the model is loaded they are checked again.
+    reader = _early_reader(p, fmt, paths, spec, block_bytes)
+    try:
+        yield from _detect(p, fmt, spec, paths, label, reader, started, anomaly_events, block_bytes, row_features)
+    finally:
+        if reader is not None:
+            reader.close()
+
+
+def _detect(p, fmt, spec: DetectSpec, paths: ArtifactPaths, label: str, reader, started: float,
+            anomaly_events: bool, block_bytes: int, row_features: bool) -> Iterator[dict]:
+    output, per_feature, missing, plot = spec.output, spec.per_feature, spec.missing, spec.plot
+    label_column, max_results, return_details = spec.label_column, spec.max_results, spec.return_details
+    time_column, threshold_window = spec.time_column, spec.threshold_window
+    device, precision = spec.device or "auto", spec.precision
     det = load_detector(paths, label, device, precision)
     features = det.feature_names_
     numeric, _ = data.numeric_columns(p, fmt)
@@ -105,11 +117,20 @@ def iter_detect(
             from .output import ResultWriter
             writer = ResultWriter(output, fmt, fmt.header_line, result_cols, source=p)
         json_output = bool(output) and Path(output).suffix.lower() in (".json", ".jsonl", ".ndjson")
-        blocks = data.prefetch(data.iter_blocks(p, fmt, used + ([label_col] if label_col else []), block_bytes,
-                                                all_columns=json_output or bool(plot),
-                                                text_cols=[time_col] if time_col else []))
+        every_column = json_output or bool(plot)
+        # The time column is read from the lines only for the rows the summary names (parsing it all cost more
+        # than parsing the numbers); JSON output and plots hold every column anyway.
+        text_cols = [time_col] if time_col and every_column else []
+        if reader is not None and reader.serves(used) and not (every_column or label_col):
+            source = reader.blocks()
+        else:
+            source = data.iter_blocks(p, fmt, used + ([label_col] if label_col else []), block_bytes,
+                                      all_columns=every_column, text_cols=text_cols)
+        blocks = data.prefetch(source)
         for block in blocks:
-            X = block.frame[used].to_numpy(np.float64)  # float64: 1e39 is a huge value, not an overflow to inf
+            if time_col and not text_cols:
+                block.texts = {time_col: data.LineTexts(block.raw_lines, p, fmt, time_col)}
+            X = block.matrix(used)  # float64: 1e39 is a huge value, not an overflow to inf
             X, mask = filler.push(X, block.start)
             if label_col:
                 acc.add_labels(block.frame[label_col].to_numpy(), label_col)
@@ -144,6 +165,27 @@ def iter_detect(
     finally:
         if writer:
             writer.abort()
+
+
+def _early_reader(p: Path, fmt: data.CsvFormat, paths: ArtifactPaths, spec: DetectSpec, block_bytes: int):
+    """A `parse_process.ParserProcess` already parsing the file, or None (a small file, JSON output or a plot,
+    which need every column, a label column, or anything amiss: the checks after the model is loaded say what)."""
+    from . import parse_process
+
+    if not parse_process.worthwhile(p.stat().st_size) or spec.plot:
+        return None
+    if spec.output and Path(spec.output).suffix.lower() in (".json", ".jsonl", ".ndjson"):
+        return None
+    try:
+        import json
+
+        features = json.loads(paths.config.read_text())["features"]
+        if data.find_label_column(list(fmt.names), spec.label_column):
+            return None
+        used = data.match_features(fmt, data.numeric_columns(p, fmt)[0], list(features))
+        return parse_process.ParserProcess(p, fmt, used, block_bytes)
+    except (AnomalyError, OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 class _MissingFiller:
@@ -239,9 +281,10 @@ def _emit(pending: _Pending, final: bool, det, acc: "Summary", writer, per_featu
             row_err[mask] = errs
         with np.errstate(invalid="ignore"):
             scores = row_err.mean(axis=1) if row_err.shape[1] else np.full(n, np.nan, np.float32)
-        times = block.frame[time_col].astype(str).to_numpy() if time_col else None
+        times = block.text(time_col) if time_col else None
         moving = thresholder is not None and thresholder.rolling is not None
-        threshold = thresholder(scores, data.parse_times(times) if moving and thresholder.rolling.by_time else None) \
+        threshold = thresholder(scores, data.parse_times(np.asarray(times)) if moving and thresholder.rolling.by_time
+                                else None) \
             if thresholder is not None else det.threshold_
         flags = flag(scores, threshold)
         acc.add(block.start, scores, flags, row_err, times, threshold if moving else None)
