@@ -168,6 +168,9 @@ def _progress_bar(total: int):
 
 def cmd_detect(args) -> int:
     from . import service
+    from .memory import reuse_freed_memory
+
+    reuse_freed_memory()  # before the first block: scaling and scoring them faulted fresh pages in every time
 
     spec = specs.parse(specs.DetectSpec, **_spec_args(args, specs.DetectSpec), return_details=args.json)
     paths = _explicit_paths(args, training=False)

@@ -582,40 +582,58 @@ def _quoted_records(lines: list[bytes]) -> list[bytes]:
 def prefetch(items: Iterator, depth: int = 1) -> Iterator:
     """Produce `items` in a background thread, `depth` ahead: pandas parses the next block (without the GIL)
     while the caller scores and writes the current one."""
-    import queue
-    import threading
-
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
-
-    def produce():
-        try:
-            for item in items:
-                while not stop.is_set():
-                    try:
-                        q.put((item, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            q.put((done, None))
-        except BaseException as exc:  # handed to the consumer, raised there
-            q.put((done, exc))
-
-    worker = threading.Thread(target=produce, daemon=True, name="prefetch")
-    worker.start()
+    ahead = Prefetch(items, depth)
     try:
+        yield from ahead
+    finally:
+        ahead.close()
+
+
+class Prefetch:
+    """`prefetch` that starts producing at once, before it is iterated (detection starts reading while torch
+    is imported); `close()` stops the thread."""
+
+    def __init__(self, items: Iterator, depth: int = 1):
+        import queue
+        import threading
+
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.stop = threading.Event()
+        self.done = object()
+        self.items = items
+        threading.Thread(target=self._produce, daemon=True, name="prefetch").start()
+
+    def _produce(self) -> None:
+        import queue
+
+        def put(entry) -> bool:
+            while not self.stop.is_set():
+                try:
+                    self.queue.put(entry, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        try:
+            for item in self.items:
+                if not put((item, None)):
+                    return
+            put((self.done, None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            put((self.done, exc))
+
+    def __iter__(self) -> Iterator:
         while True:
-            item, exc = q.get()
-            if item is done:
+            item, exc = self.queue.get()
+            if item is self.done:
                 if exc is not None:
                     raise exc
                 return
             yield item
-    finally:
-        stop.set()
+
+    def close(self) -> None:
+        self.stop.set()
 
 
 def _parse_block(body: bytes, fmt: CsvFormat, dtype: dict, p: Path, usecols: list[str] | None = None,

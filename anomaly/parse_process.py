@@ -39,12 +39,9 @@ def available() -> bool:
     return hasattr(os, "memfd_create") and hasattr(socket, "send_fds") and sys.platform.startswith("linux")
 
 
-def worthwhile(size: int) -> bool:
-    """Whether a file of `size` bytes is read by a child (ANOMALY_PARSE_PROCESS=0/1 forces it off/on)."""
-    forced = os.environ.get("ANOMALY_PARSE_PROCESS", "").strip()
-    if forced in ("0", "1"):
-        return forced == "1" and available()
-    return available() and size >= MIN_BYTES
+def wanted(size: int) -> bool:
+    """Whether a file is read by a child: only when asked (ANOMALY_PARSE_PROCESS=1), see the module's doc."""
+    return os.environ.get("ANOMALY_PARSE_PROCESS", "").strip() == "1" and available() and size > 0
 
 
 class ParserProcess:
@@ -149,6 +146,9 @@ def serve(fd: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which closes the socket
     sock = socket.socket(fileno=fd)
     from . import data  # pandas: imported while the parent still imports torch
+    from .memory import reuse_freed_memory
+
+    reuse_freed_memory()
 
     credit = DEPTH
     try:

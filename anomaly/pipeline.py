@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -74,18 +75,20 @@ def iter_detect(
         paths, label = artifact_paths(version, store)
     else:
         label = str(paths.model.parent)
-    # A large file is parsed by a child process, started before the model is loaded: it parses while torch is
-    # imported. Its columns come from the saved config; once the model is loaded they are checked again.
-    reader = _early_reader(p, fmt, paths, spec, block_bytes)
+    # Reading starts before the model is loaded, so that the first blocks are parsed while torch is imported;
+    # its columns come from the saved config, and are checked again once the model is loaded.
+    readers = [_early_reader(p, fmt, paths, spec, block_bytes)]
     try:
-        yield from _detect(p, fmt, spec, paths, label, reader, started, anomaly_events, block_bytes, row_features)
+        yield from _detect(p, fmt, spec, paths, label, readers, started, anomaly_events, block_bytes, row_features)
     finally:
-        if reader is not None:
-            reader.close()
+        for reader in readers:
+            if reader is not None:
+                reader.close()
 
 
-def _detect(p, fmt, spec: DetectSpec, paths: ArtifactPaths, label: str, reader, started: float,
+def _detect(p, fmt, spec: DetectSpec, paths: ArtifactPaths, label: str, readers: list, started: float,
             anomaly_events: bool, block_bytes: int, row_features: bool) -> Iterator[dict]:
+    reader = readers[0]
     output, per_feature, missing, plot = spec.output, spec.per_feature, spec.missing, spec.plot
     label_column, max_results, return_details = spec.label_column, spec.max_results, spec.return_details
     time_column, threshold_window = spec.time_column, spec.threshold_window
@@ -116,18 +119,14 @@ def _detect(p, fmt, spec: DetectSpec, paths: ArtifactPaths, label: str, reader, 
         if output:  # inside the try: an interruption from here on removes the temporary file
             from .output import ResultWriter
             writer = ResultWriter(output, fmt, fmt.header_line, result_cols, source=p)
-        json_output = bool(output) and Path(output).suffix.lower() in (".json", ".jsonl", ".ndjson")
-        every_column = json_output or bool(plot)
-        # The time column is read from the lines only for the rows the summary names (parsing it all cost more
-        # than parsing the numbers); JSON output and plots hold every column anyway.
-        text_cols = [time_col] if time_col and every_column else []
-        if reader is not None and reader.serves(used) and not (every_column or label_col):
-            source = reader.blocks()
-        else:
-            source = data.iter_blocks(p, fmt, used + ([label_col] if label_col else []), block_bytes,
-                                      all_columns=every_column, text_cols=text_cols)
-        blocks = data.prefetch(source)
-        for block in blocks:
+        plan = _read_plan(spec, used, label_col, time_col)
+        if reader is None or reader.plan != plan:  # the model's columns are not the ones the config named
+            if reader is not None:
+                reader.close()
+            reader = _Reader(p, fmt, plan, block_bytes)
+            readers.append(reader)
+        text_cols = plan.text_cols
+        for block in reader:
             if time_col and not text_cols:
                 block.texts = {time_col: data.LineTexts(block.raw_lines, p, fmt, time_col)}
             X = block.matrix(used)  # float64: 1e39 is a huge value, not an overflow to inf
@@ -167,24 +166,66 @@ def _detect(p, fmt, spec: DetectSpec, paths: ArtifactPaths, label: str, reader, 
             writer.abort()
 
 
-def _early_reader(p: Path, fmt: data.CsvFormat, paths: ArtifactPaths, spec: DetectSpec, block_bytes: int):
-    """A `parse_process.ParserProcess` already parsing the file, or None (a small file, JSON output or a plot,
-    which need every column, a label column, or anything amiss: the checks after the model is loaded say what)."""
-    from . import parse_process
+@dataclass(frozen=True)
+class _ReadPlan:
+    """What is read of each block: the numeric columns, every column (JSON output and plots hold them all) and
+    the text columns parsed with the numbers."""
 
-    if not parse_process.worthwhile(p.stat().st_size) or spec.plot:
-        return None
-    if spec.output and Path(spec.output).suffix.lower() in (".json", ".jsonl", ".ndjson"):
-        return None
+    columns: tuple[str, ...]
+    all_columns: bool
+    text_cols: tuple[str, ...]
+    labelled: bool
+
+
+def _read_plan(spec: DetectSpec, used: list[str], label_col: str | None, time_col: str | None) -> _ReadPlan:
+    json_output = bool(spec.output) and Path(spec.output).suffix.lower() in (".json", ".jsonl", ".ndjson")
+    every_column = json_output or bool(spec.plot)
+    # The time column is otherwise read from the lines, only for the rows the summary names (`data.LineTexts`):
+    # parsing it all cost more than parsing the numbers.
+    return _ReadPlan(tuple(used + ([label_col] if label_col else [])), every_column,
+                     (time_col,) if time_col and every_column else (), label_col is not None)
+
+
+class _Reader:
+    """The blocks of a file as `plan` says, read ahead in a thread (or a parser process, `anomaly.parse_process`)
+    from the moment it is made."""
+
+    def __init__(self, p: Path, fmt: data.CsvFormat, plan: _ReadPlan, block_bytes: int):
+        from . import parse_process
+
+        self.plan, self.process = plan, None
+        if parse_process.wanted(p.stat().st_size) and not (plan.all_columns or plan.labelled):
+            self.process = parse_process.ParserProcess(p, fmt, list(plan.columns), block_bytes)
+            source = self.process.blocks()
+        else:
+            source = data.iter_blocks(p, fmt, list(plan.columns), block_bytes, all_columns=plan.all_columns,
+                                      text_cols=list(plan.text_cols))
+        self.ahead = data.Prefetch(source, READ_AHEAD)
+
+    def __iter__(self):
+        return iter(self.ahead)
+
+    def close(self) -> None:
+        self.ahead.close()
+        if self.process is not None:
+            self.process.close()
+
+
+READ_AHEAD = 2  # blocks parsed ahead: while torch is imported the reader gets that far
+
+
+def _early_reader(p: Path, fmt: data.CsvFormat, paths: ArtifactPaths, spec: DetectSpec, block_bytes: int):
+    """A `_Reader` for the columns the saved config names, or None when anything is amiss (the checks after
+    the model is loaded say what, in their usual order)."""
     try:
         import json
 
-        features = json.loads(paths.config.read_text())["features"]
-        if data.find_label_column(list(fmt.names), spec.label_column):
-            return None
-        used = data.match_features(fmt, data.numeric_columns(p, fmt)[0], list(features))
-        return parse_process.ParserProcess(p, fmt, used, block_bytes)
-    except (AnomalyError, OSError, ValueError, KeyError, TypeError):
+        features = list(json.loads(paths.config.read_text())["features"])
+        label_col = data.find_label_column(list(fmt.names), spec.label_column)
+        used = data.match_features(fmt, data.numeric_columns(p, fmt)[0], features, label_col)
+        time_col = data.time_column(list(fmt.names), used, spec.time_column)
+        return _Reader(p, fmt, _read_plan(spec, used, label_col, time_col), block_bytes)
+    except Exception:  # noqa: BLE001 - a corrupt config or a file that does not fit: reported after the load
         return None
 
 
