@@ -10,9 +10,9 @@ accepts the other accepts too.
 from __future__ import annotations
 
 import csv
-import operator
 import gzip
 import io
+import operator
 import os
 import stat
 import warnings
