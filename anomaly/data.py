@@ -417,16 +417,8 @@ class Block:
 
     start: int  # index of the first row in the file (0-based, data rows only)
     raw_lines: list[bytes]  # each line without its terminator
-    frame: pd.DataFrame | None  # None for a block from the parser process: `numbers` and `texts` hold its columns
-    texts: dict | None = None  # column -> values (`anomaly.parse_process.Texts`)
-    numbers: tuple[list[str], np.ndarray] | None = None  # (columns, C-ordered float64 matrix)
-
-    def matrix(self, columns: list[str]) -> np.ndarray:
-        """Numeric columns as a float64 (rows, columns) matrix."""
-        if self.numbers is not None:
-            names, X = self.numbers
-            return X if names == columns else X[:, [names.index(c) for c in columns]]
-        return self.frame[columns].to_numpy(np.float64)
+    frame: pd.DataFrame
+    texts: dict | None = None  # text columns read apart from the frame (`LineTexts`)
 
     def text(self, column: str):
         """A text column's values as strings (NaN where empty), indexable row by row."""
@@ -435,30 +427,11 @@ class Block:
         return self.frame[column].astype(str).to_numpy()
 
 
-@dataclass
-class Parsed:
-    """One block as the reader made it: `plain` when its lines are exactly the body split at newlines (what
-    the parser process checks to send the body instead of the lines)."""
-
-    start: int
-    body: bytes
-    lines: list[bytes]
-    frame: pd.DataFrame
-    plain: bool
-
-
 def iter_blocks(path: str | os.PathLike, fmt: CsvFormat, numeric_cols: list[str], block_bytes: int = 32 << 20,
                 all_columns: bool = True, text_cols: list[str] = ()) -> Iterator[Block]:
     """Yield consecutive blocks of data rows; memory stays bounded whatever the file size. Without
     `all_columns` the frame holds only `numeric_cols` (turning text columns into objects costs time).
     This is the one reader of data rows: training (`read_table`) and detection both go through it."""
-    for block in iter_parsed(path, fmt, numeric_cols, block_bytes, all_columns, text_cols):
-        yield Block(block.start, block.lines, block.frame)
-
-
-def iter_parsed(path: str | os.PathLike, fmt: CsvFormat, numeric_cols: list[str], block_bytes: int = 32 << 20,
-                all_columns: bool = True, text_cols: list[str] = ()) -> Iterator[Parsed]:
-    """`iter_blocks` with each block's body (the parser process sends it on)."""
     p = Path(path)
     opener = gzip.open if fmt.compression else open
     dtype = {c: np.float32 for c in numeric_cols}
@@ -482,24 +455,20 @@ def iter_parsed(path: str | os.PathLike, fmt: CsvFormat, numeric_cols: list[str]
                 lines = body.split(b"\n")
                 if lines and lines[-1] == b"":
                     lines.pop()
-                plain = True
                 if lines and lines[0].endswith(b"\r"):
                     lines = [ln[:-1] if ln.endswith(b"\r") else ln for ln in lines]
-                    plain = False
                 raw = lines
                 if not all(lines):  # pandas skips blank (and whitespace-only) lines; so do we
                     lines = [ln for ln in lines if ln.strip()]
-                    plain = False
                 if lines:
                     # pandas skips blank lines and handles CRLF itself, so the block is parsed as it is
                     frame = _parse_block(body, fmt, dtype, p, None if all_columns else
                                          list(dict.fromkeys([*numeric_cols, *text_cols])), text_cols)
                     if len(frame) != len(lines) and b'"' in body:
                         lines = _quoted_records(raw)  # a quoted field spans lines: one record, several lines
-                        plain = False
                     if len(frame) != len(lines):
                         raise DataError(f"malformed CSV in {p}: line structure around row {row} could not be read")
-                    yield Parsed(row, body, lines, frame, plain)
+                    yield Block(row, lines, frame)
                     row += len(lines)
             if not chunk:
                 break
@@ -537,14 +506,6 @@ class LineTexts:
     def _parse(self, lines: list[bytes]) -> np.ndarray:
         frame = _parse_block(b"\n".join(lines) + b"\n", self.fmt, {}, self.path, [self.column], [self.column])
         return frame[self.column].astype(str).to_numpy()
-
-
-def plain_lines(body: bytes) -> list[bytes]:
-    """The lines of a `plain` block's body, as `iter_parsed` split them."""
-    lines = body.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    return lines
 
 
 def _read_chunk(f, size: int, p: Path, line: bool = False) -> bytes:

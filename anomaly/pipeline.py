@@ -129,7 +129,7 @@ def _detect(p, fmt, spec: DetectSpec, paths: ArtifactPaths, label: str, readers:
         for block in reader:
             if time_col and not text_cols:
                 block.texts = {time_col: data.LineTexts(block.raw_lines, p, fmt, time_col)}
-            X = block.matrix(used)  # float64: 1e39 is a huge value, not an overflow to inf
+            X = block.frame[used].to_numpy(np.float64)  # float64: 1e39 is a huge value, not an overflow to inf
             X, mask = filler.push(X, block.start)
             if label_col:
                 acc.add_labels(block.frame[label_col].to_numpy(), label_col)
@@ -174,7 +174,6 @@ class _ReadPlan:
     columns: tuple[str, ...]
     all_columns: bool
     text_cols: tuple[str, ...]
-    labelled: bool
 
 
 def _read_plan(spec: DetectSpec, used: list[str], label_col: str | None, time_col: str | None) -> _ReadPlan:
@@ -183,32 +182,23 @@ def _read_plan(spec: DetectSpec, used: list[str], label_col: str | None, time_co
     # The time column is otherwise read from the lines, only for the rows the summary names (`data.LineTexts`):
     # parsing it all cost more than parsing the numbers.
     return _ReadPlan(tuple(used + ([label_col] if label_col else [])), every_column,
-                     (time_col,) if time_col and every_column else (), label_col is not None)
+                     (time_col,) if time_col and every_column else ())
 
 
 class _Reader:
-    """The blocks of a file as `plan` says, read ahead in a thread (or a parser process, `anomaly.parse_process`)
-    from the moment it is made."""
+    """The blocks of a file as `plan` says, read ahead in a thread from the moment it is made."""
 
     def __init__(self, p: Path, fmt: data.CsvFormat, plan: _ReadPlan, block_bytes: int):
-        from . import parse_process
-
-        self.plan, self.process = plan, None
-        if parse_process.wanted(p.stat().st_size) and not (plan.all_columns or plan.labelled):
-            self.process = parse_process.ParserProcess(p, fmt, list(plan.columns), block_bytes)
-            source = self.process.blocks()
-        else:
-            source = data.iter_blocks(p, fmt, list(plan.columns), block_bytes, all_columns=plan.all_columns,
-                                      text_cols=list(plan.text_cols))
-        self.ahead = data.Prefetch(source, READ_AHEAD)
+        self.plan = plan
+        self.ahead = data.Prefetch(data.iter_blocks(p, fmt, list(plan.columns), block_bytes,
+                                                    all_columns=plan.all_columns, text_cols=list(plan.text_cols)),
+                                   READ_AHEAD)
 
     def __iter__(self):
         return iter(self.ahead)
 
     def close(self) -> None:
         self.ahead.close()
-        if self.process is not None:
-            self.process.close()
 
 
 READ_AHEAD = 2  # blocks parsed ahead: while torch is imported the reader gets that far
