@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import importlib
 import importlib.util
@@ -10,7 +11,7 @@ import signal
 import sys
 import threading
 
-from . import __version__, jsonsafe, logs, specs
+from . import __version__, jsonsafe, logs, memory, specs
 from .errors import AnomalyError
 
 # Subcommands that live in their own module: `add_arguments(parser)` and `run(args) -> int`.
@@ -168,13 +169,12 @@ def _progress_bar(total: int):
 
 def cmd_detect(args) -> int:
     from . import service
-    from .memory import reuse_freed_memory
-
-    reuse_freed_memory()  # before the first block: scaling and scoring them faulted fresh pages in every time
 
     spec = specs.parse(specs.DetectSpec, **_spec_args(args, specs.DetectSpec), return_details=args.json)
     paths = _explicit_paths(args, training=False)
-    result = service.detect(args.data, spec, version=args.version, store=_store(args), paths=paths)
+    with memory.no_collection_until_progress(args.program) as progress:
+        result = service.detect(args.data, spec, version=args.version, store=_store(args), paths=paths,
+                                progress=progress)
     if args.json:
         print(jsonsafe.dumps(result, indent=2))
         return 0
@@ -297,9 +297,15 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, program: bool | None = None) -> int:
+    """Run a command; `program`: this process is the command (default: when `argv` is None, i.e. from the
+    command line), so it may tune the process for a run that ends in exit (`anomaly.memory`)."""
     args = build_parser().parse_args(argv)
     logs.configure(args.log_level, args.log_json)
+    args.program = argv is None if program is None else program
+    if args.program:
+        memory.reuse_freed_memory()
+        atexit.register(memory.exit_without_collecting)
     try:
         with _sigterm_as_interrupt():
             if args.command in COMMANDS:
@@ -330,8 +336,8 @@ def _kept(args) -> str:
 
 
 def train_main() -> int:
-    return main(["train", *sys.argv[1:]])
+    return main(["train", *sys.argv[1:]], program=True)
 
 
 def detect_main() -> int:
-    return main(["detect", *sys.argv[1:]])
+    return main(["detect", *sys.argv[1:]], program=True)
