@@ -428,9 +428,11 @@ class Block:
 
 
 def iter_blocks(path: str | os.PathLike, fmt: CsvFormat, numeric_cols: list[str], block_bytes: int = 32 << 20,
-                all_columns: bool = True, text_cols: list[str] = ()) -> Iterator[Block]:
+                all_columns: bool = True, text_cols: list[str] = (),
+                lazy_text_cols: list[str] = ()) -> Iterator[Block]:
     """Yield consecutive blocks of data rows; memory stays bounded whatever the file size. Without
     `all_columns` the frame holds only `numeric_cols` (turning text columns into objects costs time).
+    `lazy_text_cols` are read from a block's lines only for the rows asked for (`Block.text`, `LineTexts`).
     This is the one reader of data rows: training (`read_table`) and detection both go through it."""
     p = Path(path)
     opener = gzip.open if fmt.compression else open
@@ -455,20 +457,25 @@ def iter_blocks(path: str | os.PathLike, fmt: CsvFormat, numeric_cols: list[str]
                 lines = body.split(b"\n")
                 if lines and lines[-1] == b"":
                     lines.pop()
-                if lines and lines[0].endswith(b"\r"):
+                crlf = bool(lines) and lines[0].endswith(b"\r")
+                if crlf:
                     lines = [ln[:-1] if ln.endswith(b"\r") else ln for ln in lines]
                 raw = lines
                 if not all(lines):  # pandas skips blank (and whitespace-only) lines; so do we
                     lines = [ln for ln in lines if ln.strip()]
                 if lines:
+                    texts = None
                     # pandas skips blank lines and handles CRLF itself, so the block is parsed as it is
                     frame = _parse_block(body, fmt, dtype, p, None if all_columns else
                                          list(dict.fromkeys([*numeric_cols, *text_cols])), text_cols)
                     if len(frame) != len(lines) and b'"' in body:
                         lines = _quoted_records(raw)  # a quoted field spans lines: one record, several lines
+                        if crlf and lazy_text_cols:  # its records lost their inner CR: parse the columns now
+                            parsed = _parse_block(body, fmt, {}, p, list(lazy_text_cols), list(lazy_text_cols))
+                            texts = {c: parsed[c].astype(str).to_numpy() for c in lazy_text_cols}
                     if len(frame) != len(lines):
                         raise DataError(f"malformed CSV in {p}: line structure around row {row} could not be read")
-                    yield Block(row, lines, frame)
+                    yield Block(row, lines, frame, texts or {c: LineTexts(lines, p, fmt, c) for c in lazy_text_cols})
                     row += len(lines)
             if not chunk:
                 break

@@ -125,10 +125,7 @@ def _detect(p, fmt, spec: DetectSpec, paths: ArtifactPaths, label: str, readers:
                 reader.close()
             reader = _Reader(p, fmt, plan, block_bytes)
             readers.append(reader)
-        text_cols = plan.text_cols
         for block in reader:
-            if time_col and not text_cols:
-                block.texts = {time_col: data.LineTexts(block.raw_lines, p, fmt, time_col)}
             X = block.frame[used].to_numpy(np.float64)  # float64: 1e39 is a huge value, not an overflow to inf
             X, mask = filler.push(X, block.start)
             if label_col:
@@ -168,12 +165,13 @@ def _detect(p, fmt, spec: DetectSpec, paths: ArtifactPaths, label: str, readers:
 
 @dataclass(frozen=True)
 class _ReadPlan:
-    """What is read of each block: the numeric columns, every column (JSON output and plots hold them all) and
-    the text columns parsed with the numbers."""
+    """What is read of each block: the numeric columns, every column (JSON output and plots hold them all), the
+    text columns parsed with the numbers and those read from the lines when asked for."""
 
     columns: tuple[str, ...]
     all_columns: bool
     text_cols: tuple[str, ...]
+    lazy_text_cols: tuple[str, ...]
 
 
 def _read_plan(spec: DetectSpec, used: list[str], label_col: str | None, time_col: str | None) -> _ReadPlan:
@@ -181,8 +179,9 @@ def _read_plan(spec: DetectSpec, used: list[str], label_col: str | None, time_co
     every_column = json_output or bool(spec.plot)
     # The time column is otherwise read from the lines, only for the rows the summary names (`data.LineTexts`):
     # parsing it all cost more than parsing the numbers.
+    time_cols = (time_col,) if time_col else ()
     return _ReadPlan(tuple(used + ([label_col] if label_col else [])), every_column,
-                     (time_col,) if time_col and every_column else ())
+                     time_cols if every_column else (), () if every_column else time_cols)
 
 
 class _Reader:
@@ -191,7 +190,8 @@ class _Reader:
     def __init__(self, p: Path, fmt: data.CsvFormat, plan: _ReadPlan, block_bytes: int):
         self.plan = plan
         self.ahead = data.Prefetch(data.iter_blocks(p, fmt, list(plan.columns), block_bytes,
-                                                    all_columns=plan.all_columns, text_cols=list(plan.text_cols)),
+                                                    all_columns=plan.all_columns, text_cols=list(plan.text_cols),
+                                                    lazy_text_cols=list(plan.lazy_text_cols)),
                                    READ_AHEAD)
 
     def __iter__(self):
