@@ -275,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"train": cmd_train, "detect": cmd_detect, "models": cmd_models}
+ONE_SHOT = {"train", "detect"}  # commands that run once and exit, for `anomaly.memory`'s process tuning
 
 
 class Terminated(KeyboardInterrupt):
@@ -302,7 +303,8 @@ def main(argv: list[str] | None = None, program: bool | None = None) -> int:
     command line), so it may tune the process for a run that ends in exit (`anomaly.memory`)."""
     args = build_parser().parse_args(argv)
     logs.configure(args.log_level, args.log_json)
-    args.program = argv is None if program is None else program
+    # servers (`serve`, `mcp`) run on and give memory back: only the one-shot commands tune their process
+    args.program = (argv is None if program is None else program) and args.command in ONE_SHOT
     if args.program:
         memory.reuse_freed_memory()
         atexit.register(memory.exit_without_collecting)
