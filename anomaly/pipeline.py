@@ -307,9 +307,12 @@ def _emit(pending: _Pending, final: bool, det, acc: "Summary", writer, per_featu
 
     for block, mask, errs in pending.ready(final):
         n = len(block.raw_lines)
-        row_err = np.full((n, len(det.feature_names_)), np.nan, np.float32)
-        if len(errs):
-            row_err[mask] = errs
+        if len(errs) == n and errs.shape[1:] == (len(det.feature_names_),):  # every row kept: no scatter
+            row_err = np.array(errs, np.float32)  # a fresh array, as the scatter gave (the same mean below)
+        else:
+            row_err = np.full((n, len(det.feature_names_)), np.nan, np.float32)
+            if len(errs):
+                row_err[mask] = errs
         with np.errstate(invalid="ignore"):
             scores = row_err.mean(axis=1) if row_err.shape[1] else np.full(n, np.nan, np.float32)
         times = block.text(time_col) if time_col else None
