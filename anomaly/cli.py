@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import importlib
 import importlib.util
@@ -10,7 +11,7 @@ import signal
 import sys
 import threading
 
-from . import __version__, jsonsafe, logs, specs
+from . import __version__, jsonsafe, logs, memory, specs
 from .errors import AnomalyError
 
 # Subcommands that live in their own module: `add_arguments(parser)` and `run(args) -> int`.
@@ -171,7 +172,9 @@ def cmd_detect(args) -> int:
 
     spec = specs.parse(specs.DetectSpec, **_spec_args(args, specs.DetectSpec), return_details=args.json)
     paths = _explicit_paths(args, training=False)
-    result = service.detect(args.data, spec, version=args.version, store=_store(args), paths=paths)
+    with memory.no_collection_until_progress(args.program) as progress:
+        result = service.detect(args.data, spec, version=args.version, store=_store(args), paths=paths,
+                                progress=progress)
     if args.json:
         print(jsonsafe.dumps(result, indent=2))
         return 0
@@ -272,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"train": cmd_train, "detect": cmd_detect, "models": cmd_models}
+ONE_SHOT = {"train", "detect"}  # commands that run once and exit, for `anomaly.memory`'s process tuning
 
 
 class Terminated(KeyboardInterrupt):
@@ -294,9 +298,16 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, program: bool | None = None) -> int:
+    """Run a command; `program`: this process is the command (default: when `argv` is None, i.e. from the
+    command line), so it may tune the process for a run that ends in exit (`anomaly.memory`)."""
     args = build_parser().parse_args(argv)
     logs.configure(args.log_level, args.log_json)
+    # servers (`serve`, `mcp`) run on and give memory back: only the one-shot commands tune their process
+    args.program = (argv is None if program is None else program) and args.command in ONE_SHOT
+    if args.program:
+        memory.reuse_freed_memory()
+        atexit.register(memory.exit_without_collecting)
     try:
         with _sigterm_as_interrupt():
             if args.command in COMMANDS:
@@ -327,8 +338,8 @@ def _kept(args) -> str:
 
 
 def train_main() -> int:
-    return main(["train", *sys.argv[1:]])
+    return main(["train", *sys.argv[1:]], program=True)
 
 
 def detect_main() -> int:
-    return main(["detect", *sys.argv[1:]])
+    return main(["detect", *sys.argv[1:]], program=True)

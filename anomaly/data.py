@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import operator
 import os
 import stat
 import warnings
@@ -417,12 +418,21 @@ class Block:
     start: int  # index of the first row in the file (0-based, data rows only)
     raw_lines: list[bytes]  # each line without its terminator
     frame: pd.DataFrame
+    texts: dict | None = None  # text columns read apart from the frame (`LineTexts`)
+
+    def text(self, column: str):
+        """A text column's values as strings (NaN where empty), indexable row by row."""
+        if self.texts is not None and column in self.texts:
+            return self.texts[column]
+        return self.frame[column].astype(str).to_numpy()
 
 
 def iter_blocks(path: str | os.PathLike, fmt: CsvFormat, numeric_cols: list[str], block_bytes: int = 32 << 20,
-                all_columns: bool = True, text_cols: list[str] = ()) -> Iterator[Block]:
+                all_columns: bool = True, text_cols: list[str] = (),
+                lazy_text_cols: list[str] = ()) -> Iterator[Block]:
     """Yield consecutive blocks of data rows; memory stays bounded whatever the file size. Without
     `all_columns` the frame holds only `numeric_cols` (turning text columns into objects costs time).
+    `lazy_text_cols` are read from a block's lines only for the rows asked for (`Block.text`, `LineTexts`).
     This is the one reader of data rows: training (`read_table`) and detection both go through it."""
     p = Path(path)
     opener = gzip.open if fmt.compression else open
@@ -447,23 +457,62 @@ def iter_blocks(path: str | os.PathLike, fmt: CsvFormat, numeric_cols: list[str]
                 lines = body.split(b"\n")
                 if lines and lines[-1] == b"":
                     lines.pop()
-                if lines and lines[0].endswith(b"\r"):
+                crlf = bool(lines) and lines[0].endswith(b"\r")
+                if crlf:
                     lines = [ln[:-1] if ln.endswith(b"\r") else ln for ln in lines]
                 raw = lines
                 if not all(lines):  # pandas skips blank (and whitespace-only) lines; so do we
                     lines = [ln for ln in lines if ln.strip()]
                 if lines:
+                    texts = None
                     # pandas skips blank lines and handles CRLF itself, so the block is parsed as it is
                     frame = _parse_block(body, fmt, dtype, p, None if all_columns else
                                          list(dict.fromkeys([*numeric_cols, *text_cols])), text_cols)
                     if len(frame) != len(lines) and b'"' in body:
                         lines = _quoted_records(raw)  # a quoted field spans lines: one record, several lines
+                        if crlf and lazy_text_cols:  # its records lost their inner CR: parse the columns now
+                            parsed = _parse_block(body, fmt, {}, p, list(lazy_text_cols), list(lazy_text_cols))
+                            texts = {c: parsed[c].astype(str).to_numpy() for c in lazy_text_cols}
                     if len(frame) != len(lines):
                         raise DataError(f"malformed CSV in {p}: line structure around row {row} could not be read")
-                    yield Block(row, lines, frame)
+                    yield Block(row, lines, frame, texts or {c: LineTexts(lines, p, fmt, c) for c in lazy_text_cols})
                     row += len(lines)
             if not chunk:
                 break
+
+
+class LineTexts:
+    """A text column (the time column) of a block, read from its raw lines only for the rows asked for: the
+    summary names the times of a few rows per block, and parsing the whole column cost more than the numbers.
+    Each line is parsed by the same parser as a whole block (a line is a whole record), so the values match."""
+
+    MANY = 64  # single rows asked for before the whole column is parsed at once
+
+    def __init__(self, lines: list[bytes], path: Path, fmt: CsvFormat, column: str):
+        self.lines, self.path, self.fmt, self.column = lines, path, fmt, column
+        self.values: np.ndarray | None = None
+        self.asked = 0
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    def __getitem__(self, i):
+        if self.values is None and self.asked < self.MANY:
+            self.asked += 1
+            return self._parse([self.lines[operator.index(i)]])[0]
+        return self.__array__()[i]
+
+    def __iter__(self):
+        return iter(self.__array__())
+
+    def __array__(self, dtype=None, copy=None):
+        if self.values is None:
+            self.values = self._parse(self.lines)
+        return self.values if dtype is None else self.values.astype(dtype)
+
+    def _parse(self, lines: list[bytes]) -> np.ndarray:
+        frame = _parse_block(b"\n".join(lines) + b"\n", self.fmt, {}, self.path, [self.column], [self.column])
+        return frame[self.column].astype(str).to_numpy()
 
 
 def _read_chunk(f, size: int, p: Path, line: bool = False) -> bytes:
@@ -501,40 +550,58 @@ def _quoted_records(lines: list[bytes]) -> list[bytes]:
 def prefetch(items: Iterator, depth: int = 1) -> Iterator:
     """Produce `items` in a background thread, `depth` ahead: pandas parses the next block (without the GIL)
     while the caller scores and writes the current one."""
-    import queue
-    import threading
-
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
-
-    def produce():
-        try:
-            for item in items:
-                while not stop.is_set():
-                    try:
-                        q.put((item, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            q.put((done, None))
-        except BaseException as exc:  # handed to the consumer, raised there
-            q.put((done, exc))
-
-    worker = threading.Thread(target=produce, daemon=True, name="prefetch")
-    worker.start()
+    ahead = Prefetch(items, depth)
     try:
+        yield from ahead
+    finally:
+        ahead.close()
+
+
+class Prefetch:
+    """`prefetch` that starts producing at once, before it is iterated (detection starts reading while torch
+    is imported); `close()` stops the thread."""
+
+    def __init__(self, items: Iterator, depth: int = 1):
+        import queue
+        import threading
+
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.stop = threading.Event()
+        self.done = object()
+        self.items = items
+        threading.Thread(target=self._produce, daemon=True, name="prefetch").start()
+
+    def _produce(self) -> None:
+        import queue
+
+        def put(entry) -> bool:
+            while not self.stop.is_set():
+                try:
+                    self.queue.put(entry, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        try:
+            for item in self.items:
+                if not put((item, None)):
+                    return
+            put((self.done, None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            put((self.done, exc))
+
+    def __iter__(self) -> Iterator:
         while True:
-            item, exc = q.get()
-            if item is done:
+            item, exc = self.queue.get()
+            if item is self.done:
                 if exc is not None:
                     raise exc
                 return
             yield item
-    finally:
-        stop.set()
+
+    def close(self) -> None:
+        self.stop.set()
 
 
 def _parse_block(body: bytes, fmt: CsvFormat, dtype: dict, p: Path, usecols: list[str] | None = None,

@@ -141,7 +141,9 @@ class ResultWriter:
             self._write_json(start, frame, columns)
 
     def _write_csv(self, raw_lines: list[bytes], columns: dict[str, np.ndarray]) -> None:
-        raw_lines = self._pad_short_lines(raw_lines)
+        self._write_async(self._csv_bytes(raw_lines, columns))
+
+    def _csv_bytes(self, raw_lines: list[bytes], columns: dict[str, np.ndarray]) -> bytes:
         suffix = np.full(len(raw_lines), b"", dtype="S1")
         for name, values in columns.items():
             if values.dtype.kind in "iub":
@@ -153,20 +155,26 @@ class ResultWriter:
                 text = np.array(format_scientific(values), dtype="S12")
             suffix = np.strings.add(np.strings.add(suffix, self.delim), text)
         suffix = np.strings.add(suffix, b"\n").tolist()
+        out = self._join(raw_lines, suffix)
+        # The result columns hold no delimiter, so one count over the block finds out whether a line is short
+        if self._pads() and out.count(self.delim) != (len(self.fmt.names) - 1 + len(columns)) * len(raw_lines):
+            out = self._join(self._pad_short_lines(raw_lines), suffix)
+        return out
+
+    @staticmethod
+    def _join(raw_lines: list[bytes], suffix: list[bytes]) -> bytes:
         parts: list[bytes] = [b""] * (2 * len(raw_lines))
         parts[0::2] = raw_lines
         parts[1::2] = suffix
-        self._write_async(b"".join(parts))
+        return b"".join(parts)
+
+    def _pads(self) -> bool:
+        return self.fmt.delimiter != "whitespace" and len(self.fmt.names) >= 2
 
     def _pad_short_lines(self, raw_lines: list[bytes]) -> list[bytes]:
         """A line with fewer fields than the header (a truncated last line: its rest is missing) gets empty
-        fields, so the result columns land under their own names. One count over the block finds out whether
-        any line is short; only then are lines counted one by one."""
-        if self.fmt.delimiter == "whitespace" or len(self.fmt.names) < 2:
-            return raw_lines
+        fields, so the result columns land under their own names."""
         want = len(self.fmt.names) - 1
-        if b"".join(raw_lines).count(self.delim) == want * len(raw_lines):
-            return raw_lines
         return [ln + self.delim * (want - ln.count(self.delim)) if ln.count(self.delim) < want else ln
                 for ln in raw_lines]
 

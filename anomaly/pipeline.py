@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -67,10 +68,6 @@ def iter_detect(
     `threshold_window` (rows, or a time span such as `7d`) makes the threshold follow the data (`anomaly.rolling`).
     `row_features`: each anomalous row in `results` also names its strongest features (the MCP reply)."""
     spec = parse(DetectSpec, spec, **params)
-    output, per_feature, missing, plot = spec.output, spec.per_feature, spec.missing, spec.plot
-    label_column, max_results, return_details = spec.label_column, spec.max_results, spec.return_details
-    time_column, threshold_window = spec.time_column, spec.threshold_window
-    device, precision = spec.device or "auto", spec.precision
     started = time.perf_counter()
     p = data.check_file(file_path)  # before loading the model: a typo in the file name fails at once
     fmt = data.sniff(p)
@@ -78,6 +75,24 @@ def iter_detect(
         paths, label = artifact_paths(version, store)
     else:
         label = str(paths.model.parent)
+    # Reading starts before the model is loaded, so that the first blocks are parsed while torch is imported;
+    # its columns come from the saved config, and are checked again once the model is loaded.
+    readers = [_early_reader(p, fmt, paths, spec, block_bytes)]
+    try:
+        yield from _detect(p, fmt, spec, paths, label, readers, started, anomaly_events, block_bytes, row_features)
+    finally:
+        for reader in readers:
+            if reader is not None:
+                reader.close()
+
+
+def _detect(p, fmt, spec: DetectSpec, paths: ArtifactPaths, label: str, readers: list, started: float,
+            anomaly_events: bool, block_bytes: int, row_features: bool) -> Iterator[dict]:
+    reader = readers[0]
+    output, per_feature, missing, plot = spec.output, spec.per_feature, spec.missing, spec.plot
+    label_column, max_results, return_details = spec.label_column, spec.max_results, spec.return_details
+    time_column, threshold_window = spec.time_column, spec.threshold_window
+    device, precision = spec.device or "auto", spec.precision
     det = load_detector(paths, label, device, precision)
     features = det.feature_names_
     numeric, _ = data.numeric_columns(p, fmt)
@@ -104,11 +119,13 @@ def iter_detect(
         if output:  # inside the try: an interruption from here on removes the temporary file
             from .output import ResultWriter
             writer = ResultWriter(output, fmt, fmt.header_line, result_cols, source=p)
-        json_output = bool(output) and Path(output).suffix.lower() in (".json", ".jsonl", ".ndjson")
-        blocks = data.prefetch(data.iter_blocks(p, fmt, used + ([label_col] if label_col else []), block_bytes,
-                                                all_columns=json_output or bool(plot),
-                                                text_cols=[time_col] if time_col else []))
-        for block in blocks:
+        plan = _read_plan(spec, used, label_col, time_col)
+        if reader is None or reader.plan != plan:  # the model's columns are not the ones the config named
+            if reader is not None:
+                reader.close()
+            reader = _Reader(p, fmt, plan, block_bytes)
+            readers.append(reader)
+        for block in reader:
             X = block.frame[used].to_numpy(np.float64)  # float64: 1e39 is a huge value, not an overflow to inf
             X, mask = filler.push(X, block.start)
             if label_col:
@@ -144,6 +161,62 @@ def iter_detect(
     finally:
         if writer:
             writer.abort()
+
+
+@dataclass(frozen=True)
+class _ReadPlan:
+    """What is read of each block: the numeric columns, every column (JSON output and plots hold them all), the
+    text columns parsed with the numbers and those read from the lines when asked for."""
+
+    columns: tuple[str, ...]
+    all_columns: bool
+    text_cols: tuple[str, ...]
+    lazy_text_cols: tuple[str, ...]
+
+
+def _read_plan(spec: DetectSpec, used: list[str], label_col: str | None, time_col: str | None) -> _ReadPlan:
+    json_output = bool(spec.output) and Path(spec.output).suffix.lower() in (".json", ".jsonl", ".ndjson")
+    every_column = json_output or bool(spec.plot)
+    # The time column is otherwise read from the lines, only for the rows the summary names (`data.LineTexts`):
+    # parsing it all cost more than parsing the numbers.
+    time_cols = (time_col,) if time_col else ()
+    return _ReadPlan(tuple(used + ([label_col] if label_col else [])), every_column,
+                     time_cols if every_column else (), () if every_column else time_cols)
+
+
+class _Reader:
+    """The blocks of a file as `plan` says, read ahead in a thread from the moment it is made."""
+
+    def __init__(self, p: Path, fmt: data.CsvFormat, plan: _ReadPlan, block_bytes: int):
+        self.plan = plan
+        self.ahead = data.Prefetch(data.iter_blocks(p, fmt, list(plan.columns), block_bytes,
+                                                    all_columns=plan.all_columns, text_cols=list(plan.text_cols),
+                                                    lazy_text_cols=list(plan.lazy_text_cols)),
+                                   READ_AHEAD)
+
+    def __iter__(self):
+        return iter(self.ahead)
+
+    def close(self) -> None:
+        self.ahead.close()
+
+
+READ_AHEAD = 2  # blocks parsed ahead: while torch is imported the reader gets that far
+
+
+def _early_reader(p: Path, fmt: data.CsvFormat, paths: ArtifactPaths, spec: DetectSpec, block_bytes: int):
+    """A `_Reader` for the columns the saved config names, or None when anything is amiss (the checks after
+    the model is loaded say what, in their usual order)."""
+    try:
+        import json
+
+        features = list(json.loads(paths.config.read_text())["features"])
+        label_col = data.find_label_column(list(fmt.names), spec.label_column)
+        used = data.match_features(fmt, data.numeric_columns(p, fmt)[0], features, label_col)
+        time_col = data.time_column(list(fmt.names), used, spec.time_column)
+        return _Reader(p, fmt, _read_plan(spec, used, label_col, time_col), block_bytes)
+    except Exception:  # noqa: BLE001 - a corrupt config or a file that does not fit: reported after the load
+        return None
 
 
 class _MissingFiller:
@@ -257,14 +330,18 @@ def _emit(pending: _Pending, final: bool, det, acc: "Summary", writer, per_featu
 
     for block, mask, errs in pending.ready(final):
         n = len(block.raw_lines)
-        row_err = np.full((n, len(det.feature_names_)), np.nan, np.float32)
-        if len(errs):
-            row_err[mask] = errs
+        if len(errs) == n and errs.shape[1:] == (len(det.feature_names_),):  # every row kept: no scatter
+            row_err = np.array(errs, np.float32)  # a fresh array, as the scatter gave (the same mean below)
+        else:
+            row_err = np.full((n, len(det.feature_names_)), np.nan, np.float32)
+            if len(errs):
+                row_err[mask] = errs
         with np.errstate(invalid="ignore"):
             scores = row_err.mean(axis=1) if row_err.shape[1] else np.full(n, np.nan, np.float32)
-        times = block.frame[time_col].astype(str).to_numpy() if time_col else None
+        times = block.text(time_col) if time_col else None
         moving = thresholder is not None and thresholder.moving
-        threshold = thresholder(scores, data.parse_times(times) if moving and thresholder.by_time else None) \
+        threshold = thresholder(scores, data.parse_times(np.asarray(times)) if moving and thresholder.by_time
+                                else None) \
             if thresholder is not None else det.threshold_
         flags = flag(scores, threshold)
         acc.add(block.start, scores, flags, row_err, times, threshold if moving else None)

@@ -159,11 +159,13 @@ def fingerprint(X: np.ndarray) -> str:
 
 
 def detect(file_path: str, spec: DetectSpec | None = None, *, version: str | None = None,
-           store: ModelStore | None = None, paths: ArtifactPaths | None = None, **params: Any) -> dict:
+           store: ModelStore | None = None, paths: ArtifactPaths | None = None,
+           progress: Callable[[dict], None] | None = None, **params: Any) -> dict:
     """Score every row of `file_path`; returns the summary dict. What is detected and reported is a
-    `DetectSpec` (or its fields as keyword arguments); see `pipeline.iter_detect`."""
+    `DetectSpec` (or its fields as keyword arguments); see `pipeline.iter_detect`. `progress` sees each block's
+    progress event."""
     return summary_of(iter_detect(file_path, spec, version=version, store=store, paths=paths, anomaly_events=False,
-                                  **params))
+                                  **params), progress)
 
 
 

@@ -349,3 +349,26 @@ def test_default_settings_find_every_incident_and_stay_quiet_far_from_them(tmp_p
     near = np.convolve(labels, np.ones(2 * 64 + 1), mode="same") > 0  # within window + smoothing of one
     # Smoothed scores are autocorrelated, so 300 held-out rows estimate the 95th percentile loosely.
     assert flags[~near].mean() <= 0.15
+
+
+def test_detect_as_a_program_turns_collection_back_on(cli_model, dataset, tmp_path, monkeypatch, capsys):
+    """Run as a program (`detect.py`), detection tunes its process (`anomaly.memory`): no cyclic collection only
+    until the first block is scored, on again after an error too, and one handler for the exit."""
+    import gc
+
+    from anomaly import memory
+
+    registered = []
+    monkeypatch.setattr(anomaly_cli.atexit, "register", registered.append)  # this test process keeps its exit
+    out = tmp_path / "res.csv"
+    args = ["detect", "--data", str(dataset["test"]), "--model-dir", str(cli_model["root"]), "--output", str(out)]
+    assert anomaly_cli.main(args, program=True) == 0
+    assert gc.isenabled()
+    assert anomaly_cli.main(args[:2] + [str(tmp_path / "nope.csv")] + args[3:], program=True) == 2
+    assert gc.isenabled() and "not found" in capsys.readouterr().err
+    assert registered == [memory.exit_without_collecting] * 2
+    anomaly_cli.main(args)  # in-process callers (argv given) keep their process as it was
+    assert len(registered) == 2
+    plain = tmp_path / "plain.csv"
+    assert anomaly_cli.main(args[:-1] + [str(plain)]) == 0
+    assert plain.read_bytes() == out.read_bytes()

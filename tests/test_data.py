@@ -225,6 +225,37 @@ def test_iter_blocks_matches_read_table(tmp_path):
     assert raw[0] == b"t0;0;0" and raw[-1] == b"t499;249.5;2" and len(raw) == 500
 
 
+def test_line_texts_match_the_parsed_column(tmp_path):
+    """Detection reads the time column from the raw lines, only for the rows it names: the values must be the
+    block parser's (quotes removed, an empty cell NaN, a quoted line break kept, CRLF lines)."""
+    rows = ['2026-01-01 00:00,1,2', '"2026-01-01 00:01",3,4', ',5,6', '"two\r\nlines",7,8', 'NA,9,10', ' x ,11,12']
+    f = write(tmp_path / "t.csv", "time,a,b\r\n" + "\r\n".join(rows) + "\r\n")
+    fmt = data.sniff(f)
+    whole = [v for b in data.iter_blocks(f, fmt, ["a", "b"], text_cols=["time"]) for v in b.text("time")]
+    for size in (23, 1 << 20):  # a quoted line break inside a block, and alone in one
+        blocks = list(data.iter_blocks(f, fmt, ["a", "b"], all_columns=False, block_bytes=size,
+                                       lazy_text_cols=["time"]))
+        lazy = [b.text("time") for b in blocks]
+        one_by_one = [t[i] for t in lazy for i in range(len(t))]
+        at_once = [v for t in lazy for v in np.asarray(t)]
+        assert len(whole) == len(rows)
+        for values in (one_by_one, at_once):
+            assert [str(v) for v in values] == [str(v) for v in whole]
+    assert whole[0] == "2026-01-01 00:00" and whole[1] == "2026-01-01 00:01" and isinstance(whole[2], float)
+
+
+def test_prefetch_hands_on_errors_and_stops(tmp_path):
+    def items():
+        yield 1
+        raise DataError("bad block")
+
+    with pytest.raises(DataError, match="bad block"):
+        list(data.Prefetch(items()))
+    ahead = data.Prefetch(iter(range(10**6)), depth=2)  # a consumer that stops early leaves no thread behind
+    assert next(iter(ahead)) == 0
+    ahead.close()
+
+
 # --- bad input: one clear DataError / NotFound -----------------------------------------------------------
 
 

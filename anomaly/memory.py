@@ -1,0 +1,51 @@
+"""Process tuning for a command that runs once and exits (the CLI, not a server or a caller's process)."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import sys
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+
+
+def reuse_freed_memory() -> None:
+    """Make glibc keep large freed blocks instead of giving them back to the system. By default each array
+    over 32 MiB is mapped and unmapped, and freed heap is trimmed, so every block of a large file faulted its
+    pages in again: in a fresh process scaling and scoring 1M rows took 2.25 s against 1.3 s with the memory
+    kept. The blocks are all about the same size, so peak memory is unchanged; memory is not given back until
+    exit, which suits a command and not a server. A no-op without glibc."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # another C library (musl has no mallopt)
+        return
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    mallopt(M_MMAP_THRESHOLD, 1 << 30)
+    mallopt(M_TRIM_THRESHOLD, 1 << 30)
+
+
+def exit_without_collecting() -> None:
+    """At exit (an atexit handler): move every object to the permanent generation, so that the interpreter's
+    final collections do not walk the hundreds of thousands of objects torch created; they are freed with the
+    process. `import torch` then exiting took 2.0 s, 1.1 s with this. Objects with finalizers are still
+    finalized by reference counting; files the command wrote are closed before it returns."""
+    gc.freeze()
+
+
+@contextlib.contextmanager
+def no_collection_until_progress(program: bool):
+    """No cyclic garbage collection from here to the first progress event (the first block scored) when this
+    process is the command: importing torch creates ~500k objects, and the collections walking them as they
+    pile up took ~0.25 s of detection's start (on the main thread, while the reader waits for the GIL).
+    Yields the progress callback; collection is back on at the first event, or on the way out."""
+    if not program or not gc.isenabled():
+        yield None
+        return
+    gc.disable()
+    try:
+        yield lambda event: gc.enable()
+    finally:
+        gc.enable()
