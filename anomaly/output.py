@@ -148,9 +148,10 @@ class ResultWriter:
         for name, values in columns.items():
             if values.dtype.kind in "iub":
                 text = np.where(values.astype(bool), b"1", b"0")
-            elif name == "threshold":  # a few distinct values per block: format each once
-                distinct, where = np.unique(values, return_inverse=True)
-                text = np.array(format_scientific(distinct), dtype="S12")[where]
+            elif name == "threshold":  # constant over long runs of rows: format each run's value once
+                starts = np.r_[0, np.flatnonzero(values[1:] != values[:-1]) + 1] if len(values) else np.zeros(0, int)
+                text = np.repeat(np.array(format_scientific(values[starts]), dtype="S12"),
+                                 np.diff(np.r_[starts, len(values)]))
             else:
                 text = np.array(format_scientific(values), dtype="S12")
             suffix = np.strings.add(np.strings.add(suffix, self.delim), text)
