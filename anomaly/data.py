@@ -481,26 +481,53 @@ def iter_blocks(path: str | os.PathLike, fmt: CsvFormat, numeric_cols: list[str]
                 break
 
 
+_NA_WORDS = frozenset(pd._libs.parsers.STR_NA_VALUES)  # read as missing by pandas: left to its parser
+
 class LineTexts:
     """A text column (the time column) of a block, read from its raw lines only for the rows asked for: the
     summary names the times of a few rows per block, and parsing the whole column cost more than the numbers.
     Each line is parsed by the same parser as a whole block (a line is a whole record), so the values match."""
 
     MANY = 64  # single rows asked for before the whole column is parsed at once
+    # one single-row parse costs about as much as parsing ~4,000 lines of the column at once (pandas' fixed cost)
+    LINES_PER_PARSE = 4096
 
     def __init__(self, lines: list[bytes], path: Path, fmt: CsvFormat, column: str):
         self.lines, self.path, self.fmt, self.column = lines, path, fmt, column
         self.values: np.ndarray | None = None
         self.asked = 0
+        self.many = min(self.MANY, len(lines) // self.LINES_PER_PARSE)  # small blocks: the whole column at once
+        plain = fmt.delimiter != "whitespace" and column in fmt.names
+        self.delim = fmt.delimiter.encode() if plain else None
+        self.at = list(fmt.names).index(column) if plain else -1
 
     def __len__(self) -> int:
         return len(self.lines)
 
     def __getitem__(self, i):
-        if self.values is None and self.asked < self.MANY:
-            self.asked += 1
-            return self._parse([self.lines[operator.index(i)]])[0]
+        if self.values is None:
+            line = self.lines[operator.index(i)]
+            value = self._plain_field(line)
+            if value is not None:
+                return value
+            if self.asked < self.many:
+                self.asked += 1
+                return self._parse([line])[0]
         return self.__array__()[i]
+
+    def _plain_field(self, line: bytes) -> str | None:
+        """The field cut straight from a line with no quotes, where that is what pandas reads too (not empty,
+        not one of pandas' missing-value words); None: leave it to the parser."""
+        if self.delim is None or b'"' in line:
+            return None
+        fields = line.rstrip(b"\r\n").split(self.delim)
+        if len(fields) != len(self.fmt.names):
+            return None
+        try:
+            value = fields[self.at].decode()
+        except UnicodeDecodeError:
+            return None
+        return value if value and value not in _NA_WORDS else None
 
     def __iter__(self):
         return iter(self.__array__())
