@@ -574,19 +574,10 @@ def _quoted_records(lines: list[bytes]) -> list[bytes]:
     return records
 
 
-def prefetch(items: Iterator, depth: int = 1) -> Iterator:
-    """Produce `items` in a background thread, `depth` ahead: pandas parses the next block (without the GIL)
-    while the caller scores and writes the current one."""
-    ahead = Prefetch(items, depth)
-    try:
-        yield from ahead
-    finally:
-        ahead.close()
-
-
 class Prefetch:
-    """`prefetch` that starts producing at once, before it is iterated (detection starts reading while torch
-    is imported); `close()` stops the thread."""
+    """Produce `items` in a background thread, `depth` ahead, from the moment it is made (detection starts
+    reading while torch is imported): pandas parses the next block (without the GIL) while the caller scores
+    and writes the current one. `close()` stops the thread."""
 
     def __init__(self, items: Iterator, depth: int = 1):
         import queue

@@ -77,17 +77,22 @@ def iter_detect(
         label = str(paths.model.parent)
     # Reading starts before the model is loaded, so that the first blocks are parsed while torch is imported;
     # its columns come from the saved config, and are checked again once the model is loaded.
-    readers = [_early_reader(p, fmt, paths, spec, block_bytes)]
+    try:  # probed once; a file it cannot read is reported after the model load, in the usual order
+        numeric: list[str] | None = data.numeric_columns(p, fmt)[0]
+    except AnomalyError:
+        numeric = None
+    readers = [_early_reader(p, fmt, numeric, paths, spec, block_bytes) if numeric is not None else None]
     try:
-        yield from _detect(p, fmt, spec, paths, label, readers, started, anomaly_events, block_bytes, row_features)
+        yield from _detect(p, fmt, numeric, spec, paths, label, readers, started, anomaly_events, block_bytes,
+                           row_features)
     finally:
         for reader in readers:
             if reader is not None:
                 reader.close()
 
 
-def _detect(p, fmt, spec: DetectSpec, paths: ArtifactPaths, label: str, readers: list, started: float,
-            anomaly_events: bool, block_bytes: int, row_features: bool) -> Iterator[dict]:
+def _detect(p, fmt, numeric: list[str] | None, spec: DetectSpec, paths: ArtifactPaths, label: str, readers: list,
+            started: float, anomaly_events: bool, block_bytes: int, row_features: bool) -> Iterator[dict]:
     reader = readers[0]
     output, per_feature, missing, plot = spec.output, spec.per_feature, spec.missing, spec.plot
     label_column, max_results, return_details = spec.label_column, spec.max_results, spec.return_details
@@ -95,7 +100,8 @@ def _detect(p, fmt, spec: DetectSpec, paths: ArtifactPaths, label: str, readers:
     device, precision = spec.device or "auto", spec.precision
     det = load_detector(paths, label, device, precision)
     features = det.feature_names_
-    numeric, _ = data.numeric_columns(p, fmt)
+    if numeric is None:
+        numeric, _ = data.numeric_columns(p, fmt)
     label_col = data.find_label_column(list(fmt.names), label_column)
     used = data.match_features(fmt, numeric, features, label_col)
     time_col = data.time_column(list(fmt.names), used, time_column)
@@ -204,7 +210,8 @@ class _Reader:
 READ_AHEAD = 2  # blocks parsed ahead: while torch is imported the reader gets that far
 
 
-def _early_reader(p: Path, fmt: data.CsvFormat, paths: ArtifactPaths, spec: DetectSpec, block_bytes: int):
+def _early_reader(p: Path, fmt: data.CsvFormat, numeric: list[str], paths: ArtifactPaths, spec: DetectSpec,
+                  block_bytes: int):
     """A `_Reader` for the columns the saved config names, or None when anything is amiss (the checks after
     the model is loaded say what, in their usual order)."""
     try:
@@ -212,7 +219,7 @@ def _early_reader(p: Path, fmt: data.CsvFormat, paths: ArtifactPaths, spec: Dete
 
         features = list(json.loads(paths.config.read_text())["features"])
         label_col = data.find_label_column(list(fmt.names), spec.label_column)
-        used = data.match_features(fmt, data.numeric_columns(p, fmt)[0], features, label_col)
+        used = data.match_features(fmt, numeric, features, label_col)
         time_col = data.time_column(list(fmt.names), used, spec.time_column)
         return _Reader(p, fmt, _read_plan(spec, used, label_col, time_col), block_bytes)
     except Exception:  # noqa: BLE001 - a corrupt config or a file that does not fit: reported after the load
@@ -349,7 +356,7 @@ def _emit(pending: _Pending, final: bool, det, acc: "Summary", writer, per_featu
             plot.add_frame(block.start, block.frame, scores, flags, row_err, threshold if moving else None)
         if writer:
             cols = {"reconstruction_error": scores, "is_anomaly": flags}
-            if "threshold" in writer.extra:
+            if moving:  # the result columns have `threshold` exactly then
                 cols["threshold"] = threshold
             if per_feature:
                 share = contributions(row_err)
