@@ -57,7 +57,7 @@ def iter_detect(
     store: ModelStore | None = None,
     paths: ArtifactPaths | None = None,
     anomaly_events: bool = True,
-    block_bytes: int = 32 << 20,
+    block_bytes: int = data.BLOCK_BYTES,
     row_features: bool = False,
     **params: Any,
 ) -> Iterator[dict]:

@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .. import defaults, service, specs
+from .. import data, defaults, service, specs
 from ..errors import DataError, PathNotAllowed, VersionExists
 from ..specs import MAX_RESULTS_LIMIT, DetectSpec, Spec, TrainSpec, parse
 from ..store import VERSION_RE, ArtifactPaths, ModelStore
@@ -63,7 +63,7 @@ class Toolbox:
 
     def detect_events(self, file_path: str, spec: DetectSpec | None = None, *, model_path: str | None = None,
                       threshold_path: str | None = None, scaler_path: str | None = None,
-                      config_path: str | None = None, version: str | None = None, block_bytes: int = 32 << 20,
+                      config_path: str | None = None, version: str | None = None, block_bytes: int = data.BLOCK_BYTES,
                       trusted: bool = False, anomaly_events: bool = True, row_features: bool = False,
                       **params: Any) -> Iterator[dict]:
         """`service.iter_detect` with confined paths and the full per-row results written to a CSV.
@@ -140,7 +140,7 @@ class Toolbox:
         """Train a new version (never overwriting one, nor explicit artifact files that exist). Every
         parameter is checked (`TrainSpec`) before the data file is even looked at."""
         spec = self._remote(TrainSpec, spec, params)
-        data = self.policy.data_file(data_file)
+        confined = self.policy.data_file(data_file)
         if spec.labels_file:
             spec = spec.model_copy(update={"labels_file": str(self.policy.data_file(spec.labels_file))})
         paths = self.explicit_paths(model_path, threshold_path, scaler_path, config_path)
@@ -150,7 +150,7 @@ class Toolbox:
             if existing:
                 raise VersionExists(f"{', '.join(existing)} already exist(s); training never overwrites a model")
         spec = spec.model_copy(update={"device": spec.device or self.device})
-        return service.train(str(data), spec, version=version, store=self.store, paths=paths, progress=progress)
+        return service.train(str(confined), spec, version=version, store=self.store, paths=paths, progress=progress)
 
     def _check_new_version_folder(self, paths: ArtifactPaths) -> None:
         """Explicit training paths name files in one version folder directly inside the store: a client must not
