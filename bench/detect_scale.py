@@ -88,6 +88,8 @@ def main() -> None:
         d_wall = statistics.median(w for w, _ in runs)
         print(f"detect.py --output, {name:<12} {d_wall:6.2f} s, peak RSS {max(r for _, r in runs):.2f} GiB, "
               f"ratio to floor {d_wall / f_wall:.2f} (target <= 1.5)")
+        if args.repeat > 1:  # each run against the floor measured just before it
+            print("    run by run: " + ", ".join(f"{d / f:.2f}" for (d, _), (f, _) in zip(runs, floors)))
     if not args.skip_10m:
         big = OUT / "scale_10x.csv"
         if not big.exists():
