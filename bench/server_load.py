@@ -1,6 +1,7 @@
 """MCP server load: N concurrent MCP clients calling `run_detection` on a 10,000-row file, compared with
 the same call made directly in-process in the same run (same file, same model, same per-row CSV output,
-the same reply: `mcp_app.lean_detection`, which is what the MCP tool runs).
+the same reply: `mcp_app.lean_detection`, which is what the MCP tool runs; the same malloc settings as the
+server's).
 
     python bench/server_load.py [--clients 8] [--calls 5] [--rows 10000] [--transport sse http]
                                 [--max-results N]   # default: the tool's default reply
@@ -31,7 +32,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from anomaly import service, synthetic  # noqa: E402
+from anomaly import memory, service, synthetic  # noqa: E402
 from anomaly.server.core import to_json  # noqa: E402
 from anomaly.server.mcp_app import lean_detection  # noqa: E402
 from anomaly.server.toolbox import Toolbox  # noqa: E402
@@ -132,6 +133,9 @@ def main() -> None:
     args = p.parse_args()
     global MAX_RESULTS
     MAX_RESULTS = args.max_results
+    # The in-process twin allocates as the server does (`anomaly serve`'s malloc settings): otherwise whether
+    # either process faults its arrays in again on every call depends on what each allocated before.
+    memory.keep_freed_heap()
 
     with tempfile.TemporaryDirectory(prefix="server_load-") as tmp:
         tmp = Path(tmp)

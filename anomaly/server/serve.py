@@ -11,6 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
+from .. import memory
 from .. import settings as cfg
 from ..errors import AnomalyError
 
@@ -44,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise AnomalyError(f"anomaly serve needs the server extra ({exc.name} is missing): "
                            "pip install 'anomaly[server]'") from None
+    memory.keep_freed_heap()  # each detection reuses the heap the last one freed
     app = create_app(settings)
     shown = f"[{settings.host}]" if ":" in settings.host else settings.host
     print(f"anomaly server on http://{shown}:{settings.port}  MCP: /sse and /mcp  API docs: /docs  "

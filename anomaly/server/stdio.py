@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .. import memory
 from .. import settings as cfg
 
 FLAGS = cfg.COMMON_FLAGS
@@ -29,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from .core import Runtime
     from .mcp_app import build_mcp
 
+    memory.keep_freed_heap()  # each detection reuses the heap the last one freed
     mcp = build_mcp(Runtime(settings))
     anyio.run(mcp.run_stdio_async)  # the SDK's stdio transport (MCPServer.run("stdio") does the same)
     return 0
