@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 
 from anomaly import service
+from anomaly.data import CsvFormat
 from anomaly.errors import DataError
-from anomaly.output import format_scientific
+from anomaly.output import ResultWriter, format_scientific
 
 
 def strict_json(text: str):
@@ -153,6 +154,27 @@ def test_format_scientific_matches_printf():
     assert got[:5] == [f"{v:.6e}".encode() for v in values[:5]]
     odd = format_scientific(np.array([np.nan, -1.5, np.inf, 1e200]))
     assert odd == [b"", b"-1.500000e+00", b"inf", b"1.000000e+200"]
+
+
+def test_result_columns_appended_as_printf_would(tmp_path):
+    """The appended text of each row, unscored (NaN) and unusual values among the usual ones included, is what
+    formatting each value on its own gives: the fixed-width fast path and the per-row fallback agree."""
+    fmt = CsvFormat(delimiter=";", has_header=True, names=("t", "x"), compression=None, bom=False)
+    writer = ResultWriter(tmp_path / "r.csv", fmt, b"t;x", ["reconstruction_error", "is_anomaly", "threshold"])
+    errors = np.array([1.5, np.nan, -2.0, np.inf, 1e120, 0.0, 123.456])
+    flags = np.array([0, 0, 0, 1, 1, 0, 1], np.int8)
+    threshold = np.array([40.5, 40.5, 40.5, 50.0, 50.0, np.nan, 7.0])
+    lines = [f"2026-01-01 00:0{i};{i}".encode() for i in range(len(errors))]
+    out = writer._csv_bytes(lines, {"reconstruction_error": errors, "is_anomaly": flags, "threshold": threshold})
+    clean = writer._csv_bytes(lines[:1], {"reconstruction_error": errors[:1], "is_anomaly": flags[:1]})
+    writer.abort()
+
+    def text(v):
+        return "" if np.isnan(v) else f"{v:.6e}"
+    expected = b"".join(line + f";{text(e)};{f};{text(t)}\n".encode()
+                        for line, e, f, t in zip(lines, errors, flags, threshold))
+    assert out == expected
+    assert clean == b"2026-01-01 00:00;0;1.500000e+00;0\n"
 
 
 def test_abandoned_detection_leaves_no_result_file(trained, dataset, tmp_path):
