@@ -184,9 +184,12 @@ class ResultWriter:
         pieces.append(np.full((n, 1), ord("\n"), np.uint8))
         rows = np.hstack(pieces)
         suffix = rows.view(f"S{rows.shape[1]}").ravel().tolist()  # ends in a line end: no NUL is stripped
-        for i in np.flatnonzero(odd):
-            suffix[i] = b"".join(self.delim + (str(int(v[i] != 0)).encode() if v.dtype.kind in "iub"
-                                              else format_scientific(v[i:i + 1])[0]) for v in columns.values()) + b"\n"
+        if odd.any():  # those rows' values formatted together, column by column, as `format_scientific` does
+            rows_at = np.flatnonzero(odd)
+            texts = [[b"1" if x else b"0" for x in v[rows_at] != 0] if v.dtype.kind in "iub"
+                     else format_scientific(v[rows_at]) for v in columns.values()]
+            for j, i in enumerate(rows_at):
+                suffix[i] = b"".join(self.delim + text[j] for text in texts) + b"\n"
         return suffix
 
     @staticmethod
