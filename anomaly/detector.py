@@ -49,6 +49,7 @@ from .store import (
 SCALERS = ("standard", "minmax", "robust")
 CONFIG_FORMAT = 1
 TRAINED_ON = ("device", "device_name", "precision", "train_seconds")  # model card: where and how long it trained
+PERIOD_ROWS = 20_000  # the dominant period is estimated from at most this many of the last training rows
 SCALED_BOUND = 1e6  # standard units: far beyond any normal value, yet its squared error stays finite in float32
 
 
@@ -158,6 +159,8 @@ class DetectorCore:
         self.device_ = resolve_device(self.device)
         check_precision(self.precision, self.device_)
         self.feature_names_ = list(feature_names or [f"x{i}" for i in range(X.shape[1])])
+        self.feature_medians_ = np.median(X, axis=0) if len(X) else np.zeros(X.shape[1])
+        self.period_rows_ = period.dominant_period(X[-PERIOD_ROWS:]) if len(X) > 8 else None
         module = models.get(self.model_type)
         window = models.default_window(self.model_type) if self.window is None else self.window
         self.window_auto_ = window == "auto"  # estimate one dominant period from the training rows
@@ -262,6 +265,20 @@ class DetectorCore:
         """1 = anomaly, 0 = normal."""
         return flag(self.decision_function(X), self.threshold_)
 
+    def feature_levels(self) -> np.ndarray:
+        """Each feature's typical training value in its own units: the training median (versions saved before
+        it was stored: the value the scaler maps to its centre)."""
+        medians = getattr(self, "feature_medians_", None)
+        if medians is not None:
+            return np.asarray(medians, np.float64)
+        centre = 0.5 if self.scaler == "minmax" else 0.0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.nan_to_num((centre - self.affine_.add) / self.affine_.mul)
+
+    def period(self) -> int:
+        """The training rows' dominant period in rows (the model's span when none was found or stored)."""
+        return int(getattr(self, "period_rows_", None) or self.model_.span)
+
     def stream(self, batch_size: int = SCORE_BATCH) -> "StreamScorer":
         return StreamScorer(self, batch_size)
 
@@ -281,6 +298,8 @@ class DetectorCore:
             "span": self.model_.span,
             "scaler": self.scaler,
             "scaler_affine": self.affine_.to_dict(),
+            "feature_medians": self.feature_levels().tolist(),
+            **({"period_rows": self.period_rows_} if getattr(self, "period_rows_", None) else {}),
             "training": {"epochs": self.epochs, "batch_size": self.batch_size, "learning_rate": self.learning_rate,
                          "validation_split": self.validation_split, "patience": self.patience, "seed": self.seed},
             "history": getattr(self, "history_", {}),
@@ -350,6 +369,15 @@ class DetectorCore:
                 det.scaler_ = joblib.load(paths.scaler)
                 det.affine_ = AffineScaler.from_sklearn(det.scaler_, len(config["features"]))
             det.feature_names_ = list(config["features"])
+            det.period_rows_ = int(config["period_rows"]) if config.get("period_rows") else None
+            if det.period_rows_ is not None and not 1 <= det.period_rows_ <= PERIOD_ROWS:
+                raise ValueError(f"period_rows {det.period_rows_} is out of range")
+            medians = config.get("feature_medians")
+            if medians is not None:
+                det.feature_medians_ = np.asarray(medians, np.float64)
+                if det.feature_medians_.shape != (len(det.feature_names_),):
+                    raise ValueError(f"feature_medians has {det.feature_medians_.size} values for "
+                                     f"{len(det.feature_names_)} features")
             det.window_ = int(config["window"])
             det.threshold_ = float(threshold["threshold"])
             if det.affine_.mul.shape != (len(det.feature_names_),):

@@ -51,6 +51,9 @@ class LiveScorer:
             raise DataError("the live stream takes threshold_window as a number of points, not a time span")
         self.threshold_window = window
         self.thresholder = Thresholder(self.detector, window, None if window is None else str(window))
+        # as in batch detection, a threshold window also re-centres each feature on its recent level
+        self.baseline = None if window is None else rolling.DriftBaseline(window, self.detector.feature_levels(),
+                                                                           self.detector.period())
         self.count = 0
 
     def _matrix(self, points: list) -> np.ndarray:
@@ -81,7 +84,8 @@ class LiveScorer:
         from .detector import flag
         from .scoring import gather
 
-        Z = self.detector.transform(self._matrix(points))
+        X = self._matrix(points)
+        Z = self.detector.transform(X if self.baseline is None else self.baseline.push(X))
         rows = np.concatenate([self.history, Z])
         ends = np.arange(len(self.history), len(rows))  # positions of the new points in `rows`
         ends = ends[ends >= self.span - 1]

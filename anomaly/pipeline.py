@@ -110,6 +110,7 @@ def _detect(p, fmt, numeric: list[str] | None, spec: DetectSpec, paths: Artifact
         raise DataError(f"threshold_window {threshold_window!r} is a time span, but {p.name} has no time column "
                         "(name one with time_column, or give the window in rows)")
     thresholder = Thresholder(det, window, str(threshold_window), spec.follow_level)
+    baseline = _Baseline(window, det) if window is not None else None
     total_bytes = p.stat().st_size
     result_cols = (["reconstruction_error", "is_anomaly"] + (["threshold"] if thresholder.moving else [])
                    + ([f"{f}_contribution" for f in features] if per_feature else []))
@@ -134,6 +135,8 @@ def _detect(p, fmt, numeric: list[str] | None, spec: DetectSpec, paths: Artifact
         for block in reader:
             X = block.frame[used].to_numpy(np.float64)  # float64: 1e39 is a huge value, not an overflow to inf
             X, mask = filler.push(X, block.start)
+            if baseline is not None:
+                X = baseline.push(X, block, time_col)
             if label_col:
                 acc.add_labels(block.frame[label_col].to_numpy(), label_col)
                 acc.add_period_sample(block.frame[used[0]].to_numpy())
@@ -142,7 +145,8 @@ def _detect(p, fmt, numeric: list[str] | None, spec: DetectSpec, paths: Artifact
             yield from _emit(pending, False, det, acc, writer, per_feature, anomaly_events, plotter, thresholder, time_col)
             yield {"event": "progress", "rows_done": acc.rows, "bytes_total": total_bytes,
                    "rows_read": block.start + len(block.raw_lines)}
-        pending.add_errors(stream.push(filler.finish())[0])
+        tail = filler.finish()
+        pending.add_errors(stream.push(baseline.push(tail, None, None) if baseline is not None else tail)[0])
         pending.add_errors(stream.finish()[0])
         yield from _emit(pending, True, det, acc, writer, per_feature, anomaly_events, plotter, thresholder, time_col)
         if acc.rows == 0:
@@ -153,6 +157,8 @@ def _detect(p, fmt, numeric: list[str] | None, spec: DetectSpec, paths: Artifact
             "time_column": time_col, "missing": missing_report, "seconds": round(time.perf_counter() - started, 3),
         }
         summary |= thresholder.report()
+        if baseline is not None and "threshold_window" in summary:
+            summary["threshold_window"]["baseline"] = baseline.describe()
         summary["warnings"] = summary["warnings"] + thresholder.warnings()
         if output:
             summary["output"] = str(Path(output))
@@ -290,6 +296,32 @@ def _plotter(plot: str | None, det, fmt, used: list[str], label_col: str | None)
     time_col = data.guess_time_column(pd.DataFrame(columns=list(fmt.names)), used)
     return PlotCollector(det.feature_names_, det.threshold_, columns=used, label_column=label_col, time_column=time_col)
 
+
+
+class _Baseline:
+    """`rolling.DriftBaseline` over the threshold window: in rows, or for a time span the rows it held at the
+    first block's median time step."""
+
+    def __init__(self, window, det):
+        self.window, self.reference = window, det.feature_levels()
+        self.period = det.period()
+        self.inner = self._make(window) if isinstance(window, int) else None
+
+    def _make(self, rows: int) -> rolling.DriftBaseline:
+        return rolling.DriftBaseline(rows, self.reference, self.period)
+
+    def push(self, X: np.ndarray, block, time_col: str | None) -> np.ndarray:
+        if self.inner is None and block is not None and time_col:
+            times = data.parse_times(np.asarray(block.text(time_col)))
+            steps = np.diff(times[~np.isnat(times)]).astype("timedelta64[ns]").astype(np.int64)
+            steps = steps[steps > 0]
+            if len(steps):
+                rows = int(round(np.timedelta64(self.window, "ns").astype(np.int64) / np.median(steps)))
+                self.inner = self._make(max(rolling.MIN_ROWS, rows))
+        return X if self.inner is None else self.inner.push(X)
+
+    def describe(self) -> dict | None:
+        return None if self.inner is None else self.inner.describe()
 
 
 class Thresholder:

@@ -192,3 +192,89 @@ class LevelFollower:
         return {"training_median": self.train_median, "file_median": self.median, "file_spread": self.spread,
                 "training_spread": self.train_spread, "raised_from_row": self.raised_from,
                 "last_threshold": self.current, "highest_threshold": self.highest}
+
+
+SMALL_PUSH = 16  # rows per push below which levels are computed row by row
+WARMUP_STEPS = 20  # while the first window fills, the level moves this many times at most
+
+
+class DriftBaseline:
+    """With a threshold window, each feature is also re-centred on its recent level before scoring.
+
+    A slowly drifting metric moves away from every training window, so the model's distance grows with the
+    drift and no threshold over past scores keeps up (the newest rows always score above the older ones).
+    Instead each row is scored as `x - level + training median`, where `level` is the median of the previous
+    `rows` rows moved on by the trend between their two halves (a median lags by half its window on a
+    trend). Window and halves hold whole periods (`period`: the model's window, one period with
+    `--window auto`), so a seasonal pattern does not move the level with its phase. While the first window
+    fills, the level comes the same way from the whole periods seen so far, from two periods on; before that rows are
+    scored as they are. Medians ignore a few spikes, so spikes and short incidents keep their full size; an
+    incident lasting more than about half the window becomes the new level, which is what following the data
+    means. Only preceding rows are used, so chunked, whole-file and live scoring give the same values."""
+
+    def __init__(self, rows: int, reference: np.ndarray, period: int = 1):
+        self.period = max(1, int(period))
+        pair = 2 * self.period
+        self.rows = max(pair, int(round(rows / pair)) * pair)
+        self.reference = np.asarray(reference, np.float64)
+        self.history = np.empty((0, len(self.reference)), np.float64)
+        self.seen = 0  # rows pushed so far
+        self.step = max(self.period, self.rows // WARMUP_STEPS // self.period * self.period)
+
+    def push(self, X: np.ndarray) -> np.ndarray:
+        X = np.asarray(X, np.float64)
+        if not len(X):
+            return X
+        rows = np.concatenate([self.history, X])
+        offset = self.seen - len(self.history)  # series index of rows[0]
+        level = np.vstack([self._level_at(rows, i, offset) for i in range(len(self.history), len(rows))]
+                          if len(X) <= SMALL_PUSH else [self._levels(rows, len(self.history), offset)])
+        self.history = rows[-self.rows:]
+        self.seen += len(X)
+        out = X - level + self.reference
+        return np.where(np.isfinite(level), out, X)
+
+    def _warm(self, rows: np.ndarray, i: int, offset: int) -> np.ndarray:
+        """The level of series row `offset + i` while the first window fills: the median of the rows before the
+        last step boundary (whole periods), or NaN before two periods."""
+        known = (offset + i) // self.step * self.step
+        if known < 2 * self.period:
+            return np.full(rows.shape[1], np.nan)
+        seen = rows[-offset:known - offset]
+        h = known // (2 * self.period) * self.period  # the recent half, whole periods
+        if h < self.period:
+            return np.median(seen, axis=0)
+        recent, earlier = np.median(seen[known - h:], axis=0), np.median(seen[:known - h], axis=0)
+        return recent + (recent - earlier) * h / known  # the trend line through both, at the newest row
+
+    def _level_at(self, rows: np.ndarray, i: int, offset: int) -> np.ndarray:
+        n, half = self.rows, self.rows // 2
+        if offset + i < n:
+            return self._warm(rows, i, offset)
+        return (np.median(rows[i - n:i], axis=0) + np.median(rows[i - half:i], axis=0)
+                - np.median(rows[i - n:i - half], axis=0))
+
+    def _levels(self, rows: np.ndarray, first: int, offset: int) -> np.ndarray:
+        """`_level_at` for rows[first:] at once: rolling medians once the first window is full."""
+        import pandas as pd
+
+        n, half = self.rows, self.rows // 2
+        index = offset + np.arange(first, len(rows))
+        out = np.empty((len(rows) - first, rows.shape[1]))
+        warm = index < n
+        for k in np.flatnonzero(warm):  # at most one window of rows, once per file; the level changes per step
+            if k and index[k] // self.step == index[k - 1] // self.step:
+                out[k] = out[k - 1]
+            else:
+                out[k] = self._warm(rows, first + k, offset)
+        if (~warm).any():
+            frame = pd.DataFrame(rows).shift(1)  # the row itself never sets its own level
+            whole = frame.rolling(n, min_periods=n).median().to_numpy()
+            recent = frame.rolling(half, min_periods=half).median().to_numpy()
+            earlier = frame.shift(half).rolling(n - half, min_periods=n - half).median().to_numpy()
+            out[~warm] = (whole + recent - earlier)[first:][~warm]
+        return out
+
+    def describe(self) -> dict:
+        return {"rows": self.rows, "period_rows": self.period,
+                "method": "median of the preceding rows (whole periods), moved on by their trend"}

@@ -230,14 +230,10 @@ def test_a_flat_series_trains_and_flags_any_departure(tmp_path, cli, model_args)
 def drifting(tmp_path_factory, flags_data):
     d = tmp_path_factory.mktemp("drift")
     store = ModelStore(d / "models")
-    # meanstd: mean + 3 std of the window follows a level that keeps rising; a window's 95th percentile lags
-    # it (the newest rows are above most of the window), as README says
-    # dense, not the default pca: pca's windowed Mahalanobis distance grows with the square of a level drift
-    # (the level of a one-period window hardly varies in training), from ~40 to ~5,000 over this file, and a
-    # +6 spike adds only 5-25% to it, inside a 500-row window's mean + 3 std: pca catches 3 of the 10 spikes
-    # here (dense: 10 of 10). A known pca limitation on drifting data, not fixed yet.
+    # a dense model with meanstd, and the default pca (version "pca") with its stored percentile rule
     service.train(str(flags_data["dir"] / "train.csv"), store=store, epochs=10, version="v", threshold_method="meanstd",
                   model_type="dense")
+    service.train(str(flags_data["dir"] / "train.csv"), store=store, version="pca")
     frame, idx = periodic(4000, 3000, seed=21, spikes=10, drift=4.0)
     frame.to_csv(d / "drift.csv", index=False)
     return {"dir": d, "store": store, "spikes": idx, "frame": frame}
@@ -254,8 +250,25 @@ def test_rolling_threshold_follows_drift_and_still_catches_spikes(drifting):
     table = pd.read_csv(out)
     flagged = table["is_anomaly"].to_numpy().astype(bool)
     assert flagged[drifting["spikes"]].sum() >= 9
-    assert table["threshold"].iloc[-1] > table["threshold"].iloc[0]  # it moved up with the data
+    # the rows are re-centred on their recent level, so the scores (and the threshold) do not climb with the drift
+    scores = table["reconstruction_error"].to_numpy()
+    assert np.nanmedian(scores[-500:]) < 3 * np.nanmedian(scores[500:1000])
     assert rolled["threshold_window"]["window"] == 500
+    assert rolled["threshold_window"]["baseline"]["rows"] == 480  # whole pairs of periods (48 rows)
+
+
+def test_rolling_window_keeps_the_default_model_quiet_on_drift(drifting):
+    """The default pca: its windowed distance grows with the square of a level drift, so without the re-centred
+    baseline a rolling threshold could not keep up (3 of 10 spikes caught before it)."""
+    path = str(drifting["dir"] / "drift.csv")
+    static = service.detect(path, store=drifting["store"], version="pca", max_results=0, follow_level=False)
+    assert static["anomaly_ratio"] > 0.5
+    out = drifting["dir"] / "rolling_pca.csv"
+    rolled = service.detect(path, store=drifting["store"], version="pca", max_results=0, threshold_window=500,
+                            output=str(out))
+    flagged = pd.read_csv(out)["is_anomaly"].to_numpy().astype(bool)
+    assert rolled["anomaly_ratio"] <= 0.10
+    assert flagged[drifting["spikes"]].sum() >= 9
 
 
 def test_rolling_threshold_is_the_same_chunked_and_whole(drifting, tmp_path):
@@ -286,8 +299,7 @@ def test_live_stream_uses_the_rolling_threshold(drifting):
     results = []
     for start in range(0, len(values), 250):
         results += scorer.push(values[start:start + 250].tolist())
-    thresholds = np.array([r["threshold"] for r in results])
-    assert thresholds[-1] > thresholds[0]
+    assert all("threshold" in r for r in results)
     flagged = np.array([r["is_anomaly"] for r in results])
     assert flagged.mean() <= 0.10 and flagged[drifting["spikes"]].sum() >= 9
 
@@ -357,3 +369,23 @@ def test_threshold_plot_shows_the_histogram_and_every_method(flags_data, tmp_pat
     assert any("(stored)" in label and "flags 5.0%" in label for label in labels)
     stored = [ln for ln in hist_ax.lines if ln.get_linewidth() == 2.5]
     assert len(stored) == 1 and abs(stored[0].get_xdata()[0] - det.threshold_) < 1e-9
+
+
+def test_drift_baseline_is_causal_and_the_same_in_any_chunks():
+    from anomaly.rolling import DriftBaseline
+
+    rng = np.random.default_rng(3)
+    t = np.arange(4000)
+    X = np.c_[np.sin(2 * np.pi * t / 48) + rng.normal(0, 0.2, 4000) + t * 0.002, rng.normal(5, 1, 4000)]
+    whole = DriftBaseline(500, np.array([0.0, 5.0]), period=48).push(X)
+    for size in (1, 7, 333):  # live points, small pushes and blocks: the same numbers
+        b = DriftBaseline(500, np.array([0.0, 5.0]), period=48)
+        np.testing.assert_array_equal(np.concatenate([b.push(X[i:i + size]) for i in range(0, 4000, size)]), whole)
+    # the first two periods are scored as they are; later rows lose the trend (8 units) but keep a spike
+    np.testing.assert_array_equal(whole[:96], X[:96])
+    assert abs(np.median(whole[-500:, 0])) < 0.3
+    spiked = X.copy()
+    spiked[3000, 0] += 5
+    moved = DriftBaseline(500, np.array([0.0, 5.0]), period=48).push(spiked)
+    assert moved[3000, 0] - whole[3000, 0] == pytest.approx(5.0)
+    np.testing.assert_allclose(moved[3001:3100], whole[3001:3100], atol=0.05)  # one row hardly moves a median
