@@ -4,11 +4,13 @@ A suite is a folder of `<series>.train.csv` (mostly normal rows) and `<series>.t
 a 0/1 `label` column). For every series and every detector variant (model type x window) this trains through
 `service.train` (the one training path), scores the test file with the saved `Detector`, and reports ROC-AUC,
 PR-AUC, VUS-PR, best F1, precision / recall / F1 at the detector's own threshold (and at each compared
-threshold method), point-adjusted F1 next to the same for a uniform random score, and train / score time.
-IsolationForest, PCA reconstruction and |z| are fitted on the same training rows and windows. Series without
-any anomaly report the false positive rate only.
+threshold method), point-adjusted F1 next to the same for a uniform random score, train / score time, and
+the event figures of the flags detection raises (`anomaly.events`: incidents caught, false alarms, spill,
+delay). IsolationForest, PCA reconstruction and |z| are fitted on the same training rows and windows. Series
+without any anomaly report the false positive rate (and alerts) only.
 
     anomaly evaluate --suite /work/shared/data/nab --json nab.json --plots plots/
+    anomaly evaluate --suite /work/shared/data/nab --outputs nab-results/   # detections already made
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import defaults, metrics, models, thresholds
+from . import defaults, events, metrics, models, thresholds
 from .cli import add_device_arguments
 from .errors import DataError, NotFound
+from .evaluate_outputs import add_event_arguments, format_events_table
 from .pipeline import Thresholder
 from .rolling import RollingThreshold
 
@@ -55,6 +58,7 @@ def _windows(value: str) -> list:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--suite", required=True, nargs="+",
                    help="suite folder(s) of <series>.train.csv / <series>.test.csv")
+    add_event_arguments(p)
     p.add_argument("--model-type", type=_list, default=[defaults.MODEL_TYPE], help="model types, comma-separated")
     p.add_argument("--window", type=_windows, default=[defaults.WINDOW], help="windows to compare, comma-separated")
     p.add_argument("--threshold-method", default=defaults.THRESHOLD_METHOD, help="the detector's own threshold method")
@@ -87,6 +91,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    if args.outputs:
+        from . import evaluate_outputs
+        return evaluate_outputs.run(args)
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
@@ -101,7 +108,8 @@ def _config(args) -> dict:
     return {k: getattr(args, k, None) for k in (
         "model_type", "window", "threshold_method", "percentile", "risk", "compare_thresholds", "baselines",
         "series", "sample", "smooth", "encoding_dim", "hidden", "dropout", "learning_rate", "epochs",
-        "batch_size", "patience", "max_train_rows", "seed", "device", "precision")}
+        "batch_size", "patience", "max_train_rows", "seed", "device", "precision", "event_tolerance",
+        "event_merge_gap")}
 
 
 def find_series(suite: str | Path, only: list[str] | None = None) -> list[tuple[str, Path, Path]]:
@@ -123,7 +131,8 @@ def find_series(suite: str | Path, only: list[str] | None = None) -> list[tuple[
 def evaluate_suite(suite: str | Path, args, report: dict | None = None) -> dict:
     report = report if report is not None else {"config": _config(args), "suites": {}}
     name = Path(suite).name
-    result = {"suite": str(suite), "series": [], "summary": {}}
+    result = {"suite": str(suite), "tolerance": args.event_tolerance, "merge_gap": args.event_merge_gap,
+              "series": [], "summary": {}}
     report["suites"][name] = result
     with tempfile.TemporaryDirectory(prefix="anomaly-eval-") as tmp:
         for series, train, test in _sample(find_series(suite, args.series), getattr(args, "sample", None), args.seed):
@@ -214,7 +223,7 @@ def evaluate_series(series: str, train: Path, test: Path, args, tmp: Path, plot_
             scores = det.decision_function(test_table.X)
             score_seconds = time.perf_counter() - started
             # at the threshold detection applies: the stored one, following the file's level (`follow_level`)
-            rep = _report(labels, scores, Thresholder(det, None)(scores, None), max_buffer)
+            rep = _report(labels, scores, Thresholder(det, None)(scores, None), max_buffer, args)
             rep |= {"threshold": det.threshold_, "train_seconds": round(train_seconds, 3),
                     "score_seconds": round(score_seconds, 3), "epochs_run": res["epochs_run"]}
             # The same model under other label-free threshold methods, calibrated like training does.
@@ -238,7 +247,7 @@ def evaluate_series(series: str, train: Path, test: Path, args, tmp: Path, plot_
                 params = service.threshold_params(args.threshold_method, args.percentile, None, **t_opts)
                 thr = thresholds.compute(args.threshold_method, _calibration(smooth(train_scores, span)),
                                          **params)["threshold"]
-                row["detectors"][f"{key} smoothed"] = _report(labels, smooth(scores, span), thr, max_buffer) | {
+                row["detectors"][f"{key} smoothed"] = _report(labels, smooth(scores, span), thr, max_buffer, args) | {
                     "threshold": thr}
             if args.plots:
                 _plot(Path(args.plots) / f"{plot_prefix}__{key.replace(' ', '_').replace('=', '')}.png",
@@ -284,12 +293,15 @@ def _at_threshold(labels, scores, threshold) -> dict:
             "flagged_ratio": float(pred.mean()) if len(pred) else 0.0}
 
 
-def _report(labels, scores, threshold, max_buffer) -> dict:
+def _report(labels, scores, threshold, max_buffer, args) -> dict:
+    from .detector import flag
+
+    found = events.series_report(labels, flag(scores, threshold), args.event_tolerance, args.event_merge_gap)
     if labels.any():
-        return metrics.threshold_report(labels, scores, threshold, max_buffer=max_buffer)
+        return metrics.threshold_report(labels, scores, threshold, max_buffer=max_buffer) | {"events": found}
     # No anomaly: only the false alarms mean anything.
     return {k: v for k, v in metrics.threshold_report(labels, scores, threshold).items()
-            if k in ("rows", "anomalous_rows", "flagged_rows", "false_positive_rate")}
+            if k in ("rows", "anomalous_rows", "flagged_rows", "false_positive_rate")} | {"events": found}
 
 
 def _baseline(name: str, window: int, train_X, test_X, labels, max_buffer, args) -> dict:
@@ -311,7 +323,7 @@ def _baseline(name: str, window: int, train_X, test_X, labels, max_buffer, args)
         params = threshold_params(args.threshold_method, args.percentile, None,
                                   **({"risk": args.risk} if args.risk is not None else {}))
         thr = thresholds.compute(args.threshold_method, _calibration(train_scores), **params)["threshold"]
-    rep = _report(labels, scores, thr, max_buffer)
+    rep = _report(labels, scores, thr, max_buffer, args)
     return rep | {"threshold": thr, "train_seconds": round(train_seconds, 3), "score_seconds": round(score_seconds, 3)}
 
 
@@ -354,6 +366,7 @@ def summarize(rows: list[dict]) -> dict:
             s["flagged_clean_at"] = {m: mean_at(clean, m, "flagged_ratio") for m in sorted(methods)}
         if clean:
             s["false_positive_rate_clean"] = float(np.mean([x["false_positive_rate"] for x in clean]))
+        s["events"] = events.pool([x["events"] for x in reps if "events" in x])
         s["train_seconds"] = round(float(sum(x.get("train_seconds", 0) for x in reps)), 2)
         s["score_seconds"] = round(float(sum(x.get("score_seconds", 0) for x in reps)), 2)
         out[k] = s
@@ -369,10 +382,12 @@ def format_series(row: dict) -> str:
         return f"{row['series']}: skipped ({row['error']})"
     parts = []
     for k, r in row["detectors"].items():
+        ev = r.get("events", {})
         if row["anomalous_rows"]:
-            parts.append(f"{k}: vus {_fmt(r.get('vus_pr'))} roc {_fmt(r.get('roc_auc'))} f1 {_fmt(r.get('f1'))}")
+            parts.append(f"{k}: vus {_fmt(r.get('vus_pr'))} roc {_fmt(r.get('roc_auc'))} f1 {_fmt(r.get('f1'))} "
+                         f"caught {ev.get('caught', '-')}/{ev.get('events', '-')} false {ev.get('false_alerts', '-')}")
         else:
-            parts.append(f"{k}: fpr {_fmt(r.get('false_positive_rate'))}")
+            parts.append(f"{k}: fpr {_fmt(r.get('false_positive_rate'))} alerts {ev.get('alerts', '-')}")
     return f"{row['series']} ({row['rows_test']} rows, {row['anomalous_rows']} anomalous): " + "; ".join(parts)
 
 
@@ -392,4 +407,6 @@ def format_summary(result: dict) -> str:
             lines.append(f"    F1 by threshold method: {by_method}")
     lines.append("Means over series with anomalies; FPR0 = false positive rate on series without any. "
                  "PA-F1 (point-adjusted) is shown only beside the same metric for a uniform random score.")
+    tol, gap = result.get("tolerance", events.TOLERANCE), result.get("merge_gap", events.MERGE_GAP)
+    lines.append(format_events_table([(k, s["events"]) for k, s in summ.items() if "events" in s], tol, gap))
     return "\n".join(lines)
