@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
-from typing import Any, AsyncIterator, Callable, Iterator
+import zlib
+from typing import Annotated, Any, AsyncIterator, Callable, Iterator
 
 import anyio
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from .. import specs
-from ..errors import AnomalyError, DataError
+from ..errors import AnomalyError, DataError, message
 from ..logs import log_call
 from ..specs import MAX_RESULTS_LIMIT
 from .core import Runtime, clean
@@ -61,8 +61,13 @@ TrainRequest = specs.request_model(
     data_file=(str, Field(description="CSV/TXT file of mostly normal rows, inside an allowed data root")))
 
 
+MAX_POINT_VALUES = 10_000  # values in one live point (a model has at most this many features)
+Point = Annotated[list[float], Field(max_length=MAX_POINT_VALUES)] | Annotated[
+    dict[str, float], Field(max_length=MAX_POINT_VALUES)]
+
+
 class LivePoints(BaseModel):
-    points: list[list[float] | dict[str, float]] = Field(min_length=1, max_length=100_000, description=(
+    points: list[Point] = Field(min_length=1, max_length=100_000, description=(
         "new rows, oldest first: value lists in the model's feature order, or {feature: value} objects"))
     version: str | None = Field(None, description="model version (default: the latest)")
     threshold_window: int | None = Field(None, ge=50, le=10_000_000, description=(
@@ -80,6 +85,41 @@ def detect_query(request: Request) -> BaseModel:
 def _set(req: BaseModel) -> dict:
     """The fields the client gave (the spec fills in the rest, so defaults live in one place)."""
     return req.model_dump(exclude_unset=True)
+
+
+class UploadSize:
+    """The size of an upload as it will be read: a gzip body counted decompressed, chunk by chunk as it arrives
+    (the body limit counts compressed bytes, and a 600 KB gzip can hold gigabytes of rows). Over `limit`: 413."""
+
+    def __init__(self, limit: int):
+        self.limit, self.total, self.inflate = limit, 0, None
+        self.head = b""
+
+    def add(self, chunk: bytes) -> None:
+        if self.inflate is None and len(self.head) < 2:
+            self.head += chunk[:2 - len(self.head)]
+            if len(self.head) == 2 and self.head == b"\x1f\x8b":
+                self.inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        if self.inflate is None:
+            self.total += len(chunk)
+        else:
+            data = chunk
+            while data and self.total <= self.limit:
+                try:  # at most 1 MiB out per step: the bomb is counted, never held
+                    self.total += len(self.inflate.decompress(data, 1 << 20))
+                except zlib.error:  # not gzip after all: the reader says what is wrong with it
+                    self.inflate, self.head = None, b"xx"
+                    return
+                data = self.inflate.unconsumed_tail
+                if self.inflate.eof:  # another gzip member may follow (cat a.gz b.gz)
+                    data, self.inflate = self.inflate.unused_data + data, zlib.decompressobj(16 + zlib.MAX_WBITS)
+        if self.total > self.limit:
+            raise UploadTooLarge(f"the upload holds more than {self.limit >> 20} MiB of data once decompressed "
+                                 "(--max-upload-decompressed-mb); send a smaller file")
+
+
+class UploadTooLarge(AnomalyError):
+    http_status = 413
 
 
 # --- SSE helpers -------------------------------------------------------------------------------------------
@@ -104,7 +144,7 @@ def sse_response(runtime: Runtime, events: AsyncIterator[tuple[str, Any]]) -> Ev
 
 
 def error_body(exc: AnomalyError) -> dict:
-    return {"error": str(exc), "type": type(exc).__name__}
+    return {"error": message(exc), "type": type(exc).__name__}
 
 
 async def event_stream(runtime: Runtime, make: Callable[[], Iterator[dict]]) -> EventSourceResponse:
@@ -208,12 +248,14 @@ def build_router(runtime: Runtime, hub: LiveHub) -> APIRouter:
     async def detect_upload(request: Request, version: str | None = None, return_details: bool = True,
                             max_results: int | None = Query(None, ge=0, le=MAX_RESULTS_LIMIT),
                             device: str | None = None) -> dict:
-        runtime.uploads.mkdir(parents=True, exist_ok=True)
-        path = runtime.uploads / f"upload-{uuid.uuid4().hex[:12]}.csv"
+        path = runtime.new_upload()
+        limit = runtime.settings.max_upload_decompressed_mb * (1 << 20)
         try:
             with open(path, "wb") as f:
+                size = UploadSize(limit)
                 async for chunk in request.stream():
                     f.write(chunk)
+                    size.add(chunk)
             if path.stat().st_size == 0:
                 raise DataError("the request body is empty; send the CSV as the body")
             return clean(await runtime.score(toolbox.run_detection, str(path), version=version, trusted=True,
@@ -275,14 +317,19 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = [f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}" for e in exc.errors()]
-        return JSONResponse({"error": "invalid request: " + "; ".join(problems),
-                             "detail": clean(json.loads(json.dumps(exc.errors(), default=str)))}, status_code=422)
+        errors = exc.errors()[:20]
+        problems = [f"{'.'.join(str(p)[:80] for p in e['loc'] if p != 'body') or 'body'}: {e['msg'][:200]}"
+                    for e in errors]
+        # each problem without the value the client sent (it may be megabytes; the client has it)
+        detail = [{"loc": [p if isinstance(p, int) else str(p)[:80] for p in e["loc"]], "msg": e["msg"][:200],
+                   "type": e["type"]} for e in errors]
+        return JSONResponse({"error": message("invalid request: " + "; ".join(problems)), "detail": detail},
+                            status_code=422)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-        return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"[:500]}, status_code=500)
+        return JSONResponse({"error": message(f"internal error: {type(exc).__name__}: {exc}", 500)}, status_code=500)
 
     @app.exception_handler(BodyTooLarge)
     async def too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:

@@ -15,6 +15,7 @@ import hmac
 import ipaddress
 import json
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,10 @@ from ..errors import DataError, PathNotAllowed
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 MCP_PATHS = ("/sse", "/messages", "/mcp")
 MCP_MAX_BODY = 4 << 20  # one JSON-RPC message; the SDK's own default
+# A JSON body costs many times its size once parsed (a Python object per number): the API's JSON routes take
+# far less than an upload, whose CSV is streamed to disk. 8 MiB holds the largest live push (100,000 points).
+JSON_MAX_BODY = 8 << 20
+UPLOAD_PATHS = ("/api/detect/upload",)
 # GET/HEAD without a token: the dashboard page, its bundled assets and the docs page (no data; their calls send it)
 PUBLIC_PATHS = ("/", "/docs", "/favicon.ico")
 PUBLIC_PREFIX = "/static/"
@@ -63,6 +68,7 @@ class PathPolicy:
         if not any(resolved.is_relative_to(root) for root in self.data_roots):
             roots = ", ".join(str(r) for r in self.data_roots)
             raise PathNotAllowed(f"{path} is outside the allowed data roots ({roots})")
+        check_regular(resolved, path)
         return resolved
 
     def artifact(self, path: str) -> Path:
@@ -94,6 +100,17 @@ def check_path_text(path) -> None:
                                          for part in path.split("/")):
         raise DataError(f"path too long: {path[:80]}... (at most {MAX_NAME_BYTES} bytes a name, "
                         f"{MAX_PATH_CHARS} characters in all)")
+
+
+def check_regular(resolved: Path, given: str) -> None:
+    """A data path must be a plain file or a folder: opening a FIFO (or a device) blocks its reader until a
+    writer comes, which holds a scoring thread for good."""
+    try:
+        mode = resolved.stat().st_mode
+    except OSError:
+        return  # missing: the reader says so with its own message
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise DataError(f"{given[:200]} is not a regular file (a pipe, socket or device); give a data file")
 
 
 def _resolve(p: Path) -> Path:
@@ -181,14 +198,21 @@ class Guard:
         if origin and not same_origin and not _matches(origin.lower(), self.origins):
             return await _reply(send, 403, f"origin {origin!r} is not allowed; start the server with "
                                            "--allowed-origin to add it")
-        if self.token is not None and not is_public(scope.get("method", ""), scope.get("path", "")):
+        public = is_public(scope.get("method", ""), scope.get("path", ""))
+        if origin is None and not public and headers.get("sec-fetch-site") == "cross-site":
+            # a page elsewhere making the browser fetch a URL (<img src>, a link): no Origin is sent then, but
+            # the browser says where the request comes from; without a token it would run a detection
+            return await _reply(send, 403, "cross-site requests are not allowed (Sec-Fetch-Site: cross-site); "
+                                           "call the API from this server's pages or a non-browser client")
+        if self.token is not None and not public:
             auth = headers.get("authorization", "")
             given = auth[7:].strip().encode() if auth[:7].lower() == "bearer " else b""
             if not hmac.compare_digest(given, self.token):
                 return await _reply(send, 401, "missing or wrong bearer token (Authorization: Bearer <token>)",
                                     [(b"www-authenticate", b'Bearer realm="anomaly"')])
         path = scope.get("path", "")
-        limit = self.access.mcp_max_body if path.startswith(MCP_PATHS) else self.access.max_body
+        limit = (self.access.mcp_max_body if path.startswith(MCP_PATHS) else self.access.max_body
+                 if path in UPLOAD_PATHS else min(self.access.max_body, JSON_MAX_BODY))
         declared = headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
             return await _reply(send, 413, _too_large(limit))
