@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     allowed_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="extra browser Origins to accept, e.g. https://dash.example")
     max_upload_mb: float = Field(64, gt=0, description="largest HTTP request body (413 above)")
-    max_upload_decompressed_mb: float = Field(512, gt=0, description="largest upload once decompressed (a gzip "
+    max_upload_decompressed_mb: float = Field(256, gt=0, description="largest upload once decompressed (a gzip "
                                               "body; 413 above)")
     mcp_max_sessions: int = Field(1000, ge=1, le=100_000, description="open MCP Streamable HTTP sessions; at the "
                                   "cap, a new client replaces the session idle the longest")

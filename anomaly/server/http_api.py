@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import zlib
 from typing import Annotated, Any, AsyncIterator, Callable, Iterator
 
 import anyio
@@ -32,6 +31,7 @@ from ..specs import MAX_RESULTS_LIMIT
 from .core import Runtime, clean
 from .live import LiveHub
 from .security import BodyTooLarge
+from .uploads import spool
 
 log = logging.getLogger("anomaly.server")
 
@@ -85,41 +85,6 @@ def detect_query(request: Request) -> BaseModel:
 def _set(req: BaseModel) -> dict:
     """The fields the client gave (the spec fills in the rest, so defaults live in one place)."""
     return req.model_dump(exclude_unset=True)
-
-
-class UploadSize:
-    """The size of an upload as it will be read: a gzip body counted decompressed, chunk by chunk as it arrives
-    (the body limit counts compressed bytes, and a 600 KB gzip can hold gigabytes of rows). Over `limit`: 413."""
-
-    def __init__(self, limit: int):
-        self.limit, self.total, self.inflate = limit, 0, None
-        self.head = b""
-
-    def add(self, chunk: bytes) -> None:
-        if self.inflate is None and len(self.head) < 2:
-            self.head += chunk[:2 - len(self.head)]
-            if len(self.head) == 2 and self.head == b"\x1f\x8b":
-                self.inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        if self.inflate is None:
-            self.total += len(chunk)
-        else:
-            data = chunk
-            while data and self.total <= self.limit:
-                try:  # at most 1 MiB out per step: the bomb is counted, never held
-                    self.total += len(self.inflate.decompress(data, 1 << 20))
-                except zlib.error:  # not gzip after all: the reader says what is wrong with it
-                    self.inflate, self.head = None, b"xx"
-                    return
-                data = self.inflate.unconsumed_tail
-                if self.inflate.eof:  # another gzip member may follow (cat a.gz b.gz)
-                    data, self.inflate = self.inflate.unused_data + data, zlib.decompressobj(16 + zlib.MAX_WBITS)
-        if self.total > self.limit:
-            raise UploadTooLarge(f"the upload holds more than {self.limit >> 20} MiB of data once decompressed "
-                                 "(--max-upload-decompressed-mb); send a smaller file")
-
-
-class UploadTooLarge(AnomalyError):
-    http_status = 413
 
 
 # --- SSE helpers -------------------------------------------------------------------------------------------
@@ -249,13 +214,8 @@ def build_router(runtime: Runtime, hub: LiveHub) -> APIRouter:
                             max_results: int | None = Query(None, ge=0, le=MAX_RESULTS_LIMIT),
                             device: str | None = None) -> dict:
         path = runtime.new_upload()
-        limit = runtime.settings.max_upload_decompressed_mb * (1 << 20)
         try:
-            with open(path, "wb") as f:
-                size = UploadSize(limit)
-                async for chunk in request.stream():
-                    f.write(chunk)
-                    size.add(chunk)
+            await spool(request.stream(), path, int(runtime.settings.max_upload_decompressed_mb * (1 << 20)))
             if path.stat().st_size == 0:
                 raise DataError("the request body is empty; send the CSV as the body")
             return clean(await runtime.score(toolbox.run_detection, str(path), version=version, trusted=True,
