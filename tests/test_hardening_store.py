@@ -69,7 +69,8 @@ def test_overwrite_swaps_the_version_in_one_step(copy_store, trained):
                           text=True)
     assert proc.returncode == 9, proc.stderr
     assert created(root, "v1") == "NEW"
-    assert any(p.name.startswith(".tmp-") for p in root.iterdir())
+    aside = [p for p in root.iterdir() if p.name.startswith(".tmp-")]
+    assert len(aside) == 1 and json.loads((aside[0] / "model_config.json").read_text())["created"] == old
     ModelStore(root).save(lambda p: [shutil.copy(trained["dir"] / q.name, q) for _, q in p.items()], version="other")
     assert not [p for p in root.iterdir() if p.name.startswith(".")], "the dead writer's old copy stays"
 
