@@ -197,7 +197,10 @@ class ModelStore:
             else:
                 stale = entry.name.startswith(OLD_TEMP_PREFIXES) and _age(entry) > STALE_AFTER_S
             if stale and not self._restore_parked(entry):
-                remove_entry(entry)
+                try:
+                    remove_entry(entry)
+                except OSError:  # a read-only store (a lookup calls this too): leave it to a writer
+                    pass
 
     def _restore_parked(self, entry: Path) -> bool:
         """Put a dead writer's parked old copy of a version back when nothing took its name (the writer died
