@@ -5,8 +5,8 @@ carry its process id, so a running writer's are never touched)."""
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
+import functools
 import os
 import re
 import shutil
@@ -52,15 +52,23 @@ RENAME_EXCHANGE = 2  # linux/fs.h
 _AT_FDCWD = -100
 
 
+@functools.cache
+def _renameat2():
+    """libc's renameat2, or None where there is none (not Linux, an old glibc)."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2  # the symbols the interpreter already loaded: libc's
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return fn
+
+
 def exchange(a: Path, b: Path) -> bool:
     """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE): whatever moment the process dies, each name
     holds one of the two. False where the system or the file system cannot; nothing has moved then."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
+    renameat2 = _renameat2()
+    if renameat2 is None:
         return False
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
     if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0:
         return True
     err = ctypes.get_errno()

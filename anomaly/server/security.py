@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import ipaddress
 import json
@@ -19,6 +20,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import DataError, PathNotAllowed
@@ -30,6 +32,7 @@ MCP_MAX_BODY = 4 << 20  # one JSON-RPC message; the SDK's own default
 # far less than an upload, whose CSV is streamed to disk. 8 MiB holds the largest live push (100,000 points).
 JSON_MAX_BODY = 8 << 20
 UPLOAD_PATHS = ("/api/detect/upload",)
+LARGE_JSON_AT_ONCE = 2
 # GET/HEAD without a token: the dashboard page, its bundled assets and the docs page (no data; their calls send it)
 PUBLIC_PATHS = ("/", "/docs", "/favicon.ico")
 PUBLIC_PREFIX = "/static/"
@@ -181,6 +184,7 @@ class Guard:
         self.hosts = access.hosts()
         self.origins = access.origins()
         self.token = access.token.encode() if access.token else None
+        self.large_json = None  # made on first use, inside the event loop
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -243,11 +247,26 @@ class Guard:
                 started = True
             await send(message)
 
+        large = (scope.get("method") in ("POST", "PUT", "PATCH") and not path.startswith(MCP_PATHS)
+                 and path not in UPLOAD_PATHS and not (declared and declared.isdigit() and int(declared) <= 1 << 20))
         try:
-            await self.app(scope, counted_receive, tracked_send)
+            if large:  # parsed whole, at many times its size: at most LARGE_JSON_AT_ONCE at a time
+                async with self._large_json_slot():
+                    await self.app(scope, counted_receive, tracked_send)
+            else:
+                await self.app(scope, counted_receive, tracked_send)
         except BodyTooLarge:
             if not started:
                 await _reply(send, 413, _too_large(limit))
+
+    @contextlib.asynccontextmanager
+    async def _large_json_slot(self):
+        """A JSON body over 1 MiB (or of unknown length) takes many times its size while it is parsed: a few at
+        once stay within memory, more wait their turn. (The API's streams take small bodies: none waits here.)"""
+        if self.large_json is None:
+            self.large_json = anyio.Semaphore(LARGE_JSON_AT_ONCE)
+        async with self.large_json:
+            yield
 
 
 def _too_large(limit: int) -> str:
