@@ -130,10 +130,15 @@ def model_stamp(store_root: str | os.PathLike, version: str) -> list | None:
 
 
 def _options_record(options: dict) -> dict:
-    """The detection options as the summary file holds them (JSON), to compare with the next run's."""
+    """What the options make a detection compute, as the summary file holds it (JSON), to compare with the
+    next run's: each option's value with the defaults filled in (`per_feature=False` given or not is the same
+    run). Not the device: where it runs does not change what it computes."""
     import json
 
-    return json.loads(jsonsafe.dumps(dict(sorted(options.items()))))
+    from .specs import DetectSpec, parse
+
+    spec = parse(DetectSpec, **options)
+    return json.loads(jsonsafe.dumps({name: getattr(spec, name) for name in DETECT_OPTIONS if name != "device"}))
 
 
 def summarise_detection(r: dict) -> dict:
