@@ -239,6 +239,7 @@ def test_mcp_server_started_anywhere_writes_results_to_a_user_folder(tmp_path, d
            "PYTHONPATH": str(REPO)}
     # no ANOMALY_RESULTS_DIR, started in / as a desktop client does
     params = StdioServerParameters(command=PYTHON, args=["-m", "anomaly", "mcp"], env=env, cwd="/")
+    before = set(Path("/results").glob("*")) if Path("/results").is_dir() else set()
 
     async def session():
         with open(tmp_path / "stderr.log", "w") as errlog:
@@ -250,7 +251,8 @@ def test_mcp_server_started_anywhere_writes_results_to_a_user_folder(tmp_path, d
     assert not result.is_error, result.content[0].text
     output = json.loads(result.content[0].text)["output"]
     assert output.startswith(str(home / "data" / "anomaly" / "results")), output
-    assert not Path("/results").exists() or not any(Path("/results").glob("test-*.csv"))
+    after = set(Path("/results").glob("*")) if Path("/results").is_dir() else set()
+    assert after == before  # nothing written into the client's working directory
 
     blocked = tmp_path / "blocked"
     blocked.write_text("a file where the results folder would be")
