@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(PY) bench/detect_scale.py
 	$(PY) bench/train_speed.py
 	$(PY) bench/server_load.py
+	$(PY) bench/server_memory.py
 	$(PY) bench/device_speed.py
 	$(PY) bench/fleet.py --series 200
 

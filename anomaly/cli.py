@@ -48,7 +48,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """The data file and where the version goes; every training parameter comes from `TrainSpec`."""
     p.add_argument("--data", required=True, help="training CSV/TXT file (.gz ok) of mostly normal rows")
     add_artifact_arguments(p)
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --version")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --version (or the explicit --model files)")
     specs.add_arguments(p, specs.TrainSpec)
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the result as JSON")

@@ -11,6 +11,7 @@ input matched by column name, `score_samples` with higher = more normal.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import pickle
@@ -43,6 +44,7 @@ from .store import (
     check_complete,
     now_iso,
     read_json,
+    remove_stale_files,
     validate_artifacts,
 )
 
@@ -322,22 +324,33 @@ class DetectorCore:
         `atomic=False` writes them plainly, for a caller that makes them durable itself: `ModelStore.save`
         writes into a private temporary folder, fsyncs every file and renames the folder into place (each file
         fsynced twice and renamed once for nothing cost a fleet ~15 ms a series)."""
-        write = atomic_write_bytes if atomic else _write_bytes
         buf = io.BytesIO()
         # weights from the CPU: the file loads on any device (map_location moves them where they are needed)
         torch.save({k: v.detach().cpu() for k, v in self.model_.state_dict().items()}, buf)
-        write(paths.model, buf.getvalue())
-        write(paths.config, json.dumps(self.config_dict(metadata), indent=2, default=_json_default).encode())
-        write(paths.threshold, json.dumps(self.threshold_info_, indent=2, default=_json_default).encode())
+        files = {"model": buf.getvalue(),
+                 "threshold": json.dumps(self.threshold_info_, indent=2, default=_json_default).encode()}
         if hasattr(self, "scaler_"):
             import joblib
 
             buf = io.BytesIO()
             joblib.dump(self.scaler_, buf)
-            scaler_bytes = buf.getvalue()
+            files["scaler"] = buf.getvalue()
         else:  # a loaded detector: copy the original pickle rather than unpickling it
-            scaler_bytes = self.source_paths_.scaler.read_bytes()
-        write(paths.scaler, scaler_bytes)
+            files["scaler"] = self.source_paths_.scaler.read_bytes()
+        config = self.config_dict(metadata)
+        if not atomic:
+            for kind, data in files.items():
+                _write_bytes(getattr(paths, kind), data)
+            _write_bytes(paths.config, json.dumps(config, indent=2, default=_json_default).encode())
+            return
+        # Explicit files are replaced one by one, so a kill between two leaves a mixed set: the config, written
+        # last, names the checksum of each file it belongs with, and a set that does not match is refused on load.
+        config[SET_KEY] = {kind: _sha256(data) for kind, data in files.items()}
+        for folder in {p.parent for _, p in paths.items()}:
+            remove_stale_files(folder)  # what an earlier, killed save left beside these files
+        for kind, data in files.items():
+            atomic_write_bytes(getattr(paths, kind), data)
+        atomic_write_bytes(paths.config, json.dumps(config, indent=2, default=_json_default).encode())
 
     @classmethod
     def load(cls, paths: ArtifactPaths, label: str = "", device: str = "auto", precision: str = "fp32") -> DetectorCore:
@@ -350,6 +363,7 @@ class DetectorCore:
         config = read_json(paths.config)
         threshold = read_json(paths.threshold)
         validate_artifacts(config, threshold, label, require_affine=not paths.allow_pickle)
+        _check_set(paths, config, label)
         try:
             det = cls(model_type=config["model_type"], window=config["window"], scaler=config["scaler"],
                       threshold_method=threshold["method"], threshold_params=threshold.get("params", {}),
@@ -473,6 +487,33 @@ def library_versions() -> dict:
     import sklearn
     return {"anomaly": __version__, "python": platform.python_version(), "torch": torch.__version__,
             "numpy": np.__version__, "pandas": pandas.__version__, "scikit-learn": sklearn.__version__}
+
+
+SET_KEY = "artifact_sha256"  # in model_config.json of explicit files: the checksums of the other three
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _check_set(paths: ArtifactPaths, config: dict, label: str) -> None:
+    """Explicit files saved together must still be the set the config was saved with (see `save`)."""
+    sums = config.get(SET_KEY)
+    if sums is None:  # a store version (renamed into place whole) or files from before the checksums
+        return
+    if not isinstance(sums, dict):
+        raise ArtifactError(f"model {label} is corrupt: {SET_KEY} must be an object")
+    for kind, expected in sums.items():
+        path = getattr(paths, kind, None) if kind in ("model", "threshold", "scaler") else None
+        if path is None:
+            continue
+        try:
+            actual = _sha256(path.read_bytes())
+        except OSError as exc:
+            raise ArtifactError(f"model {label}: cannot read {path}: {exc.strerror or exc}") from None
+        if actual != expected:
+            raise ArtifactError(f"model {label} is a mixed set: {path.name} is not the file its "
+                                f"{paths.config.name} was saved with (a save was interrupted?); train it again")
 
 
 def _write_bytes(path, data: bytes) -> None:

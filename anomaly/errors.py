@@ -39,3 +39,13 @@ class PathNotAllowed(AnomalyError):
 
 class DeviceError(AnomalyError):
     """The asked-for device or precision is unknown or not available on this machine."""
+
+
+MAX_MESSAGE = 1000  # characters of an error a server sends back (an MCP client drops a message over 1 MiB)
+
+
+def message(exc: BaseException, limit: int = MAX_MESSAGE) -> str:
+    """An error's text as one line of at most `limit` characters: what each edge (CLI, MCP, HTTP) sends, so an
+    argument of megabytes repeated in a message never comes back in full."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit - 20] + f"... ({len(text)} characters)"

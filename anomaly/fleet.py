@@ -14,156 +14,32 @@ skips series that are already done (a trained version; a result CSV with an ok r
 
 from __future__ import annotations
 
-import contextlib
-import glob as globlib
 import os
-import re
-import shutil
 import sys
-import tempfile
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterator
 
 from . import jsonsafe
 from .errors import AnomalyError, DataError, NotFound
-from .store import VERSION_RE, ModelStore
+from .files import OUTPUT_TEMP_RE, remove_stale_files
+from .fleet_series import (  # noqa: F401 (the fleet's public names, as before the split)
+    DATA_SUFFIXES,
+    Series,
+    folder_series,
+    glob_series,
+    is_data_name,
+    series_inputs,
+    series_name,
+    split_long_file,
+)
+from .store import FILES, VERSION_RE, ModelStore
 
 SUMMARY_FILE = "fleet_summary.json"
-DATA_SUFFIXES = (".csv", ".txt", ".tsv", ".dat")
 FLUSH_EVERY_S = 5.0  # the detect summary is rewritten this often, so a killed run still records its progress
-SPLIT_PREFIX = ".fleet-split-"
 
 Progress = Callable[[dict], None]
-
-
-@dataclass(frozen=True)
-class Series:
-    name: str  # the model version and the result file's stem
-    path: str  # absolute, so a Dask worker on another machine opens the same (shared) file
-    source: str = ""  # the user's long-format file, when `path` is the part of it split off ...
-    part: str = ""  # ... for this series column value: "host=web-1"
-
-    @property
-    def origin(self) -> str:
-        """Where the series came from, as the summary reports it."""
-        return f"{self.source} [{self.part}]" if self.source else self.path
-
-    def stamp(self) -> list[int]:
-        """Size and modification time of the user's file: a changed file is not "done" any more."""
-        st = os.stat(self.source or self.path)
-        return [st.st_size, st.st_mtime_ns]
-
-
-# --- finding the series ------------------------------------------------------------------------------------
-
-
-def series_name(path: Path) -> str:
-    """`host-1.csv.gz` -> `host-1`: the file name without its data and compression suffixes."""
-    name = path.name
-    if name.lower().endswith(".gz"):
-        name = name[:-3]
-    stem, suffix = os.path.splitext(name)
-    return stem if suffix.lower() in DATA_SUFFIXES else name
-
-
-def is_data_name(name: str) -> bool:
-    """A series file's name: a data suffix (optionally .gz), not hidden."""
-    return not name.startswith(".") and name.lower().removesuffix(".gz").endswith(DATA_SUFFIXES)
-
-
-def _is_data_file(path: Path) -> bool:
-    return path.is_file() and is_data_name(path.name)
-
-
-def _from_files(files: Iterable[Path], where: str) -> list[Series]:
-    series: dict[str, Series] = {}
-    for f in sorted(files):
-        name = series_name(f)
-        if name in series:
-            raise DataError(f"{Path(series[name].path).name} and {f.name} in {where} both give series {name!r}; "
-                            "a series is one file")
-        series[name] = Series(name, str(f.resolve()))
-    if not series:
-        raise DataError(f"no data files (.csv, .txt, .tsv, .dat, optionally .gz) in {where}")
-    return list(series.values())
-
-
-def folder_series(data_dir: str | os.PathLike) -> list[Series]:
-    folder = Path(data_dir)
-    if not folder.is_dir():
-        raise NotFound(f"data folder {folder} does not exist" if not folder.exists() else f"{folder} is not a folder")
-    return _from_files((p for p in folder.iterdir() if _is_data_file(p)), str(folder))
-
-
-def glob_series(pattern: str) -> list[Series]:
-    return _from_files((Path(p) for p in globlib.glob(pattern, recursive=True) if _is_data_file(Path(p))),
-                       f"files matching {pattern!r}")
-
-
-def _safe_name(value) -> str:
-    """A series column value as a file and version name: other characters than letters, digits, '_', '-', '.'
-    become '_' (a host name `db/1` must not become a path)."""
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(value)).strip("._") or "_"
-    return name[:100]
-
-
-def split_long_file(data_file: str | os.PathLike, series_column: str, dest: Path) -> list[Series]:
-    """One CSV per distinct `series_column` value in `dest` (rows in file order, without that column).
-    Values are kept as the text they are in the file, so a series scores exactly as its own file would."""
-    from . import data
-
-    p = data.check_file(data_file)
-    fmt = data.sniff(p)
-    if series_column not in fmt.names:
-        raise DataError(f"series column {series_column!r} is not in {p.name} (columns: {', '.join(fmt.names)})")
-    frame = data._parse(p, fmt, str, compression=fmt.compression)
-    origin = str(p.resolve())
-    groups = frame.groupby(series_column, sort=False, dropna=False)
-    names: dict[str, object] = {}
-    series = []
-    for value, rows in groups:
-        name = _safe_name(value)
-        if name in names:
-            raise DataError(f"series {value!r} and {names[name]!r} in column {series_column!r} both give the name "
-                            f"{name!r}; rename one")
-        names[name] = value
-        target = dest / f"{name}.csv"
-        rows.drop(columns=[series_column]).to_csv(target, index=False)
-        series.append(Series(name, str(target.resolve()), origin, f"{series_column}={value}"))
-    if not series:
-        raise DataError(f"{p} holds no data rows")
-    return series
-
-
-@contextlib.contextmanager
-def series_inputs(data_dir=None, *, data_file=None, glob: str | None = None, series_column: str | None = None,
-                  series: list[Series] | None = None, work_dir: str | os.PathLike = ".") -> Iterator[list[Series]]:
-    """The series of exactly one input; a long-format file is split into a temporary folder in `work_dir`
-    (the model store or output folder: a path Dask workers see too), removed afterwards."""
-    given = [x for x in (data_dir, data_file, glob, series) if x is not None]
-    if len(given) != 1:
-        raise DataError("give exactly one input: a data folder, a long-format file with a series column, or a glob")
-    if series_column and data_file is None:
-        raise DataError("--series-column goes with --data FILE (one long-format file)")
-    if series is not None:
-        yield list(series)
-    elif data_dir is not None:
-        yield folder_series(data_dir)
-    elif glob is not None:
-        yield glob_series(glob)
-    elif not series_column:
-        p = Path(data_file)
-        yield [Series(series_name(p), str(p.resolve()))]  # one file without a series column: a fleet of one
-    else:
-        Path(work_dir).mkdir(parents=True, exist_ok=True)
-        split = Path(tempfile.mkdtemp(prefix=SPLIT_PREFIX, dir=work_dir))
-        try:
-            yield split_long_file(data_file, series_column, split)
-        finally:
-            shutil.rmtree(split, ignore_errors=True)
 
 
 # --- one series (runs in a worker process) -----------------------------------------------------------------
@@ -235,12 +111,34 @@ def detect_series(series: Series, store_root: str, output_dir: str, options: dic
 
         _limit_threads(threads)
         output = Path(output_dir) / f"{series.name}.csv"
-        stamp = series.stamp()  # before reading: a file changed meanwhile is scored again next time
+        # before reading: a file or model changed meanwhile is scored again next time
+        stamp, model = series.stamp(), model_stamp(store_root, series.name)
         r = service.detect(series.path, version=series.name, store=ModelStore(store_root), output=str(output),
                            return_details=False, **options)
-        return summarise_detection(r) | {"input": stamp}
+        return summarise_detection(r) | {"input": stamp, "model": model, "options": _options_record(options)}
 
     return _run_one(series, work)
+
+
+def model_stamp(store_root: str | os.PathLike, version: str) -> list | None:
+    """Size and modification time of each file of a version: a retrained (replaced) version differs."""
+    try:
+        return [[st.st_size, st.st_mtime_ns] for st in (os.stat(Path(store_root) / version / f)
+                                                        for f in sorted(FILES.values()))]
+    except (OSError, ValueError):
+        return None
+
+
+def _options_record(options: dict) -> dict:
+    """What the options make a detection compute, as the summary file holds it (JSON), to compare with the
+    next run's: each option's value with the defaults filled in (`per_feature=False` given or not is the same
+    run). Not the device: where it runs does not change what it computes."""
+    import json
+
+    from .specs import DetectSpec, parse
+
+    spec = parse(DetectSpec, **options)
+    return json.loads(jsonsafe.dumps({name: getattr(spec, name) for name in DETECT_OPTIONS if name != "device"}))
 
 
 def summarise_detection(r: dict) -> dict:
@@ -274,9 +172,19 @@ def run_local(fn: Callable, calls: list[tuple], jobs: int) -> Iterator[dict]:
     from joblib import Parallel, delayed, parallel_config
 
     # inner_max_num_threads: loky caps OpenMP/MKL threads in its workers (torch reads OMP_NUM_THREADS).
+    parent = os.getpid()
     with parallel_config(backend="loky", inner_max_num_threads=1):
         yield from Parallel(n_jobs=min(jobs, len(calls)), return_as="generator_unordered")(
-            delayed(fn)(*args) for args in calls)
+            delayed(_in_worker)(fn, parent, *args) for args in calls)
+
+
+def _in_worker(fn: Callable, parent: int, *args) -> dict:
+    """Run one series in a loky worker that ends itself when the fleet's process dies: loky keeps its workers
+    alive for reuse, and a killed `anomaly fleet` would otherwise leave them training and saving versions."""
+    from .workers import watch_parent
+
+    watch_parent(parent)
+    return fn(*args)
 
 
 def run_dask(fn: Callable, calls: list[tuple], scheduler: str) -> Iterator[dict]:
@@ -415,6 +323,16 @@ def train(data_dir: str | os.PathLike | None = None, *, data_file: str | None = 
 DETECT_OPTIONS = ("per_feature", "missing", "label_column", "time_column", "threshold_window", "device", "precision")
 
 
+def check_detect_options(options: dict) -> None:
+    """Options every series would reject alike fail once, before any work, and before a rerun skips anything."""
+    from .specs import DetectSpec, parse
+
+    parse(DetectSpec, **options)
+    if options.get("device") is not None:
+        from .device import resolve_device
+        resolve_device(options["device"])
+
+
 def _previous_records(out: Path) -> dict[str, dict]:
     """The ok records of an earlier run's summary, by series (an unreadable summary: none)."""
     import json
@@ -426,11 +344,14 @@ def _previous_records(out: Path) -> dict[str, dict]:
         return {}
 
 
-def _already_done(s: Series, out: Path, previous: dict[str, dict]) -> dict | None:
+def _already_done(s: Series, out: Path, previous: dict[str, dict], root: str, options: dict) -> dict | None:
     """An earlier run's record for this series if its result file is still there and came from the same,
-    unchanged input file."""
+    unchanged input file, the same unchanged model version and the same options."""
     record = previous.get(s.name)
     if record is None or record.get("file") != s.origin or not (out / f"{s.name}.csv").is_file():
+        return None
+    model = model_stamp(root, s.name)
+    if model is None or record.get("model") != model or record.get("options") != options:
         return None
     try:
         if record.get("input") != s.stamp():
@@ -468,6 +389,7 @@ def detect(data_dir: str | os.PathLike | None = None, *, output_dir: str | os.Pa
     if unknown:
         raise DataError(f"unknown fleet detect option(s): {', '.join(sorted(unknown))} "
                         f"(known: {', '.join(DETECT_OPTIONS)})")
+    check_detect_options(detect_options)
     store = ModelStore(model_dir)
     if not store.root.is_dir():
         raise NotFound(f"model store {store.root} does not exist; run `anomaly fleet train` first")
@@ -478,7 +400,9 @@ def detect(data_dir: str | os.PathLike | None = None, *, output_dir: str | os.Pa
     except OSError as exc:
         raise AnomalyError(f"cannot create output folder {out}: {exc.strerror or exc}") from None
     out = out.resolve()
+    remove_stale_files(out, OUTPUT_TEMP_RE)  # result CSVs and summaries a killed run left half-written
     previous = {} if overwrite else _previous_records(out)
+    wanted = _options_record(detect_options)
     records: list[dict] = []
     extra = {"model_dir": root, "output_dir": str(out)}
 
@@ -490,7 +414,7 @@ def detect(data_dir: str | os.PathLike | None = None, *, output_dir: str | os.Pa
         _refuse_overwriting_inputs(found, out)
         todo = []
         for s in found:
-            done = _already_done(s, out, previous)
+            done = _already_done(s, out, previous, root, wanted)
             if done is not None:
                 records.append(done)
                 if progress:

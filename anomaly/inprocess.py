@@ -59,7 +59,8 @@ class MCPAnomalyDetectionTool:
 
     def run_detection(self, file_path: str, **params: Any) -> dict:
         """Score every row of a CSV/TXT file (parameters: `anomaly.specs.DetectSpec`)."""
-        return _safely(self.toolbox.run_detection, file_path, version=self.version, **self.artifacts, **params)
+        # a call's own version or artifact path wins over the one the tool was made with
+        return _safely(self.toolbox.run_detection, file_path, **({"version": self.version} | self.artifacts | params))
 
     def get_model_info(self) -> dict:
         return _safely(self.toolbox.get_model_info, version=self.version, **self.artifacts)

@@ -65,6 +65,11 @@ def train(
     store = store or ModelStore()
     if paths is None:
         store.check_root()  # a --model-dir that is a file fails now, not after the training
+    elif not overwrite:  # explicit files: an existing model is replaced only when asked, as a version is
+        existing = [str(p) for _, p in paths.items() if p.exists()]
+        if existing:
+            from .errors import VersionExists
+            raise VersionExists(f"{', '.join(existing)} already exist(s); pass --overwrite to replace the model")
     if version is not None and paths is None:
         from .store import validate_version_name
         validate_version_name(version)

@@ -5,8 +5,10 @@ Read from the environment (what MCP clients configure: `command`, `args`, `env`)
     ANOMALY_MODEL_DIR      model store (default: models)
     ANOMALY_DATA_ROOTS     folders clients may read data from, separated by the OS path separator (':' on
                            Linux/macOS, ';' on Windows) or a JSON list (default: the working directory)
-    ANOMALY_RESULTS_DIR    where result CSVs are written (default: results)
-    ANOMALY_API_TOKEN      bearer token required on every HTTP route (serve only; never printed)
+    ANOMALY_RESULTS_DIR    where result CSVs are written (default: a per-user data folder, e.g.
+                           ~/.local/share/anomaly/results: an MCP client may start the server anywhere, even in /)
+    ANOMALY_API_TOKEN      bearer token required on every HTTP route (serve only; never printed; also read
+                           from ANOMALY_TOKEN or from the file --token-file names)
     ANOMALY_DEVICE, ANOMALY_HOST, ANOMALY_PORT, ANOMALY_WORKERS, ANOMALY_LOG_LEVEL, ANOMALY_LOG_JSON, ...
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -34,13 +37,19 @@ class Settings(BaseSettings):
         default_factory=lambda: [os.getcwd()], min_length=1,
         description="folders clients may read data files from (default: the working directory)")
     model_dir: str = Field("models", description="model store; artifacts are only loaded from here")
-    results_dir: str = Field("results", description="where per-row result CSVs are written")
+    results_dir: str = Field(default_factory=lambda: default_results_dir(),
+                             description="where per-row result CSVs are written (default: a per-user data folder)")
     api_token: SecretStr | None = Field(None, description="bearer token required on every route")
     allowed_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="extra Host header values to accept, e.g. a DNS name")
     allowed_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="extra browser Origins to accept, e.g. https://dash.example")
     max_upload_mb: float = Field(64, gt=0, description="largest HTTP request body (413 above)")
+    max_upload_decompressed_mb: float = Field(256, gt=0, description="largest upload once decompressed (a gzip "
+                                              "body; 413 above)")
+    mcp_max_sessions: int = Field(1000, ge=1, le=100_000, description="open MCP Streamable HTTP sessions; at the "
+                                  "cap, a new client replaces the session idle the longest")
+    mcp_session_timeout: float = Field(600, gt=0, description="seconds an idle MCP Streamable HTTP session is kept")
     workers: int = Field(2, ge=1, le=256, description="concurrent scoring threads")
     train_workers: int = Field(1, ge=1, le=64, description="concurrent trainings")
     device: str = Field("auto", description="where trainings and detections run unless a call names another: "
@@ -76,6 +85,14 @@ class Settings(BaseSettings):
                       allowed_origins=self.allowed_origins, max_body=int(self.max_upload_mb * (1 << 20)))
 
 
+def default_results_dir() -> str:
+    """A per-user data folder (platformdirs): never the working directory, which for a server an MCP client
+    launches is wherever that client runs (`/` for a desktop app)."""
+    import platformdirs
+
+    return str(platformdirs.user_data_path("anomaly", appauthor=False) / "results")
+
+
 # --- flags ---------------------------------------------------------------------------------------------------
 
 # (field, flag, extra argparse options): the flags that override the environment, for serve and mcp.
@@ -91,9 +108,13 @@ SERVE_FLAGS = [
     ("port", "--port", {"type": int}),
     # --help prints defaults: the token's flag has none, so it never prints a secret from the environment
     ("api_token", "--token", {}),
+    ("token_file", "--token-file", {"metavar": "FILE"}),
     ("allowed_hosts", "--allowed-host", {"action": "append", "metavar": "HOST[:PORT]"}),
     ("allowed_origins", "--allowed-origin", {"action": "append", "metavar": "ORIGIN"}),
     ("max_upload_mb", "--max-upload-mb", {"type": float}),
+    ("max_upload_decompressed_mb", "--max-upload-decompressed-mb", {"type": float}),
+    ("mcp_max_sessions", "--mcp-max-sessions", {"type": int}),
+    ("mcp_session_timeout", "--mcp-session-timeout", {"type": float}),
     ("header_timeout", "--header-timeout", {"type": float}),
     ("sse_ping", "--sse-ping", {"type": float}),
 ]
@@ -103,6 +124,10 @@ def add_flags(p: argparse.ArgumentParser, flags: list) -> None:
     """One flag per setting; defaults stay unset (None) so that only what is given overrides the environment."""
     g = p.add_argument_group("settings (flags override ANOMALY_* environment variables)")
     for name, flag, extra in flags:
+        if name == "token_file":
+            g.add_argument(flag, dest=name, default=None, help="read the bearer token from this file (unlike --token, "
+                           "not shown to other users by ps)", **extra)
+            continue
         info = Settings.model_fields[name]
         env = "ANOMALY_" + name.upper()
         default = info.default if info.default_factory is None else None
@@ -113,6 +138,19 @@ def add_flags(p: argparse.ArgumentParser, flags: list) -> None:
 def from_args(args: argparse.Namespace, flags: list) -> Settings:
     """The settings: environment, then the flags that were given. A bad value is one `AnomalyError` line."""
     given = {name: getattr(args, name) for name, _, _ in flags if getattr(args, name, None) is not None}
+    if "token_file" in given:
+        path = given.pop("token_file")
+        try:
+            given["api_token"] = Path(path).read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise AnomalyError(f"cannot read the token file {path}: {getattr(exc, 'strerror', None) or exc}") from None
+        if not given["api_token"]:
+            raise AnomalyError(f"the token file {path} is empty")
+    elif "api_token" in given:
+        print("warning: --token is visible to every local user (ps, /proc); use --token-file FILE or the "
+              "ANOMALY_TOKEN environment variable instead", file=sys.stderr)
+    elif os.environ.get("ANOMALY_TOKEN") and not os.environ.get("ANOMALY_API_TOKEN"):
+        given["api_token"] = os.environ["ANOMALY_TOKEN"]
     try:
         return Settings(**given)
     except ValidationError as exc:

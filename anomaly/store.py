@@ -12,9 +12,7 @@ import math
 import os
 import re
 import shutil
-import stat
 import tempfile
-import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,18 +20,33 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import AnomalyError, ArtifactError, NotFound, VersionExists
+from .files import (  # noqa: F401 (re-exported: the store's callers have always imported them from here)
+    STALE_AFTER_S,
+    _age,
+    _fsync,
+    atomic_write_bytes,
+    atomic_write_text,
+    exchange,
+    remove_entry,
+    remove_stale_files,
+    umask,
+    writer_gone,
+)
 
 FILES = {"model": "model.pth", "config": "model_config.json", "threshold": "threshold.json", "scaler": "scaler.pkl"}
-VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+# \Z, not $: `$` also matches before a final newline, and "v1\n" must not pass for a name
+VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\Z")
 DEFAULT_ROOT = "models"
 MAX_WINDOW = 10_000  # rows per sample; training refuses more, loading calls more corrupt
 MAX_SMOOTH = 100_000  # rows in the score smoothing
 # Temporary entries carry their writer's process id: `.tmp-<pid>-*` (a version being written), `.trash-<pid>-*`
-# (one being replaced or deleted), `.<file>.<pid>.*` (a file being replaced). A killed writer's leftovers are
-# removed by the next save or delete; a running writer's never are.
-TEMP_RE = re.compile(r"^\.(?:tmp-|trash-|latest\.)(\d+)[-.]")
+# (one being deleted), `.parked-<pid>-<version>-<hex>` (the old copy of a version being replaced where the two
+# folders cannot be swapped in one step), `.<file>.<pid>.*` (a file being replaced). A killed writer's leftovers
+# are removed by the next save or delete (a parked copy whose version is missing is put back instead); a running
+# writer's never are.
+TEMP_RE = re.compile(r"^\.(?:tmp-|trash-|parked-|latest\.)(\d+)[-.]")
+PARKED_RE = re.compile(r"^\.parked-\d+-(.+)-[0-9a-f]{8}\Z")
 OLD_TEMP_PREFIXES = (".tmp-", ".trash-", ".latest.")  # from versions that did not record the writer
-STALE_AFTER_S = 3600.0  # a save takes seconds: an entry untouched this long is a leftover whoever made it
 
 
 @dataclass(frozen=True)
@@ -63,10 +76,29 @@ class ArtifactPaths:
         return {"model": self.model, "config": self.config, "threshold": self.threshold, "scaler": self.scaler}.items()
 
 
+def shown(value, limit: int = 80) -> str:
+    """A value as an error message may repeat it: its repr, cut to `limit` characters (a client's 4 MB argument
+    must not come back as a 4 MB error)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
+def validate_name(value, what: str = "version name", pattern: re.Pattern = VERSION_RE,
+                  rule: str = "use letters, digits, '_', '-', '.' (not 'latest')", folder: bool = True) -> str:
+    """The one check of every name a user gives (a version, a live channel, a fleet series): a string of the
+    allowed characters only (`folder`: it names a folder of the store, so not `latest` nor `..`). Control characters (a trailing newline from a shell's $'v1\\n') are never part of
+    a name: "latest\\n" would get past the reserved name and "v1\\n" would be a second folder shown as v1."""
+    if not isinstance(value, str):
+        raise AnomalyError(f"invalid {what}: expected a string, got {type(value).__name__}")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise AnomalyError(f"invalid {what} {shown(value)}: it contains a control character (a newline?)")
+    if not pattern.match(value) or (folder and (value == "latest" or ".." in value)):
+        raise AnomalyError(f"invalid {what} {shown(value)}: {rule}")
+    return value
+
+
 def validate_version_name(version: str) -> str:
-    if not VERSION_RE.match(version) or version in ("latest",) or ".." in version:
-        raise AnomalyError(f"invalid version name {version!r}: use letters, digits, '_', '-', '.' (not 'latest')")
-    return version
+    return validate_name(version)
 
 
 class ModelStore:
@@ -103,10 +135,16 @@ class ModelStore:
         if version is not None:
             target = self.root / version
             if overwrite and target.exists():
-                trash = self.root / f".trash-{os.getpid()}-{version}-{uuid.uuid4().hex[:8]}"
-                os.rename(target, trash)
+                if exchange(tmp, target):  # one step: the name holds the old version, then the new one
+                    shutil.rmtree(tmp, ignore_errors=True)  # now the old version
+                    return version
+                # No atomic swap here (not Linux, or a file system without it): park the old copy under a name
+                # that says which version it is; if this process dies before the second rename, the next
+                # save, delete or lookup puts it back (`_restore_parked`).
+                parked = self.root / f".parked-{os.getpid()}-{version}-{uuid.uuid4().hex[:8]}"
+                os.rename(target, parked)
                 os.rename(tmp, target)
-                shutil.rmtree(trash, ignore_errors=True)
+                shutil.rmtree(parked, ignore_errors=True)
                 return version
             try:
                 os.rename(tmp, target)  # fails if another process published this name meanwhile
@@ -158,11 +196,23 @@ class ModelStore:
                 stale = writer_gone(int(match.group(1)), entry)
             else:
                 stale = entry.name.startswith(OLD_TEMP_PREFIXES) and _age(entry) > STALE_AFTER_S
-            if stale:
-                if entry.is_dir() and not entry.is_symlink():
-                    shutil.rmtree(entry, ignore_errors=True)
-                else:
-                    entry.unlink(missing_ok=True)
+            if stale and not self._restore_parked(entry):
+                try:
+                    remove_entry(entry)
+                except OSError:  # a read-only store (a lookup calls this too): leave it to a writer
+                    pass
+
+    def _restore_parked(self, entry: Path) -> bool:
+        """Put a dead writer's parked old copy of a version back when nothing took its name (the writer died
+        between its two renames); True when it was put back."""
+        parked = PARKED_RE.match(entry.name)
+        if not parked or not VERSION_RE.match(parked.group(1)) or (self.root / parked.group(1)).exists():
+            return False
+        try:
+            os.rename(entry, self.root / parked.group(1))
+            return True
+        except OSError:
+            return False
 
     def _set_latest(self, version: str) -> None:
         atomic_write_text(self.root / "latest", version + "\n")
@@ -193,6 +243,8 @@ class ModelStore:
                 raise NotFound(f"no trained model in {self.root}; train one first (python train.py --data FILE)")
             return name
         validate_version_name(version)
+        if not (self.root / version).is_dir():
+            self.remove_stale()  # a writer killed while replacing it may have left it parked
         if not (self.root / version).is_dir():
             known = ", ".join(self.versions()[-10:]) or "none"
             raise NotFound(f"model version {version!r} not found in {self.root} (available: {known})")
@@ -235,7 +287,9 @@ class ModelStore:
         shutil.rmtree(trash, ignore_errors=True)
         remaining = self.versions()
         if remaining:
-            self._set_latest(remaining[-1])
+            # the newest version that loads; a broken or incomplete one only when no other is left
+            usable = [v for v in remaining if self.info(v)["status"] == "ok"]
+            self._set_latest((usable or remaining)[-1])
         else:
             (self.root / "latest").unlink(missing_ok=True)
 
@@ -251,8 +305,8 @@ def read_json(path: Path) -> dict:
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise ArtifactError(f"missing artifact file {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"corrupt artifact file {path}: {exc}") from None
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, and an integer of over 4,300 digits
+        raise ArtifactError(f"corrupt artifact file {path}: {str(exc)[:200]}") from None
     except RecursionError:
         raise ArtifactError(f"corrupt artifact file {path}: nested too deeply") from None
     except OSError as exc:
@@ -305,6 +359,23 @@ def validate_artifacts(config, threshold, label: str, require_affine: bool = Tru
         bad(f"threshold must be a finite number, got {str(threshold.get('threshold'))[:40]}")
     if not isinstance(threshold.get("method"), str) or not isinstance(threshold.get("params", {}), dict):
         bad("threshold.json needs a method name and a params object")
+    floor = config.get("spike_floor")
+    if floor is not None and not (_finite(floor) or (isinstance(floor, list) and floor and all(map(_finite, floor)))):
+        bad(f"spike_floor must be a finite number or a list of them, got {str(floor)[:40]}")
+    from .thresholds import METHODS
+
+    if threshold["method"] not in METHODS:  # a rolling threshold computes it again with this method
+        bad(f"unknown threshold method {threshold['method'][:40]!r}")
+    for key in ("stats", "params"):
+        if not isinstance(threshold.get(key, {}), dict):
+            bad(f"threshold.json {key} must be an object")
+    for key, value in threshold.get("params", {}).items():  # every method's options are numbers
+        if not _finite(value):
+            bad(f"threshold params.{str(key)[:40]} must be a finite number, got {str(value)[:40]}")
+    if not 0 < threshold.get("params", {}).get("percentile", 50) < 100:
+        bad("threshold params.percentile must be between 0 and 100")
+    if "expected_rate" in threshold and not (threshold["expected_rate"] is None or _finite(threshold["expected_rate"])):
+        bad(f"expected_rate must be a number, got {str(threshold['expected_rate'])[:40]}")
 
 
 def _whole(value) -> bool:
@@ -315,74 +386,9 @@ def _finite(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", dir=path.parent)
-    try:
-        # mkstemp makes it 0600; the file gets what an ordinary write would: the mode of the file it replaces,
-        # else 0666 & ~umask (nothing the store writes is a secret)
-        try:
-            mode = stat.S_IMODE(path.stat().st_mode)
-        except OSError:
-            mode = 0o666 & ~umask()
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def umask() -> int:
-    """The process umask, read without changing it (os.umask can only be read by setting it, which races
-    with other threads creating files)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except OSError:
-        pass
-    return 0o022
-
-
-def writer_gone(pid: int, path: Path) -> bool:
-    """True when the process that made temporary entry `path` has exited (killed mid-write), or the entry has not
-    been touched for STALE_AFTER_S (its process id may have been reused since)."""
-    if pid <= 0:
-        return True
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except (ProcessLookupError, OverflowError):
-        return True
-    except PermissionError:  # it exists, run by another user
-        pass
-    return _age(path) > STALE_AFTER_S
-
-
-def _age(path: Path) -> float:
-    try:
-        return time.time() - path.lstat().st_mtime
-    except OSError:
-        return 0.0
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
 def now_iso() -> str:
     return datetime.now().astimezone().isoformat(timespec="seconds")
 
 
 __all__ = ["ArtifactPaths", "ModelStore", "FILES", "read_json", "validate_artifacts", "atomic_write_bytes", "atomic_write_text", "now_iso",
-           "check_complete"]
+           "check_complete", "validate_name", "remove_stale_files", "shown"]

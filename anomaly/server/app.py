@@ -36,7 +36,9 @@ def create_app(settings: Settings) -> Guard:
     sse_app = mcp.sse_app(transport_security=transport_security, max_request_body_size=MCP_MAX_BODY,
                           host=settings.host)
     http_app = mcp.streamable_http_app(transport_security=transport_security, max_request_body_size=MCP_MAX_BODY,
-                                       host=settings.host)
+                                       host=settings.host, max_sessions=settings.mcp_max_sessions,
+                                       session_idle_timeout=settings.mcp_session_timeout)
+    evict_idle_sessions(mcp.session_manager)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -55,7 +57,31 @@ def create_app(settings: Settings) -> Guard:
     mcp_routes = [*sse_app.routes, *http_app.routes]  # /sse, /messages/ and /mcp
     app.router.routes.extend(mcp_routes)
     app.state.runtime = runtime
+    runtime.clean_leftovers()
     return RequestLog(Guard(MCPRoutes(app, mcp_routes), access))
+
+
+def evict_idle_sessions(manager) -> None:
+    """At the session cap, a new Streamable HTTP client replaces the session that has been idle the longest,
+    instead of being refused: otherwise a burst of `initialize` calls (which cost nothing to send) locks every
+    new client out until those sessions time out. A session with a request in flight, an open stream
+    included, is never replaced. The SDK (mcp 2.3) has no hook for this: its admission step is extended."""
+    admit = manager._admit_session
+
+    def admit_or_evict(requestor):
+        sessions = manager._server_instances
+        if manager.max_sessions is not None and len(sessions) >= manager.max_sessions:
+            idle = [(t.idle_scope.deadline, sid) for sid, t in list(sessions.items())
+                    if t.idle_scope is not None and getattr(t, "_requests_in_flight", 1) == 0]
+            if idle:
+                sid = min(idle)[1]
+                transport = sessions.pop(sid)
+                manager._session_owners.pop(sid, None)
+                transport.idle_scope.cancel()  # ends its server task, which terminates the transport
+                log.info("MCP session cap reached: replaced the session idle the longest")
+        return admit(requestor)
+
+    manager._admit_session = admit_or_evict
 
 
 class MCPRoutes:
@@ -178,14 +204,22 @@ def http_protocol_base() -> type:
         return H11Protocol
 
 
+MIN_BODY_RATE = 1024  # bytes a second a request body must average, checked every header timeout
+
+
 def header_timeout_protocol(seconds: float, base: type | None = None) -> type:
     """uvicorn's HTTP protocol (`http_protocol_base`) with a header-read timeout, which uvicorn 0.54 lacks: its
     keep-alive timer starts only after a response, so a client that connects and sends half a request line (or
     nothing) holds the connection forever; hundreds of them exhaust the server. Here a connection waiting for
-    a request's headers is closed `seconds` after that wait began. Its writes go through `CoalescingTransport`."""
+    a request's headers is closed `seconds` after that wait began. A request body must then keep coming: a
+    connection that sends less than MIN_BODY_RATE bytes a second over any `seconds` while its body is unread
+    is closed too (a byte every few seconds would hold it, and its file descriptor, forever).
+    Its writes go through `CoalescingTransport`."""
 
     class HeaderTimeoutProtocol(base or http_protocol_base()):
         header_timer = None
+        body_timer = None
+        body_bytes = 0
 
         def connection_made(self, transport) -> None:
             super().connection_made(CoalescingTransport(transport, self.loop))
@@ -193,11 +227,39 @@ def header_timeout_protocol(seconds: float, base: type | None = None) -> type:
 
         def data_received(self, data: bytes) -> None:
             super().data_received(data)
+            self.body_bytes += len(data)
             self._watch_headers()
+            self._watch_body()
 
         def connection_lost(self, exc) -> None:
             self._stop_watch()
+            if self.body_timer is not None:
+                self.body_timer.cancel()
+                self.body_timer = None
             super().connection_lost(exc)
+
+        def _body_unread(self) -> bool:
+            cycle = self.cycle
+            return cycle is not None and not cycle.response_complete and cycle.more_body
+
+        def _watch_body(self) -> None:
+            if self.body_timer is None and self._body_unread() and not self.transport.is_closing():
+                self.body_bytes = 0
+                self.body_timer = self.loop.call_later(seconds, self._body_check)
+
+        def _body_check(self) -> None:
+            self.body_timer = None
+            if not self._body_unread() or self.transport.is_closing():
+                return
+            if getattr(self.flow, "read_paused", False):  # the app is behind, not the client: wait on
+                self._watch_body()
+                return
+            if self.body_bytes < MIN_BODY_RATE * seconds:
+                log.info("closing a connection whose request body is too slow (%d bytes in %.0f s)",
+                         self.body_bytes, seconds)
+                self.transport.close()
+                return
+            self._watch_body()
 
         def _watch_headers(self) -> None:
             waiting = self.cycle is None or self.cycle.response_complete

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import time
+import uuid
 from functools import partial
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -21,10 +24,12 @@ import anyio.to_thread
 import numpy as np
 
 from .. import __version__
+from ..files import OUTPUT_TEMP_RE, remove_stale_files
 from ..settings import Settings
 from .toolbox import Toolbox
 
 log = logging.getLogger("anomaly.server")
+UPLOAD_RE = re.compile(r"^upload-(\d+)-[0-9a-f]+\.csv\Z")
 
 
 class Runtime:
@@ -36,6 +41,18 @@ class Runtime:
         self.started = time.time()
         self.task_group = None  # set by the app's lifespan: background jobs that outlive a request
         self.uploads = Path(settings.results_dir) / ".uploads"
+
+    def clean_leftovers(self) -> None:
+        """At start: what a killed server left in its results folder (half-written result CSVs, uploads being
+        scored), only where the process that made it is gone (another server may share the folder)."""
+        self.toolbox.ensure_results_dir()
+        remove_stale_files(self.toolbox.results_dir, OUTPUT_TEMP_RE)
+        remove_stale_files(self.uploads, UPLOAD_RE)
+
+    def new_upload(self) -> Path:
+        """A new file for an upload's body; its name carries this process's id (see `clean_leftovers`)."""
+        self.uploads.mkdir(parents=True, exist_ok=True)
+        return self.uploads / f"upload-{os.getpid()}-{uuid.uuid4().hex[:12]}.csv"
 
     async def score(self, fn: Callable, *args, **kwargs) -> Any:
         """Run scoring / loading work in a worker thread."""

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
-from typing import Any, AsyncIterator, Callable, Iterator
+from typing import Annotated, Any, AsyncIterator, Callable, Iterator
 
 import anyio
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
@@ -26,12 +25,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from .. import specs
-from ..errors import AnomalyError, DataError
+from ..errors import AnomalyError, DataError, message
 from ..logs import log_call
 from ..specs import MAX_RESULTS_LIMIT
 from .core import Runtime, clean
 from .live import LiveHub
 from .security import BodyTooLarge
+from .uploads import spool
 
 log = logging.getLogger("anomaly.server")
 
@@ -61,8 +61,13 @@ TrainRequest = specs.request_model(
     data_file=(str, Field(description="CSV/TXT file of mostly normal rows, inside an allowed data root")))
 
 
+MAX_POINT_VALUES = 10_000  # values in one live point (a model has at most this many features)
+Point = Annotated[list[float], Field(max_length=MAX_POINT_VALUES)] | Annotated[
+    dict[str, float], Field(max_length=MAX_POINT_VALUES)]
+
+
 class LivePoints(BaseModel):
-    points: list[list[float] | dict[str, float]] = Field(min_length=1, max_length=100_000, description=(
+    points: list[Point] = Field(min_length=1, max_length=100_000, description=(
         "new rows, oldest first: value lists in the model's feature order, or {feature: value} objects"))
     version: str | None = Field(None, description="model version (default: the latest)")
     threshold_window: int | None = Field(None, ge=50, le=10_000_000, description=(
@@ -104,7 +109,7 @@ def sse_response(runtime: Runtime, events: AsyncIterator[tuple[str, Any]]) -> Ev
 
 
 def error_body(exc: AnomalyError) -> dict:
-    return {"error": str(exc), "type": type(exc).__name__}
+    return {"error": message(exc), "type": type(exc).__name__}
 
 
 async def event_stream(runtime: Runtime, make: Callable[[], Iterator[dict]]) -> EventSourceResponse:
@@ -208,12 +213,9 @@ def build_router(runtime: Runtime, hub: LiveHub) -> APIRouter:
     async def detect_upload(request: Request, version: str | None = None, return_details: bool = True,
                             max_results: int | None = Query(None, ge=0, le=MAX_RESULTS_LIMIT),
                             device: str | None = None) -> dict:
-        runtime.uploads.mkdir(parents=True, exist_ok=True)
-        path = runtime.uploads / f"upload-{uuid.uuid4().hex[:12]}.csv"
+        path = runtime.new_upload()
         try:
-            with open(path, "wb") as f:
-                async for chunk in request.stream():
-                    f.write(chunk)
+            await spool(request.stream(), path, int(runtime.settings.max_upload_decompressed_mb * (1 << 20)))
             if path.stat().st_size == 0:
                 raise DataError("the request body is empty; send the CSV as the body")
             return clean(await runtime.score(toolbox.run_detection, str(path), version=version, trusted=True,
@@ -275,14 +277,19 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = [f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}" for e in exc.errors()]
-        return JSONResponse({"error": "invalid request: " + "; ".join(problems),
-                             "detail": clean(json.loads(json.dumps(exc.errors(), default=str)))}, status_code=422)
+        errors = exc.errors()[:20]
+        problems = [f"{'.'.join(str(p)[:80] for p in e['loc'] if p != 'body') or 'body'}: {e['msg'][:200]}"
+                    for e in errors]
+        # each problem without the value the client sent (it may be megabytes; the client has it)
+        detail = [{"loc": [p if isinstance(p, int) else str(p)[:80] for p in e["loc"]], "msg": e["msg"][:200],
+                   "type": e["type"]} for e in errors]
+        return JSONResponse({"error": message("invalid request: " + "; ".join(problems)), "detail": detail},
+                            status_code=422)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-        return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"[:500]}, status_code=500)
+        return JSONResponse({"error": message(f"internal error: {type(exc).__name__}: {exc}", 500)}, status_code=500)
 
     @app.exception_handler(BodyTooLarge)
     async def too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:

@@ -8,10 +8,11 @@ import re
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ..errors import DataError
+from ..errors import AnomalyError, DataError
+from ..store import validate_name
 from .core import Runtime
 
-CHANNEL_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+CHANNEL_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}\Z")  # \Z: `$` would let a final newline through
 MAX_CHANNELS = 64
 SUBSCRIBER_BUFFER = 10_000  # events a slow subscriber may lag behind before it is dropped
 
@@ -30,8 +31,10 @@ class LiveHub:
         self.channels: dict[str, Channel] = {}
 
     def channel(self, name: str) -> Channel:
-        if not CHANNEL_RE.match(name):
-            raise DataError(f"invalid channel name {name!r}: 1-64 letters, digits, '_', '-', '.'")
+        try:
+            validate_name(name, "channel name", CHANNEL_RE, "1-64 letters, digits, '_', '-', '.'", folder=False)
+        except AnomalyError as exc:
+            raise DataError(str(exc)) from None
         ch = self.channels.get(name)
         if ch is None:
             if len(self.channels) >= MAX_CHANNELS:

@@ -28,7 +28,7 @@ from mcp_types import CallToolResult, Resource, TextContent, ToolAnnotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import __version__, defaults, specs, summary
-from ..errors import AnomalyError
+from ..errors import AnomalyError, message
 from ..logs import log_call
 from .core import Runtime, to_json
 from .toolbox import Toolbox
@@ -92,7 +92,7 @@ def lean_detection(toolbox: Toolbox, file_path: str, max_results: int | None = N
 
 
 def _unexpected(exc: Exception) -> str:
-    return " ".join(f"internal error: {type(exc).__name__}: {exc}".split())[:500]
+    return message(f"internal error: {type(exc).__name__}: {exc}", 500)
 
 
 def _progress_token(ctx: Context):
@@ -166,7 +166,7 @@ def build_mcp(runtime: Runtime) -> MCPServer:
                 line["rows"] = data.get("total_rows", data.get("rows")) if isinstance(data, dict) else None
             return _reply((text, data), structured)
         except AnomalyError as exc:
-            raise ToolError(str(exc)) from None
+            raise ToolError(message(exc)) from None
         except Exception as exc:  # a bug or an OS refusal: logged above; still an error result that says what
             raise ToolError(_unexpected(exc)) from None
 
@@ -218,7 +218,7 @@ def build_mcp(runtime: Runtime) -> MCPServer:
                 result = await runtime.train(on_epoch, data_file=data_file, **kwargs)
                 line["rows"], line["version"] = result.get("rows"), result.get("version")
         except AnomalyError as exc:
-            raise ToolError(str(exc)) from None
+            raise ToolError(message(exc)) from None
         except Exception as exc:
             raise ToolError(_unexpected(exc)) from None
         return _reply(to_json(result))
@@ -279,7 +279,7 @@ def add_resources(mcp: MCPServer, runtime: Runtime) -> None:
         try:
             listed = await runtime.score(toolbox.list_models)
         except AnomalyError as exc:
-            raise ResourceError(str(exc)) from None
+            raise ResourceError(message(exc)) from None
         for m in listed["models"]:
             m["card"] = CARD_URI.format(version=m["version"])
         return to_json(summary.round_floats(listed))[0]
@@ -290,7 +290,7 @@ def add_resources(mcp: MCPServer, runtime: Runtime) -> None:
         try:
             info = await runtime.score(toolbox.get_model_info, version=version)
         except AnomalyError as exc:
-            raise ResourceError(str(exc)) from None
+            raise ResourceError(message(exc)) from None
         return model_card(info)
 
 

@@ -11,13 +11,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import ipaddress
 import json
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import DataError, PathNotAllowed
@@ -25,6 +28,11 @@ from ..errors import DataError, PathNotAllowed
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 MCP_PATHS = ("/sse", "/messages", "/mcp")
 MCP_MAX_BODY = 4 << 20  # one JSON-RPC message; the SDK's own default
+# A JSON body costs many times its size once parsed (a Python object per number): the API's JSON routes take
+# far less than an upload, whose CSV is streamed to disk. 8 MiB holds the largest live push (100,000 points).
+JSON_MAX_BODY = 8 << 20
+UPLOAD_PATHS = ("/api/detect/upload",)
+LARGE_JSON_AT_ONCE = 2
 # GET/HEAD without a token: the dashboard page, its bundled assets and the docs page (no data; their calls send it)
 PUBLIC_PATHS = ("/", "/docs", "/favicon.ico")
 PUBLIC_PREFIX = "/static/"
@@ -63,6 +71,7 @@ class PathPolicy:
         if not any(resolved.is_relative_to(root) for root in self.data_roots):
             roots = ", ".join(str(r) for r in self.data_roots)
             raise PathNotAllowed(f"{path} is outside the allowed data roots ({roots})")
+        check_regular(resolved, path)
         return resolved
 
     def artifact(self, path: str) -> Path:
@@ -94,6 +103,17 @@ def check_path_text(path) -> None:
                                          for part in path.split("/")):
         raise DataError(f"path too long: {path[:80]}... (at most {MAX_NAME_BYTES} bytes a name, "
                         f"{MAX_PATH_CHARS} characters in all)")
+
+
+def check_regular(resolved: Path, given: str) -> None:
+    """A data path must be a plain file or a folder: opening a FIFO (or a device) blocks its reader until a
+    writer comes, which holds a scoring thread for good."""
+    try:
+        mode = resolved.stat().st_mode
+    except OSError:
+        return  # missing: the reader says so with its own message
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise DataError(f"{given[:200]} is not a regular file (a pipe, socket or device); give a data file")
 
 
 def _resolve(p: Path) -> Path:
@@ -164,6 +184,7 @@ class Guard:
         self.hosts = access.hosts()
         self.origins = access.origins()
         self.token = access.token.encode() if access.token else None
+        self.large_json = None  # made on first use, inside the event loop
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -181,14 +202,21 @@ class Guard:
         if origin and not same_origin and not _matches(origin.lower(), self.origins):
             return await _reply(send, 403, f"origin {origin!r} is not allowed; start the server with "
                                            "--allowed-origin to add it")
-        if self.token is not None and not is_public(scope.get("method", ""), scope.get("path", "")):
+        public = is_public(scope.get("method", ""), scope.get("path", ""))
+        if origin is None and not public and headers.get("sec-fetch-site") == "cross-site":
+            # a page elsewhere making the browser fetch a URL (<img src>, a link): no Origin is sent then, but
+            # the browser says where the request comes from; without a token it would run a detection
+            return await _reply(send, 403, "cross-site requests are not allowed (Sec-Fetch-Site: cross-site); "
+                                           "call the API from this server's pages or a non-browser client")
+        if self.token is not None and not public:
             auth = headers.get("authorization", "")
             given = auth[7:].strip().encode() if auth[:7].lower() == "bearer " else b""
             if not hmac.compare_digest(given, self.token):
                 return await _reply(send, 401, "missing or wrong bearer token (Authorization: Bearer <token>)",
                                     [(b"www-authenticate", b'Bearer realm="anomaly"')])
         path = scope.get("path", "")
-        limit = self.access.mcp_max_body if path.startswith(MCP_PATHS) else self.access.max_body
+        limit = (self.access.mcp_max_body if path.startswith(MCP_PATHS) else self.access.max_body
+                 if path in UPLOAD_PATHS else min(self.access.max_body, JSON_MAX_BODY))
         declared = headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
             return await _reply(send, 413, _too_large(limit))
@@ -219,11 +247,26 @@ class Guard:
                 started = True
             await send(message)
 
+        large = (scope.get("method") in ("POST", "PUT", "PATCH") and not path.startswith(MCP_PATHS)
+                 and path not in UPLOAD_PATHS and not (declared and declared.isdigit() and int(declared) <= 1 << 20))
         try:
-            await self.app(scope, counted_receive, tracked_send)
+            if large:  # parsed whole, at many times its size: at most LARGE_JSON_AT_ONCE at a time
+                async with self._large_json_slot():
+                    await self.app(scope, counted_receive, tracked_send)
+            else:
+                await self.app(scope, counted_receive, tracked_send)
         except BodyTooLarge:
             if not started:
                 await _reply(send, 413, _too_large(limit))
+
+    @contextlib.asynccontextmanager
+    async def _large_json_slot(self):
+        """A JSON body over 1 MiB (or of unknown length) takes many times its size while it is parsed: a few at
+        once stay within memory, more wait their turn. (The API's streams take small bodies: none waits here.)"""
+        if self.large_json is None:
+            self.large_json = anyio.Semaphore(LARGE_JSON_AT_ONCE)
+        async with self.large_json:
+            yield
 
 
 def _too_large(limit: int) -> str:

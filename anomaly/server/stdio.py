@@ -31,7 +31,9 @@ def run(args: argparse.Namespace) -> int:
     from .mcp_app import build_mcp
 
     memory.keep_freed_heap()  # each detection reuses the heap the last one freed
-    mcp = build_mcp(Runtime(settings))
+    runtime = Runtime(settings)
+    runtime.clean_leftovers()  # and a results folder that cannot be made is one error line now, not per call
+    mcp = build_mcp(runtime)
     anyio.run(mcp.run_stdio_async)  # the SDK's stdio transport (MCPServer.run("stdio") does the same)
     return 0
 

@@ -8,23 +8,27 @@ results small enough for an MCP message (clients drop a message of 1 MiB or more
 from __future__ import annotations
 
 import json
+import os
 import re
+import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from .. import data, defaults, service, specs
-from ..errors import DataError, PathNotAllowed, VersionExists
+from ..errors import AnomalyError, DataError, PathNotAllowed, VersionExists
 from ..specs import MAX_RESULTS_LIMIT, DetectSpec, Spec, TrainSpec, parse
-from ..store import VERSION_RE, ArtifactPaths, ModelStore
+from ..store import VERSION_RE, ArtifactPaths, ModelStore, atomic_write_text
 from .security import PathPolicy
 
 RESULTS_BYTES = 400_000  # the rows of a reply serialise to at most this (MCP clients drop a message of 1 MiB)
 KEEP_RESULT_FILES = 200  # older result CSVs written by this tool in the results folder are removed
-# The names `_new_result_path` gives: only these are ever pruned, so a results folder that is also a data
-# folder keeps every file its user put there.
-RESULT_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+-\d{8}-\d{6}-[0-9a-f]{6}\.csv$")
+# The names `_new_result_path` gives ...
+RESULT_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+-\d{8}-\d{6}-[0-9a-f]{6}\.csv\Z")
+# ... and the record of the ones it wrote: only a file both named so and recorded there is ever pruned, so a
+# results folder that is also a data folder keeps every file its user put there, whatever its name.
+LEDGER = ".anomaly-results"
 
 
 class Toolbox:
@@ -38,6 +42,7 @@ class Toolbox:
         self.keep_results = keep_results
         self.allow_pickle = allow_pickle  # explicit classic files may fall back to scaler.pkl (in-process only)
         self._written = 0  # result files written, for pruning now and then
+        self._ledger_lock = threading.Lock()
 
     # --- artifacts -----------------------------------------------------------------------------------
 
@@ -103,21 +108,47 @@ class Toolbox:
     def _new_result_path(self, data_file: Path, label: str) -> Path:
         stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", data_file.name.split(".")[0])[:60] or "data"
         tag = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(label).name)[:40]
-        self.results_dir.mkdir(parents=True, exist_ok=True)
+        self.ensure_results_dir()
         name = f"{stem}-{tag}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}.csv"
+        try:  # recorded before it is written: a file the tool made is always in the record
+            with self._ledger_lock, open(self.results_dir / LEDGER, "a") as f:
+                f.write(name + "\n")
+        except OSError as exc:
+            raise AnomalyError(f"cannot write to the results folder {self.results_dir}: {exc.strerror or exc}") from None
         return (self.results_dir / name).resolve()
+
+    def ensure_results_dir(self) -> None:
+        """Create the results folder, or say in one line why it cannot be (a file in the way, no permission)."""
+        try:
+            self.results_dir.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise AnomalyError(f"results folder {self.results_dir} is a file, not a folder; set "
+                               "ANOMALY_RESULTS_DIR or --results-dir to another") from None
+        except OSError as exc:
+            raise AnomalyError(f"cannot create results folder {self.results_dir}: {exc.strerror or exc}; set "
+                               "ANOMALY_RESULTS_DIR or --results-dir to another") from None
 
     def _prune_results(self) -> None:
         self._written += 1
-        if self._written % 16:  # listing the folder costs a stat per file: only now and then
+        if self._written % 16:  # reading the record costs a stat per file: only now and then
             return
-        try:
-            ours = [p for p in self.results_dir.glob("*.csv") if RESULT_NAME_RE.match(p.name)]
-            files = sorted(ours, key=lambda p: p.stat().st_mtime)
-            for old in files[:-self.keep_results] if len(files) > self.keep_results else []:
-                old.unlink(missing_ok=True)
-        except OSError:
-            pass  # a file removed by a concurrent prune
+        with self._ledger_lock:
+            try:
+                ledger = self.results_dir / LEDGER
+                names = dict.fromkeys(n for n in ledger.read_text().split("\n") if RESULT_NAME_RE.match(n))
+                present = []
+                for name in names:
+                    try:
+                        present.append((os.stat(self.results_dir / name).st_mtime, name))
+                    except FileNotFoundError:
+                        pass  # removed by hand, or a detection that failed before writing
+                present.sort()
+                old = present[:-self.keep_results] if len(present) > self.keep_results else []
+                for _, name in old:
+                    (self.results_dir / name).unlink(missing_ok=True)
+                atomic_write_text(ledger, "".join(f"{n}\n" for _, n in present[len(old):]))
+            except OSError:
+                pass  # a concurrent prune by another process; the next one catches up
 
     # --- models --------------------------------------------------------------------------------------
 
@@ -150,6 +181,11 @@ class Toolbox:
             if existing:
                 raise VersionExists(f"{', '.join(existing)} already exist(s); training never overwrites a model")
         spec = spec.model_copy(update={"device": spec.device or self.device})
+        if paths is not None and paths == ArtifactPaths.in_folder(paths.model.parent) \
+                and not paths.model.parent.exists():
+            # a new version folder under the standard names: saved as a store version, written aside and renamed
+            # into place whole (file by file, a kill would leave half a version)
+            version, paths = paths.model.parent.name, None
         return service.train(str(confined), spec, version=version, store=self.store, paths=paths, progress=progress)
 
     def _check_new_version_folder(self, paths: ArtifactPaths) -> None:
