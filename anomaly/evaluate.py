@@ -87,6 +87,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    if args.plots:
+        from .plotting import require_matplotlib
+        require_matplotlib()
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
