@@ -94,9 +94,9 @@ class _Inflated:
     def _count(self, data: bytes) -> bytes:
         self.left -= len(data)
         if self.left < 0:
-            raise DataError(f"{self.path} decompresses to more than {limits.describe(self.allowance)} "
-                            f"({limits.GZIP_MAX_RATIO} times its size, the limit for gzip input); "
-                            "if it is genuine, decompress it first (gunzip)")
+            raise DataError(f"{self.path} decompresses to more than {limits.describe(self.allowance)}, the limit for "
+                            f"gzip input ({limits.GZIP_MAX_RATIO} times the compressed size, at least "
+                            f"{limits.describe(limits.GZIP_MIN_BYTES)}); if it is genuine, decompress it first (gunzip)")
         return data
 
     def close(self) -> None:
@@ -147,7 +147,7 @@ def read_head(path: Path) -> tuple[bytes, str | None, bool]:
 
 def line_too_long(path: Path, line: int) -> DataError:
     return DataError(f"{path}: line {line} is longer than {limits.describe(limits.MAX_LINE_BYTES)}, the limit for "
-                     "one line of a data file (is it a CSV file with line breaks?)")
+                     "one line of a data file")
 
 
 def _read_chunk(f, size: int, p: Path, line: bool = False) -> bytes:

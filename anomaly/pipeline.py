@@ -303,8 +303,9 @@ def _nothing_scored(p: Path, det, rows: int, missing: dict) -> str:
     """Why a file gave no score at all."""
     if missing.get("rows_dropped", 0) >= rows:
         return f"{p}: every one of its {rows} row(s) has a missing value and --missing drop dropped them all; nothing to score"
-    return (f"{p} has {rows} data row(s), fewer than the {det.window_} rows of the model's window: nothing could be "
-            f"scored (give at least {det.window_} rows)")
+    need = max(det.window_, int(getattr(det.model_, "span", det.window_)))  # a forecaster needs its window and one more
+    return (f"{p} has {rows} data row(s), fewer than the {need} rows of the model's window: nothing could be "
+            f"scored (give at least {need} rows)")
 
 
 def _plotter(plot: str | None, det, fmt, used: list[str], label_col: str | None):
