@@ -10,6 +10,7 @@ import importlib.util
 import signal
 import sys
 import threading
+import warnings
 
 from . import __version__, jsonsafe, logs, memory, specs
 from .errors import AnomalyError
@@ -137,6 +138,10 @@ def cmd_train(args) -> int:
     elif rep.get("constant_columns") or rep.get("empty_columns") or rep.get("ignored_columns"):
         print(f"  ignored columns: {', '.join(rep.get('ignored_columns', [])) or '-'}; constant (dropped): "
               f"{', '.join(rep.get('constant_columns', [])) or '-'}; empty: {', '.join(rep.get('empty_columns', [])) or '-'}")
+    if rep.get("mostly_empty_columns"):
+        from .limits import MAX_MISSING_SHARE
+        cols = ", ".join(f"{n} ({100 * s:.1f}% missing)" for n, s in rep["mostly_empty_columns"].items())
+        print(f"  warning: column(s) more than {100 * MAX_MISSING_SHARE:g}% empty left out: {cols}")
     if rep.get("missing_values"):
         print(f"  missing values: {rep['missing_values']} ({rep['missing_policy']})")
     if result.get("closed_form"):
@@ -309,7 +314,7 @@ def main(argv: list[str] | None = None, program: bool | None = None) -> int:
         memory.reuse_freed_memory()
         atexit.register(memory.exit_without_collecting)
     try:
-        with _sigterm_as_interrupt():
+        with _sigterm_as_interrupt(), _warnings_to_log(args.command):
             if args.command in COMMANDS:
                 return COMMANDS[args.command](args)
             return importlib.import_module(PLUGIN_COMMANDS[args.command][0]).run(args)
@@ -328,6 +333,25 @@ def main(argv: list[str] | None = None, program: bool | None = None) -> int:
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
         print("error: " + " ".join(f"{exc.strerror or exc}{where}".split()), file=sys.stderr)
         return 2
+
+
+SERVERS = {"serve", "mcp"}  # they log on their own terms, for as long as they run
+
+
+@contextlib.contextmanager
+def _warnings_to_log(command: str):
+    """Python warnings (numpy's RuntimeWarnings on absurd values, a library's deprecations) go to the debug log:
+    printed, they came before the one `error:` line, or cluttered a successful run's stderr."""
+    if command in SERVERS:
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.showwarning = _log_warning
+        yield
+
+
+def _log_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    logs.log.debug("%s: %s (%s:%s)", category.__name__, message, filename, lineno)
 
 
 def _kept(args) -> str:

@@ -28,6 +28,7 @@ import torch
 from . import __version__, defaults, models, period, thresholds, training
 from .device import check_precision, device_name, resolve_device
 from .errors import ArtifactError, DataError
+from .loadchecks import check_scaling, check_weights
 from .scoring import (
     SCORE_BATCH,
     RowScorer,
@@ -376,6 +377,7 @@ class DetectorCore:
                 state = torch.load(paths.model, map_location=target, weights_only=True)
             det.model_.load_state_dict(state)
             _check_shape(det, config)
+            check_weights(state)
             if "scaler_affine" in config:
                 det.affine_ = AffineScaler(config["scaler_affine"]["mul"], config["scaler_affine"]["add"])
             else:  # classic files the user named (never a store version): only the pickle knows the scaling
@@ -396,6 +398,8 @@ class DetectorCore:
             det.threshold_ = float(threshold["threshold"])
             if det.affine_.mul.shape != (len(det.feature_names_),):
                 raise ValueError(f"the scaling is for {det.affine_.mul.size} features, not {len(det.feature_names_)}")
+            check_scaling(det.affine_.mul, det.affine_.add, det.feature_names_,
+                          (config.get("data") or {}).get("feature_ranges"))
         except (KeyError, TypeError, RuntimeError, EOFError, ValueError, OSError, AttributeError, IndexError,
                 ImportError, pickle.UnpicklingError, struct.error) as exc:
             # torch and pickle errors run over several lines; the user gets one

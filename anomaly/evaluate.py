@@ -94,6 +94,9 @@ def run(args) -> int:
     if args.outputs:
         from . import evaluate_outputs
         return evaluate_outputs.run(args)
+    if args.plots:
+        from .plotting import require_matplotlib
+        require_matplotlib()
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)

@@ -101,7 +101,7 @@ def split_long_file(data_file: str | os.PathLike, series_column: str, dest: Path
     fmt = data.sniff(p)
     if series_column not in fmt.names:
         raise DataError(f"series column {series_column!r} is not in {p.name} (columns: {', '.join(fmt.names)})")
-    frame = data._parse(p, fmt, str, compression=fmt.compression)
+    frame = data.read_text_frame(p, fmt)
     origin = str(p.resolve())
     groups = frame.groupby(series_column, sort=False, dropna=False)
     names: dict[str, object] = {}

@@ -43,11 +43,12 @@ def sliding_window(values: np.ndarray, fallback: int = 125) -> int:
     x = x[np.isfinite(x)]
     if len(x) < 8 or np.ptp(x) == 0:
         return fallback
-    x = x - x.mean()
-    size = 1 << (2 * len(x) - 1).bit_length()
-    spectrum = np.fft.rfft(x, size)
-    acov = np.fft.irfft(spectrum * np.conj(spectrum), size)[: min(401, len(x))]
-    if not acov[0] > 0:  # denormal values: their squares underflow to 0 (and no period can be told)
+    with np.errstate(all="ignore"):  # huge values overflow: no period then (numpy's warnings broke the one-line error)
+        x = x - x.mean()
+        size = 1 << (2 * len(x) - 1).bit_length()
+        spectrum = np.fft.rfft(x, size)
+        acov = np.fft.irfft(spectrum * np.conj(spectrum), size)[: min(401, len(x))]
+    if not (acov[0] > 0 and np.isfinite(acov).all()):  # denormal values underflow to 0, huge ones overflow
         return fallback
     acf = acov / acov[0]
     base = 3

@@ -92,6 +92,8 @@ class ResultWriter:
         try:
             if self.kind == "csv":
                 header = header_line if header_line is not None else self.delim.join(n.encode() for n in fmt.names)
+                if fmt.trailing and header.endswith(self.delim):  # its empty last name was dropped, as the rows' field
+                    header = header[: -len(self.delim)]
                 self._write_async(header + b"".join(self.delim + c.encode() for c in extra_columns) + b"\n")
             elif self.kind == "json":
                 self._write_async(b'{"results": [\n')
@@ -204,10 +206,18 @@ class ResultWriter:
 
     def _pad_short_lines(self, raw_lines: list[bytes]) -> list[bytes]:
         """A line with fewer fields than the header (a truncated last line: its rest is missing) gets empty
-        fields, so the result columns land under their own names."""
+        fields, and one with empty fields past the header's (a trailing delimiter: the reader dropped them)
+        loses them, so the result columns land under their own names."""
         want = len(self.fmt.names) - 1
-        return [ln + self.delim * (want - ln.count(self.delim)) if ln.count(self.delim) < want else ln
-                for ln in raw_lines]
+        out = []
+        for ln in raw_lines:
+            n = ln.count(self.delim)
+            if n < want:
+                ln += self.delim * (want - n)
+            elif n > want and ln.endswith(self.delim * (n - want)):
+                ln = ln[: len(ln) - (n - want) * len(self.delim)]
+            out.append(ln)
+        return out
 
     def _write_async(self, data: bytes) -> None:
         self._wait()

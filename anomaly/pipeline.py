@@ -122,6 +122,7 @@ def _detect(p, fmt, numeric: list[str] | None, spec: DetectSpec, paths: Artifact
     plotter = _plotter(plot, det, fmt, used, label_col)
     filler = _MissingFiller(features, missing, missing_report)
     writer = None
+    headers_skipped = 0
     try:
         if output:  # inside the try: an interruption from here on removes the temporary file
             from .output import ResultWriter
@@ -133,6 +134,7 @@ def _detect(p, fmt, numeric: list[str] | None, spec: DetectSpec, paths: Artifact
             reader = _Reader(p, fmt, plan, block_bytes)
             readers.append(reader)
         for block in reader:
+            headers_skipped += block.headers_skipped
             X = block.frame[used].to_numpy(np.float64)  # float64: 1e39 is a huge value, not an overflow to inf
             X, mask = filler.push(X, block.start)
             if baseline is not None:
@@ -151,6 +153,8 @@ def _detect(p, fmt, numeric: list[str] | None, spec: DetectSpec, paths: Artifact
         yield from _emit(pending, True, det, acc, writer, per_feature, anomaly_events, plotter, thresholder, time_col)
         if acc.rows == 0:
             raise DataError(f"{p} has a header row but no data rows")
+        if acc.scored == 0:  # exit 0 with nothing scored looked like "no anomalies"
+            raise DataError(_nothing_scored(p, det, acc.rows, missing_report))
         summary = acc.summary() | {
             "file": str(p), "version": label, "model_type": det.model_type, "features": features,
             "window": det.window_, "threshold_method": det.threshold_info_.get("method"),
@@ -159,7 +163,10 @@ def _detect(p, fmt, numeric: list[str] | None, spec: DetectSpec, paths: Artifact
         summary |= thresholder.report()
         if baseline is not None and "threshold_window" in summary:
             summary["threshold_window"]["baseline"] = baseline.describe()
-        summary["warnings"] = summary["warnings"] + thresholder.warnings()
+        summary["warnings"] = summary["warnings"] + thresholder.warnings() + filler.warnings(acc.rows)
+        if headers_skipped:
+            summary["warnings"].append(f"{headers_skipped} line(s) repeating the header inside the data (concatenated "
+                                       "files) were skipped")
         if output:
             summary["output"] = str(Path(output))
         if label_col:
@@ -239,6 +246,7 @@ class _MissingFiller:
 
     def __init__(self, features: list[str], policy: str, report: dict):
         self.features, self.policy, self.report = features, policy, report
+        self.per_column = np.zeros(len(features), np.int64)  # missing values of each column
         self.anchor: np.ndarray | None = None  # last row handed on (finite)
         self.held = np.empty((0, len(features)), np.float64)  # raw rows waiting for a gap to close
 
@@ -250,6 +258,7 @@ class _MissingFiller:
                 data.handle_missing(X, self.features, "error", where=f"rows {start}..{start + len(X) - 1}: ",
                                     first_row=start)
             self.report["missing_values"] += int(bad.sum())
+            self.per_column += bad.sum(axis=0)
             if self.policy == "drop":
                 keep = ~bad.any(axis=1)
                 self.report["rows_dropped"] += int((~keep).sum())
@@ -273,6 +282,16 @@ class _MissingFiller:
         self.held, self.anchor = rows[cut:], ready[-1]
         return ready, mask
 
+    def warnings(self, rows: int) -> list[str]:
+        """Columns mostly missing in this file (over limits.MAX_MISSING_SHARE, where training leaves a column
+        out): their filled-in values say little, and neither do their scores."""
+        from .limits import MAX_MISSING_SHARE
+
+        share = self.per_column / max(rows, 1)
+        return [f"column {self.features[i]} is {100 * share[i]:.1f}% missing in this file (more than "
+                f"{100 * MAX_MISSING_SHARE:g}%); its values were {'filled in' if self.policy == 'interpolate' else 'dropped'}"
+                ", so the scores say little about it" for i in np.flatnonzero(share > MAX_MISSING_SHARE)]
+
     def finish(self) -> np.ndarray:
         """The rows still waiting at the end of the file: their gaps are filled from the last value."""
         if not len(self.held):
@@ -284,6 +303,15 @@ class _MissingFiller:
         if self.anchor is None:
             return data.handle_missing(rows, self.features, "interpolate")[0]
         return data.handle_missing(np.vstack([self.anchor, rows]), self.features, "interpolate")[0][1:]
+
+
+def _nothing_scored(p: Path, det, rows: int, missing: dict) -> str:
+    """Why a file gave no score at all."""
+    if missing.get("rows_dropped", 0) >= rows:
+        return f"{p}: every one of its {rows} row(s) has a missing value and --missing drop dropped them all; nothing to score"
+    need = max(det.window_, int(getattr(det.model_, "span", det.window_)))  # a forecaster needs its window and one more
+    return (f"{p} has {rows} data row(s), fewer than the {need} rows of the model's window: nothing could be "
+            f"scored (give at least {need} rows)")
 
 
 def _plotter(plot: str | None, det, fmt, used: list[str], label_col: str | None):

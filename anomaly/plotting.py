@@ -16,6 +16,17 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import DataError
+
+
+def require_matplotlib() -> None:
+    """Refuse a plot before any work is done when matplotlib is not installed (it is the `plot` extra): found
+    only after training or scoring, its absence cost the work and the result file."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise DataError("plots need matplotlib, which is not installed: pip install 'anomaly[plot]'") from None
+
 TARGET_BUCKETS = 2000
 MAX_FEATURE_PANELS = 4
 

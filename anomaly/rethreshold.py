@@ -56,6 +56,9 @@ def rethreshold(version: str, method: str, *, model_dir: str = "models", new_ver
     from .detector import Detector
     from .store import ModelStore
 
+    if plot:
+        from .plotting import require_matplotlib
+        require_matplotlib()
     store = ModelStore(model_dir)
     name = store.resolve(version)
     det = Detector.load(store.paths(name), name)  # a private copy: the service cache keeps the original

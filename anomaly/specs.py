@@ -183,9 +183,13 @@ def parse(spec_cls: type[Spec], spec: Spec | None = None, strict: bool = True, *
     what it can (numpy numbers, tuples), for values that did not come from a user's keyboard."""
     base = {} if spec is None else spec.model_dump(exclude_unset=True)
     try:
-        return spec_cls.model_validate(base | params, strict=strict)
+        spec = spec_cls.model_validate(base | params, strict=strict)
     except ValidationError as exc:
         raise DataError(describe(exc, spec_cls)) from None
+    if getattr(spec, "plot", None):
+        from .plotting import require_matplotlib
+        require_matplotlib()
+    return spec
 
 
 def describe(exc: ValidationError, spec_cls: type[BaseModel]) -> str:

@@ -20,9 +20,14 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from anomaly import cli as anomaly_cli
+from anomaly import data, service
+from anomaly.errors import DataError
+from anomaly.limits import MAX_COLUMNS, MAX_LINE_BYTES
+from anomaly.store import ModelStore
 
 from conftest import run_cli
 
@@ -166,8 +171,71 @@ def tiny(rng, body):
     return b"\n".join(lines[: rng.randint(1, 4)])
 
 
+# The generators that found issue 23's silent wrong answers and memory blow-ups (D1, D2, D13, D14).
+
+
+def trailing_delimiter(rng, body):
+    """A delimiter at the end of every row (spreadsheet and ERP exports), sometimes of the header too."""
+    header, _, rest = body.partition(b"\n")
+    rows = [ln + b"," if ln else ln for ln in rest.split(b"\n")]
+    return header + (b"," if rng.random() < 0.5 else b"") + b"\n" + b"\n".join(rows)
+
+
+def header_delimiter(rng, body):
+    """The header written with another delimiter than the rows."""
+    header, _, rest = body.partition(b"\n")
+    return header.replace(b",", rng.choice([b";", b"\t"])) + b"\n" + rest
+
+
+def header_quote(rng, body):
+    """An unbalanced quote in the header."""
+    header, _, rest = body.partition(b"\n")
+    names = header.split(b",")
+    i = rng.randrange(len(names))
+    names[i] = b'"' + names[i]
+    return b",".join(names) + b"\n" + rest
+
+
+def extra_values(rng, body):
+    """Rows with more values than the header."""
+    lines = body.split(b"\n")
+    for i in rng.sample(range(1, len(lines)), k=min(len(lines) - 1, rng.randint(1, 3))):
+        if lines[i]:
+            lines[i] += b"," + b",".join(rng.choice([b"1", b"", b"x"]) for _ in range(rng.randint(1, 4)))
+    return b"\n".join(lines)
+
+
+def very_long_line(rng, body):
+    """A line past limits.MAX_LINE_BYTES, or more columns than limits.MAX_COLUMNS."""
+    lines = body.split(b"\n")
+    i = rng.randrange(len(lines))
+    lines[i] = rng.choice([b"1.5," * (MAX_LINE_BYTES // 4 + 1), b",".join([b"1"] * (MAX_COLUMNS + 1))])
+    return b"\n".join(lines)
+
+
+def mostly_empty(rng, body):
+    """A column with only a few values left (99.5% empty, or more)."""
+    lines = body.split(b"\n")
+    j = rng.randrange(1, len(_fields(lines[0])))
+    for n in range(1, len(lines)):
+        fields = _fields(lines[n])
+        if j < len(fields) and n % 200:
+            fields[j] = b""
+        lines[n] = b",".join(fields)
+    return b"\n".join(lines)
+
+
+def repeated_header(rng, body):
+    """Concatenated files (the header again inside the data), or two gzip members (`cat a.gz b.gz`)."""
+    if rng.random() < 0.5:
+        return gzip.compress(body) + gzip.compress(body)
+    return body + (b"" if body.endswith(b"\n") else b"\n") + body
+
+
+STRUCTURE = [trailing_delimiter, header_delimiter, header_quote, extra_values, very_long_line, mostly_empty,
+             repeated_header]
 MUTATORS = [truncate, byte_flips, huge_numbers, nan_and_inf, stray_words, wrong_delimiter, line_endings,
-            quoted_newlines, column_count, empty_column, header_damage, odd_bytes, long_line, tiny]
+            quoted_newlines, column_count, empty_column, header_damage, odd_bytes, long_line, tiny, *STRUCTURE]
 
 
 def mutate(rng: random.Random, body: bytes) -> tuple[bytes, list[str]]:
@@ -284,3 +352,60 @@ def test_fuzzed_files_through_the_real_command_line(corpus, trained, tmp_path):
                 if problem:
                     problems.append(f"{kind} {what}: {problem}")
     assert not problems, "\n\n".join(problems)
+
+
+STRUCTURE_RUNS = 12  # per generator: the whole test takes a few seconds
+
+
+def _expected(name: str) -> str:
+    """What a generator's file must give: the clean file's numbers ("same"), twice over ("twice"), the clean
+    file less its mostly empty column ("sparse"), or a one-line refusal ("refused")."""
+    return {"trailing_delimiter": "same", "repeated_header": "twice", "mostly_empty": "sparse"}.get(name, "refused")
+
+
+def test_structure_generators_never_shift_or_invent_values(tmp_path, dataset, trained):
+    """Issue 23's generators one at a time, with an oracle: a file either gives exactly the clean file's values
+    (columns in place, no header read as a row, no column made up by interpolation) or is refused in one line,
+    quickly. Detection agrees with the clean file wherever the table does."""
+    started = time.monotonic()
+    base = dataset["test_frame"].drop(columns=["label"]).iloc[:400].to_csv(index=False, float_format="%.5f").encode()
+    (tmp_path / "clean.csv").write_bytes(base)
+    clean = data.read_table(tmp_path / "clean.csv")
+    store = ModelStore(trained["root"])
+    clean_detect = service.detect(str(tmp_path / "clean.csv"), version="v1", store=store)
+    rng = random.Random(SEED)
+    problems = []
+    for gen in STRUCTURE:
+        for run in range(STRUCTURE_RUNS):
+            path = tmp_path / f"{gen.__name__}{run}.csv"
+            path.write_bytes(gen(rng, base))
+            want = _expected(gen.__name__)
+            t0 = time.monotonic()
+            try:
+                table = data.read_table(path)
+            except DataError as exc:
+                if want != "refused" or len(str(exc).splitlines()) != 1:
+                    problems.append(f"{path.name}: refused ({exc})")
+                continue
+            finally:
+                if time.monotonic() - t0 > 5:
+                    problems.append(f"{path.name}: {time.monotonic() - t0:.1f}s")
+            if want == "refused":
+                problems.append(f"{path.name}: accepted with features {table.features}")
+                continue
+            if want == "sparse":
+                sparse = set(table.report.get("mostly_empty_columns", {}))
+                keep = [i for i, f in enumerate(clean.features) if f not in sparse]
+                ok = len(sparse) == 1 and table.features == [clean.features[i] for i in keep] and np.array_equal(
+                    table.X, clean.X[:, keep])
+            else:
+                expect = np.vstack([clean.X, clean.X]) if want == "twice" else clean.X
+                ok = table.features == clean.features and np.array_equal(table.X, expect)
+                if ok and run < 3:  # detection reads the same file the same way
+                    result = service.detect(str(path), version="v1", store=store)
+                    ok = result["total_rows"] == len(expect) and (
+                        want == "twice" or result["anomaly_count"] == clean_detect["anomaly_count"])
+            if not ok:
+                problems.append(f"{path.name}: silently different ({table.features}, {table.report})")
+    assert not problems, f"{len(problems)} problem(s) (seed {SEED}):\n" + "\n".join(problems[:10])
+    assert time.monotonic() - started < 60
