@@ -22,7 +22,6 @@ from .errors import DataError
 TOP_INCIDENTS = 10
 MIN_SHARE = 0.05  # a driving feature after the first holds at least this share of the peak row's error
 EXPECTED_PERCENTILES = (1, 99)  # a training column's expected range: its 1st to 99th percentile
-SPAN_HELP = "rows (a number) or a time span such as 10min (needs a time column)"
 
 
 # --- options -------------------------------------------------------------------------------------------------
@@ -213,7 +212,8 @@ class AlertHygiene:
     def _long(self, chain: list) -> bool:
         if isinstance(self.min, int):
             return chain[1] - chain[0] >= self.min
-        return bool(chain[4] - chain[3] >= self.min)
+        span = chain[4] - chain[3]
+        return bool(np.isnat(span) or span >= self.min)  # an unreadable time: kept, not hidden
 
     def _decide(self, chain: list, before: int) -> None:
         """Flag the incident's rows (quiet ones between joined runs too), or unflag a too-short one."""

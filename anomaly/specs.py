@@ -22,7 +22,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from . import defaults, thresholds
 from .errors import DataError
-from .incidents import SPAN_HELP, check_span
+from .incidents import check_span
 from .models import MODEL_PARAMS, MODEL_TYPES
 from .store import MAX_SMOOTH, MAX_WINDOW
 
@@ -173,11 +173,13 @@ class DetectSpec(Spec):
                             "threshold up with it: its peaks are flagged, not every row; off: the stored threshold "
                             "(ignored with threshold_window)", Opt("threshold"))
     min_duration: Annotated[int, Field(ge=1)] | Span("min_duration") = _p(
-        1, "shortest incident reported: " + SPAN_HELP + "; the rows of a shorter one are not flagged (from its "
-        "first row to its last: one row spans 0min)", Opt("incidents"))
+        1, "shortest incident: rows (a number) or a time span such as 10min (needs a time column), from its first "
+        "row to its last (one row: 0min); a shorter one is not reported and its rows are not flagged",
+        Opt("incidents"))
     merge_gap: Annotated[int, Field(ge=0)] | Span("merge_gap") = _p(
-        0, "incidents at most this far apart become one, the quiet rows between them flagged too: quiet " + SPAN_HELP
-        + " (from the last row of one to the first of the next); applied before min_duration", Opt("incidents"))
+        0, "incidents at most this far apart become one, the rows between them flagged: quiet rows between (a "
+        "number) or the time from the last row of one to the first of the next (30min); applied before "
+        "min_duration", Opt("incidents"))
     label_column: str | None = _p(None, "column of 0/1 labels for precision/recall/F1 (default: a column named "
                                   "'label')", Opt("data"))
     missing: Literal[MISSING_POLICIES] = _p(defaults.MISSING, "missing values: interpolate (edges filled), drop "

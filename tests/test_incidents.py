@@ -152,6 +152,15 @@ def test_mcp_and_http_report_the_same_incidents(files, server):
         async with mcp_client(server, "http") as client:
             return await client.call_tool("run_detection", {"file_path": "merge.csv", "version": "m", **arguments})
 
+    async def schemas():
+        async with mcp_client(server, "http") as client:
+            return {t.name: t.input_schema["properties"] for t in (await client.list_tools()).tools}
+
+    tools = anyio.run(schemas)  # declared once (DetectSpec): the same option in every tool that takes it
+    for option in ("min_duration", "merge_gap"):
+        fleet_option = {k: v for k, v in tools["run_fleet_detection"][option].items() if k != "title"}
+        assert tools["run_detection"][option] == fleet_option
+        assert "time span" in tools["run_detection"][option]["description"]
     reply = anyio.run(run, {})
     assert len(reply.model_dump_json(by_alias=True, exclude_none=True)) <= 12_000
     plain = tool_json(reply)
