@@ -66,7 +66,8 @@ def iter_detect(
     its block is scored) and finally `summary` (the same dict `detect` returns).
     What is detected is a `DetectSpec` (or its fields as keyword arguments, checked before anything is read):
     `time_column` (default: a column named timestamp/time/date/datetime) gives every reported anomaly its time;
-    `threshold_window` (rows, or a time span such as `7d`) makes the threshold follow the data (`anomaly.rolling`).
+    `threshold_window` (rows, or a time span such as `7d`) makes the threshold follow the data (`anomaly.rolling`);
+    `min_duration` and `merge_gap` shape the incidents and their rows' flags alike (`anomaly.incidents`).
     `row_features`: each anomalous row in `results` also names its strongest features (the MCP reply)."""
     spec = parse(DetectSpec, spec, **params)
     started = time.perf_counter()
@@ -337,8 +338,7 @@ class Thresholder:
 
 def _emit(pending: _Pending, final: bool, det, acc: "Summary", writer, per_feature: bool,
           events: bool, plot, thresholder: Thresholder, time_col: str | None, hygiene: AlertHygiene) -> Iterator[dict]:
-    """Score the blocks whose rows are all scored, flag them, and hand on those whose flags are final
-    (`AlertHygiene` holds back rows a later incident may still join or drop) to the summary, plot and output."""
+    """Flag the blocks whose rows are all scored; hand on those whose flags are final (`AlertHygiene`)."""
     from .detector import flag
 
     for block, mask, errs, values in pending.ready(final):

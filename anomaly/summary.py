@@ -149,7 +149,7 @@ class Summary:
             return []
         return [f"{ratio:.1%} of rows are flagged where normal data gets about {expected:.1%}: the data may have "
                 "drifted away from the training data, the model may not fit it, or it holds long incidents. "
-                "Look at the segments; consider a rolling threshold (threshold_window) or retraining on recent "
+                "Look at the incidents; consider a rolling threshold (threshold_window) or retraining on recent "
                 "normal data."]
 
     def metrics(self) -> dict:
