@@ -179,7 +179,7 @@ class AlertHygiene:
         chains = [self.prev] if self.prev else []
         for a, b in zip(edges[::2].tolist(), edges[1::2].tolist()):
             last = chains[-1] if chains else None
-            if last is not None and self._within(self.gap, a - last[1], self._t(a) if self.by_time else None, last[4]):
+            if last is not None and self._within(self.gap, a - last[1], self._t(a), last[4]):
                 last[1], last[4] = b, self._t(b - 1)
             else:
                 chains.append([a, b, False, self._t(a), self._t(b - 1)])

@@ -160,7 +160,7 @@ def test_mcp_and_http_report_the_same_incidents(files, server):
     for option in ("min_duration", "merge_gap"):
         fleet_option = {k: v for k, v in tools["run_fleet_detection"][option].items() if k != "title"}
         assert tools["run_detection"][option] == fleet_option
-        assert "time span" in tools["run_detection"][option]["description"]
+        assert "(a number)" in tools["run_detection"][option]["description"]
     reply = anyio.run(run, {})
     assert len(reply.model_dump_json(by_alias=True, exclude_none=True)) <= 12_000
     plain = tool_json(reply)

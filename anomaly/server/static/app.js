@@ -149,10 +149,12 @@ function showDetection(summary, series, name) {
   const x = series.index;
   const times = series.time;
   const xFormat = times ? (v) => timeAt(x, times, v) : undefined;
+  const severity = new Map(summary.top_anomalies.map((i) => [i.first_row, i.severity]));
   const bands = series.segments.map((s) => ({
     from: s.first_row, to: s.last_row,
     title: `rows ${s.first_row}-${s.last_row}${s.first_time ? ` (${s.first_time} - ${s.last_time})` : ""}, ` +
-      `peak ${fmt(s.reconstruction_error)} at row ${s.index}${s.severity != null ? `, severity ${s.severity}` : ""}`,
+      `peak ${fmt(s.reconstruction_error)} at row ${s.index}` +
+      (severity.get(s.first_row) != null ? `, severity ${severity.get(s.first_row)}` : ""),
     data: { first: s.first_row, last: s.last_row },
   }));
   drawChart($("series-chart"), {
