@@ -195,7 +195,7 @@ def print_summary(result: dict, top: int = 10) -> None:
     expected = result.get("expected_ratio")
     print(f"Rows: {result['total_rows']}  anomalies: {result['anomaly_count']} ({100 * result['anomaly_ratio']:.2f}%"
           + (f"; normal data: ~{100 * expected:.2g}%" if expected is not None else "")
-          + f") in {result['anomaly_segments']} segment(s)  threshold: {threshold}  model: {result['version']}")
+          + f") in {result['anomaly_segments']} incident(s)  threshold: {threshold}  model: {result['version']}")
     for warning in result.get("warnings", []):
         print(f"  warning: {warning}")
     if result["scored_rows"] < result["total_rows"]:
@@ -204,16 +204,10 @@ def print_summary(result: dict, top: int = 10) -> None:
     if miss.get("missing_values"):
         print(f"  missing values: {miss['missing_values']} (filled {miss['values_filled']}, rows dropped {miss['rows_dropped']})")
     if result["top_anomalies"][:top]:
-        print("Top anomalies (strongest row of each run of anomalous rows):")
-        for a in result["top_anomalies"][:top]:
-            feats = ", ".join(f"{f['feature']} {100 * f['share']:.0f}%" for f in a["top_features"])
-            rows = f"rows {a['first_row']}-{a['last_row']}" if a["last_row"] > a["first_row"] else "1 row"
-            if "time" in a:
-                span = f"{a['first_time']} .. {a['last_time']}" if a["last_row"] > a["first_row"] else ""
-                print(f"  {a['time']:<20} row {a['index']:>8}  error {a['reconstruction_error']:<11.6g} {rows:<17} "
-                      f"{span + '  ' if span else ''}({feats})")
-            else:
-                print(f"  row {a['index']:>8}  error {a['reconstruction_error']:<11.6g} {rows:<17} ({feats})")
+        from .incidents import describe
+        print("Incidents (strongest first; the peak row's driving features, expected: training's 1st-99th percentile):")
+        for incident in result["top_anomalies"][:top]:
+            print(f"  {describe(incident)}")
     if "metrics" in result:
         m = result["metrics"]
         parts = [f"{k} {m[k]:.3f}" for k in ("precision", "recall", "f1", "roc_auc", "pr_auc", "vus_pr", "best_f1") if k in m]

@@ -28,6 +28,7 @@ import torch
 from . import __version__, defaults, models, period, thresholds, training
 from .device import check_precision, device_name, resolve_device
 from .errors import ArtifactError, DataError
+from .incidents import expected_ranges
 from .loadchecks import check_scaling, check_weights
 from .scoring import (
     SCORE_BATCH,
@@ -218,6 +219,7 @@ class DetectorCore:
             self.threshold_info_["note"] = ("constant training data: window 1, no smoothing, threshold just above "
                                             "the highest training score (any departure is flagged)")
         self.train_stats_ = thresholds.describe(self.decision_scores_[np.isfinite(self.decision_scores_)])
+        self.expected_ranges_ = expected_ranges(X, self.feature_names_)  # incidents say what values were normal
         self.train_seconds_ = round(time.perf_counter() - started, 3)
         return self
 
@@ -307,6 +309,7 @@ class DetectorCore:
                          "validation_split": self.validation_split, "patience": self.patience, "seed": self.seed},
             "history": getattr(self, "history_", {}),
             "train_scores": getattr(self, "train_stats_", {}),
+            **({"expected_ranges": self.expected_ranges_} if getattr(self, "expected_ranges_", None) else {}),
             **self.trained_on(),
             "created": now_iso(),
             "library_versions": library_versions(),
@@ -414,6 +417,7 @@ class DetectorCore:
         det.threshold_info_ = threshold
         det.history_ = config.get("history", {})
         det.train_stats_ = config.get("train_scores", {})
+        det.expected_ranges_ = config.get("expected_ranges")  # versions saved before: drivers without a range
         det.config_ = config
         det.source_paths_ = paths
         return det

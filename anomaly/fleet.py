@@ -142,17 +142,18 @@ def _options_record(options: dict) -> dict:
 
 
 def summarise_detection(r: dict) -> dict:
-    """The per-series facts of a detect summary: counts, the segments with their rows and times, and the
-    strength (the peak score over the threshold, comparable across series that each have their own scale)."""
-    segments = [{k: seg[k] for k in ("first_row", "last_row", "first_time", "last_time", "index", "time",
-                                     "reconstruction_error") if k in seg} for seg in r["top_anomalies"]]
+    """The per-series facts of a detect summary: counts, the incidents as the summary reports them, the
+    strength (the peak score over the threshold) and the highest severity, both comparable across series that
+    each have their own scale."""
+    segments = r["top_anomalies"]
+    severities = [s["severity"] for s in segments if s.get("severity") is not None]
     peak = max((s["reconstruction_error"] for s in segments if s["reconstruction_error"] is not None), default=None)
     threshold = r["threshold"]
     strength = None if peak is None else (peak / threshold if threshold and threshold > 0 else peak)
     return {"version": r["version"], "rows": r["total_rows"], "scored_rows": r["scored_rows"],
             "anomalies": r["anomaly_count"], "anomaly_ratio": r["anomaly_ratio"],
             "segment_count": r["anomaly_segments"], "segments": segments, "threshold": threshold,
-            "strength": strength, "warnings": r.get("warnings", []), "output": r.get("output")}
+            "strength": strength, "severity": max(severities, default=None), "warnings": r.get("warnings", []), "output": r.get("output")}
 
 
 # --- running many --------------------------------------------------------------------------------------------
@@ -320,7 +321,8 @@ def train(data_dir: str | os.PathLike | None = None, *, data_file: str | None = 
 # --- detect ----------------------------------------------------------------------------------------------------
 
 
-DETECT_OPTIONS = ("per_feature", "missing", "label_column", "time_column", "threshold_window", "device", "precision")
+DETECT_OPTIONS = ("per_feature", "missing", "label_column", "time_column", "threshold_window", "min_duration",
+                  "merge_gap", "device", "precision")
 
 
 def check_detect_options(options: dict) -> None:
@@ -432,7 +434,8 @@ def detect(data_dir: str | os.PathLike | None = None, *, output_dir: str | os.Pa
 
 def lean(summary: dict, top: int = 10) -> dict:
     """A short reply for MCP / HTTP clients: counts, the `top` strongest series and the failed ones (capped)."""
-    keys = ("series", "status", "rows", "anomalies", "anomaly_ratio", "segment_count", "strength", "output")
+    keys = ("series", "status", "rows", "anomalies", "anomaly_ratio", "segment_count", "strength", "severity",
+            "output")
     series = summary.get("series", [])
     head = {k: v for k, v in summary.items() if k != "series"}
     failed = [{"series": r["series"], "error": r.get("error")} for r in series if r["status"] == "failed"]

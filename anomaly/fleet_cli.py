@@ -18,7 +18,7 @@ NOT_FOR_FLEET_TRAIN = {"help", "data", "version", "model_path", "threshold_path"
                        "plot", "json", "quiet"}
 # `detect` options that apply to every series alike.
 FLEET_DETECT = {"model_dir", "per_feature", "label_column", "missing", "time_column", "threshold_window",
-                "device", "precision"}
+                "min_duration", "merge_gap", "device", "precision"}
 TOP_SERIES = 20  # rows of the terminal table: one screen
 
 
@@ -152,7 +152,8 @@ def _where(r: dict) -> str:
     seg = (r.get("segments") or [None])[0]
     if seg is None:
         return "-"
-    return f"{seg['time']} (row {seg['index']})" if seg.get("time") else f"row {seg['index']}"
+    where = f"{seg['time']} (row {seg['index']})" if seg.get("time") else f"row {seg['index']}"
+    return where + ("" if seg.get("severity") is None else f", severity {seg['severity']}")
 
 
 def print_detect(s: dict, top: int = TOP_SERIES) -> None:

@@ -12,6 +12,7 @@ import numpy as np
 
 from . import data, rolling
 from .errors import AnomalyError, DataError
+from .incidents import AlertHygiene
 from .loader import artifact_paths, load_detector
 from .specs import DetectSpec, parse
 from .store import ArtifactPaths, ModelStore
@@ -22,22 +23,22 @@ class _Pending:
     """Raw rows waiting for their scores: window models finalise a row only after later rows arrive."""
 
     def __init__(self):
-        self.blocks: list[tuple[data.Block, np.ndarray]] = []  # (block, kept-row mask)
+        self.blocks: list[tuple[data.Block, np.ndarray, np.ndarray]] = []  # (block, kept-row mask, raw values)
         self.errors: list[np.ndarray] = []
         self.n_errors = 0
 
-    def add_block(self, block: data.Block, mask: np.ndarray) -> None:
-        self.blocks.append((block, mask))
+    def add_block(self, block: data.Block, mask: np.ndarray, values: np.ndarray) -> None:
+        self.blocks.append((block, mask, values))
 
     def add_errors(self, errors: np.ndarray) -> None:
         if len(errors):
             self.errors.append(errors)
             self.n_errors += len(errors)
 
-    def ready(self, final: bool = False) -> Iterator[tuple[data.Block, np.ndarray, np.ndarray]]:
-        """Yield (block, mask, errors-for-kept-rows) for every block whose kept rows all have errors."""
+    def ready(self, final: bool = False) -> Iterator[tuple[data.Block, np.ndarray, np.ndarray, np.ndarray]]:
+        """Yield (block, mask, errors-for-kept-rows, raw values) for every block whose kept rows all have errors."""
         while self.blocks:
-            block, mask = self.blocks[0]
+            block, mask, values = self.blocks[0]
             need = int(mask.sum())
             if self.n_errors < need and not final:
                 return
@@ -46,7 +47,7 @@ class _Pending:
             self.errors = [rest] if len(rest) else []
             self.n_errors = len(rest)
             self.blocks.pop(0)
-            yield block, mask, mine
+            yield block, mask, mine, values
 
 
 def iter_detect(
@@ -65,7 +66,8 @@ def iter_detect(
     its block is scored) and finally `summary` (the same dict `detect` returns).
     What is detected is a `DetectSpec` (or its fields as keyword arguments, checked before anything is read):
     `time_column` (default: a column named timestamp/time/date/datetime) gives every reported anomaly its time;
-    `threshold_window` (rows, or a time span such as `7d`) makes the threshold follow the data (`anomaly.rolling`).
+    `threshold_window` (rows, or a time span such as `7d`) makes the threshold follow the data (`anomaly.rolling`);
+    `min_duration` and `merge_gap` shape the incidents and their rows' flags alike (`anomaly.incidents`).
     `row_features`: each anomalous row in `results` also names its strongest features (the MCP reply)."""
     spec = parse(DetectSpec, spec, **params)
     started = time.perf_counter()
@@ -111,13 +113,16 @@ def _detect(p, fmt, numeric: list[str] | None, spec: DetectSpec, paths: Artifact
                         "(name one with time_column, or give the window in rows)")
     thresholder = Thresholder(det, window, str(threshold_window), spec.follow_level)
     baseline = _Baseline(window, det) if window is not None else None
+    hygiene = AlertHygiene.of(spec.min_duration, spec.merge_gap, time_col is not None, p.name)
     total_bytes = p.stat().st_size
     result_cols = (["reconstruction_error", "is_anomaly"] + (["threshold"] if thresholder.moving else [])
                    + ([f"{f}_contribution" for f in features] if per_feature else []))
     stream = det.stream()
     pending = _Pending()
     acc = Summary(det.threshold_, features, max_results if return_details else 0, keep_all=label_col is not None,
-                   expected_rate=expected_rate(det.threshold_info_), row_features=row_features)
+                   expected_rate=expected_rate(det.threshold_info_), row_features=row_features,
+                   score_stats=det.threshold_info_.get("stats") or det.train_stats_,
+                   expected_ranges=getattr(det, "expected_ranges_", None))
     missing_report = {"missing_values": 0, "values_filled": 0, "rows_dropped": 0}
     plotter = _plotter(plot, det, fmt, used, label_col)
     filler = _MissingFiller(features, missing, missing_report)
@@ -135,22 +140,22 @@ def _detect(p, fmt, numeric: list[str] | None, spec: DetectSpec, paths: Artifact
             readers.append(reader)
         for block in reader:
             headers_skipped += block.headers_skipped
-            X = block.frame[used].to_numpy(np.float64)  # float64: 1e39 is a huge value, not an overflow to inf
-            X, mask = filler.push(X, block.start)
+            raw = block.frame[used].to_numpy(np.float64)  # float64: 1e39 is a huge value, not an overflow to inf
+            X, mask = filler.push(raw, block.start)
             if baseline is not None:
                 X = baseline.push(X, block, time_col)
             if label_col:
                 acc.add_labels(block.frame[label_col].to_numpy(), label_col)
                 acc.add_period_sample(block.frame[used[0]].to_numpy())
-            pending.add_block(block, mask)
+            pending.add_block(block, mask, raw)
             pending.add_errors(stream.push(X)[0])
-            yield from _emit(pending, False, det, acc, writer, per_feature, anomaly_events, plotter, thresholder, time_col)
+            yield from _emit(pending, False, det, acc, writer, per_feature, anomaly_events, plotter, thresholder, time_col, hygiene)
             yield {"event": "progress", "rows_done": acc.rows, "bytes_total": total_bytes,
                    "rows_read": block.start + len(block.raw_lines)}
         tail = filler.finish()
         pending.add_errors(stream.push(baseline.push(tail, None, None) if baseline is not None else tail)[0])
         pending.add_errors(stream.finish()[0])
-        yield from _emit(pending, True, det, acc, writer, per_feature, anomaly_events, plotter, thresholder, time_col)
+        yield from _emit(pending, True, det, acc, writer, per_feature, anomaly_events, plotter, thresholder, time_col, hygiene)
         if acc.rows == 0:
             raise DataError(f"{p} has a header row but no data rows")
         if acc.scored == 0:  # exit 0 with nothing scored looked like "no anomalies"
@@ -392,10 +397,11 @@ class Thresholder:
 
 
 def _emit(pending: _Pending, final: bool, det, acc: "Summary", writer, per_feature: bool,
-          events: bool, plot=None, thresholder: Thresholder | None = None, time_col: str | None = None) -> Iterator[dict]:
+          events: bool, plot, thresholder: Thresholder, time_col: str | None, hygiene: AlertHygiene) -> Iterator[dict]:
+    """Flag the blocks whose rows are all scored; hand on those whose flags are final (`AlertHygiene`)."""
     from .detector import flag
 
-    for block, mask, errs in pending.ready(final):
+    for block, mask, errs, values in pending.ready(final):
         n = len(block.raw_lines)
         if len(errs) == n and errs.shape[1:] == (len(det.feature_names_),):  # every row kept: no scatter
             row_err = np.array(errs, np.float32)  # a fresh array, as the scatter gave (the same mean below)
@@ -406,29 +412,39 @@ def _emit(pending: _Pending, final: bool, det, acc: "Summary", writer, per_featu
         with np.errstate(invalid="ignore"):
             scores = row_err.mean(axis=1) if row_err.shape[1] else np.full(n, np.nan, np.float32)
         times = block.text(time_col) if time_col else None
-        moving = thresholder is not None and thresholder.moving
-        threshold = thresholder(scores, data.parse_times(np.asarray(times)) if moving and thresholder.by_time
-                                else None) \
-            if thresholder is not None else det.threshold_
+        moving, by_time = thresholder.moving, thresholder.moving and thresholder.by_time
+        parsed = data.parse_times(np.asarray(times)) if times is not None and (by_time or hygiene.by_time) else None
+        threshold = thresholder(scores, parsed if by_time else None)
         flags = flag(scores, threshold)
-        acc.add(block.start, scores, flags, row_err, times, threshold if moving else None)
-        if plot is not None:
-            plot.add_frame(block.start, block.frame, scores, flags, row_err, threshold if moving else None)
-        if writer:
-            cols = {"reconstruction_error": scores, "is_anomaly": flags}
-            if moving:  # the result columns have `threshold` exactly then
-                cols["threshold"] = threshold
-            if per_feature:
-                share = contributions(row_err)
-                cols |= {f"{f}_contribution": share[:, i] for i, f in enumerate(det.feature_names_)}
-            writer.write(block.start, block.raw_lines, block.frame, cols)
-        if events:
-            idx = np.flatnonzero(flags)
-            for i, feats in zip(idx, top_features_rows(row_err[idx], det.feature_names_)):
-                yield {"event": "anomaly", "index": int(block.start + i),
-                       **({"time": times[i]} if times is not None else {}),
-                       "reconstruction_error": float(scores[i]), "top_features": feats}
+        item = (block, scores, row_err, times, threshold if moving else None, values)
+        for settled, final_flags in hygiene.push(block.start, flags, parsed, item):
+            yield from _deliver(settled, final_flags, det, acc, writer, per_feature, events, plot)
+    if final:
+        for settled, final_flags in hygiene.finish():
+            yield from _deliver(settled, final_flags, det, acc, writer, per_feature, events, plot)
 
+
+def _deliver(item: tuple, flags: np.ndarray, det, acc: "Summary", writer, per_feature: bool, events: bool,
+             plot) -> Iterator[dict]:
+    """One block with its final flags: into the summary, the plot and the output; an event per anomalous row."""
+    block, scores, row_err, times, threshold, values = item
+    acc.add(block.start, scores, flags, row_err, times, threshold, values)
+    if plot is not None:
+        plot.add_frame(block.start, block.frame, scores, flags, row_err, threshold)
+    if writer:
+        cols = {"reconstruction_error": scores, "is_anomaly": flags}
+        if threshold is not None:  # the result columns have `threshold` exactly when it moves
+            cols["threshold"] = threshold
+        if per_feature:
+            share = contributions(row_err)
+            cols |= {f"{f}_contribution": share[:, i] for i, f in enumerate(det.feature_names_)}
+        writer.write(block.start, block.raw_lines, block.frame, cols)
+    if events:
+        idx = np.flatnonzero(flags)
+        for i, feats in zip(idx, top_features_rows(row_err[idx], det.feature_names_)):
+            yield {"event": "anomaly", "index": int(block.start + i),
+                   **({"time": times[i]} if times is not None else {}),
+                   "reconstruction_error": float(scores[i]), "top_features": feats}
 
 
 def summary_of(events: Iterator[dict], progress: Callable[[dict], None] | None = None) -> dict:

@@ -198,6 +198,7 @@ def model_info(version: str | None = None, store: ModelStore | None = None, **ex
         "threshold_params": det.threshold_info_.get("params"),
         "threshold_source": det.threshold_info_.get("source"),
         "threshold_stats": det.threshold_info_.get("stats"),
+        "expected_ranges": config.get("expected_ranges"),  # each feature's 1st-99th training percentile
         "training": config.get("training"),
         "history": config.get("history"),
         **{k: config.get(k) for k in ("device", "device_name", "precision", "train_seconds")},  # where it trained

@@ -18,10 +18,11 @@ import inspect
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from . import defaults, thresholds
 from .errors import DataError
+from .incidents import check_span
 from .models import MODEL_PARAMS, MODEL_TYPES
 from .store import MAX_SMOOTH, MAX_WINDOW
 
@@ -58,6 +59,11 @@ DEVICE_HELP = "auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps; defaul
 PRECISION_HELP = ("fp32; bf16 (mixed precision through torch.autocast: CPU and recent GPUs) or fp16 (CUDA only)")
 TIME_SPAN_HELP = ("rolling threshold: the version's threshold method over the preceding N rows (a number), or "
                   "over a time span such as 7d or 12h (needs a time column); default: the stored threshold")
+
+
+def Span(name: str) -> Any:
+    """A time span option (`10min`, `2h`), checked by `incidents.parse_span` when the spec is made."""
+    return Annotated[str, AfterValidator(lambda v: check_span(v, name))]
 
 
 class Spec(BaseModel):
@@ -166,6 +172,14 @@ class DetectSpec(Spec):
     follow_level: bool = _p(True, "when this file scores higher than training all over (median, spread), move the "
                             "threshold up with it: its peaks are flagged, not every row; off: the stored threshold "
                             "(ignored with threshold_window)", Opt("threshold"))
+    min_duration: Annotated[int, Field(ge=1)] | Span("min_duration") = _p(
+        1, "shortest incident: rows (a number) or a time span such as 10min (needs a time column), from its first "
+        "row to its last (one row: 0min); a shorter one is not reported and its rows are not flagged",
+        Opt("incidents"))
+    merge_gap: Annotated[int, Field(ge=0)] | Span("merge_gap") = _p(
+        0, "incidents at most this far apart become one, the rows between them flagged: quiet rows between (a "
+        "number) or the time from the last row of one to the first of the next (30min); applied before "
+        "min_duration", Opt("incidents"))
     label_column: str | None = _p(None, "column of 0/1 labels for precision/recall/F1 (default: a column named "
                                   "'label')", Opt("data"))
     missing: Literal[MISSING_POLICIES] = _p(defaults.MISSING, "missing values: interpolate (edges filled), drop "

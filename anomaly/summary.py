@@ -4,7 +4,6 @@ them, capped per-row results, label metrics and drift warnings, in memory bounde
 
 from __future__ import annotations
 
-import heapq
 import json
 import math
 
@@ -12,8 +11,8 @@ import numpy as np
 
 from . import defaults
 from .errors import DataError
+from .incidents import Incidents
 
-TOP_ANOMALIES = 10
 TOP_FEATURES = 3
 WARN_FACTOR = 3  # flagged ratio over this many times the expected one gets a warning
 MIN_WARN_RATIO = 0.01  # ... and over 1% of rows (a strict threshold expects almost none)
@@ -55,15 +54,16 @@ class Summary:
     """Running counts, top anomalies and capped per-row results, in memory bounded by `max_results`."""
 
     def __init__(self, threshold: float, features: list[str], max_results: int | None, keep_all: bool = False,
-                 expected_rate: float | None = None, row_features: bool = False):
+                 expected_rate: float | None = None, row_features: bool = False, score_stats: dict | None = None,
+                 expected_ranges: dict | None = None):
         self.threshold, self.features = threshold, features
+        self.score_stats = score_stats  # the training scores' statistics: each incident's severity
+        self.expected_ranges = expected_ranges  # {feature: [low, high]} in the data's units
         self.row_features = row_features  # anomalous rows in `results` name their strongest features
         self.max_results = max_results
         self.expected_rate = expected_rate
         self.rows = self.scored = self.anomalies = 0
-        self.top: list[tuple] = []  # min-heap of the strongest segments: (peak score, peak row, seq, segment)
-        self.open: dict | None = None  # a segment still running at the end of the last block
-        self.segments = 0
+        self.incidents = Incidents()
         self.anom_rows: list[dict] = []
         self.normal_rows: list[dict] = []
         self.keep_all = keep_all
@@ -74,12 +74,14 @@ class Summary:
         self.period_sample: list[np.ndarray] = []
 
     def add(self, start: int, scores: np.ndarray, flags: np.ndarray, row_err: np.ndarray,
-            times: np.ndarray | None = None, thresholds: np.ndarray | None = None) -> None:
+            times: np.ndarray | None = None, thresholds: np.ndarray | None = None,
+            values: np.ndarray | None = None) -> None:
+        """One block's final flags; `values`: its raw feature values (an incident's value seen)."""
         self.rows += len(scores)
         self.scored += int(np.isfinite(scores).sum())
         idx = np.flatnonzero(flags)
         self.anomalies += len(idx)
-        self._add_segments(start, scores, flags.astype(bool), row_err, times)
+        self.incidents.add(start, scores, flags, row_err, values, times, thresholds)
         cap = self.max_results
         # rows whose threshold moved (rolling, or following the file's level) say which one they were held to
         per_row = None if thresholds is None else np.broadcast_to(thresholds, scores.shape)
@@ -101,49 +103,6 @@ class Summary:
             if thresholds is not None:
                 self.all_thresholds.append(np.broadcast_to(thresholds, scores.shape))
 
-    def _add_segments(self, start: int, scores: np.ndarray, flags: np.ndarray, row_err: np.ndarray,
-                      times: np.ndarray | None) -> None:
-        """Contiguous anomalous rows form one segment (an incident); the top list holds the strongest segments
-        by their peak row, so ten rows of one incident do not crowd out the others. A segment may continue
-        into the next block."""
-        edges = np.flatnonzero(np.diff(np.r_[0, flags.view(np.int8), 0]))
-        runs = list(zip(edges[::2], edges[1::2]))  # [first, end) within the block
-        if self.open is not None and (not runs or runs[0][0] != 0):
-            self._close(self.open)
-            self.open = None
-        if not runs:
-            return
-        padded = np.r_[np.nan_to_num(scores, nan=-np.inf), -np.inf]
-        peaks = np.maximum.reduceat(padded, np.ravel(runs))[::2]
-        keep = set(np.argsort(-peaks)[:TOP_ANOMALIES].tolist()) | {0, len(runs) - 1}
-        self.segments += len(runs) - (self.open is not None)
-        at = (lambda i: None) if times is None else (lambda i: str(times[i]))
-        for k, (a, b) in enumerate(runs):
-            if k not in keep:
-                continue
-            i = a + int(np.argmax(padded[a:b]))
-            seg = {"index": int(start + i), "time": at(i), "reconstruction_error": float(scores[i]),
-                   "first_row": int(start + a), "first_time": at(a), "last_row": int(start + b - 1),
-                   "last_time": at(b - 1), "errors": row_err[i]}
-            if k == 0 and self.open is not None:  # continues the segment the previous block ended with
-                prev = self.open
-                peak = seg if seg["reconstruction_error"] > prev["reconstruction_error"] else prev
-                seg = {**peak, "first_row": prev["first_row"], "first_time": prev["first_time"],
-                       "last_row": seg["last_row"], "last_time": seg["last_time"]}
-            if k == len(runs) - 1 and b == len(flags):
-                self.open = seg
-            else:
-                self._close(seg)
-                if k == 0:
-                    self.open = None
-
-    def _close(self, seg: dict) -> None:
-        item = (seg["reconstruction_error"], seg["index"], seg["first_row"], seg)
-        if len(self.top) < TOP_ANOMALIES:
-            heapq.heappush(self.top, item)
-        elif item[0] > self.top[0][0]:
-            heapq.heapreplace(self.top, item)
-
     def add_period_sample(self, values: np.ndarray) -> None:
         """The first feature's leading values: VUS-PR's buffer range comes from the series' period."""
         if sum(len(v) for v in self.period_sample) < 20000:
@@ -158,9 +117,6 @@ class Summary:
         self.labels.append((lab > 0).astype(np.int8))
 
     def summary(self) -> dict:
-        if self.open is not None:
-            self._close(self.open)
-            self.open = None
         ratio = self.anomalies / self.rows if self.rows else 0.0
         out = {
             "status": "success",
@@ -170,9 +126,9 @@ class Summary:
             "anomaly_ratio": ratio,
             "threshold": self.threshold,
             "expected_ratio": self.expected_rate,
-            "anomaly_segments": self.segments,
-            "top_anomalies": [_segment_report(seg, self.features)
-                              for *_, seg in sorted(self.top, key=lambda t: t[0], reverse=True)],
+            "anomaly_segments": self.incidents.count,
+            "top_anomalies": self.incidents.report(self.features, self.threshold, self.score_stats,
+                                                   self.expected_ranges),
             "warnings": self.warnings(ratio),
         }
         if self.max_results != 0:
@@ -193,7 +149,7 @@ class Summary:
             return []
         return [f"{ratio:.1%} of rows are flagged where normal data gets about {expected:.1%}: the data may have "
                 "drifted away from the training data, the model may not fit it, or it holds long incidents. "
-                "Look at the segments; consider a rolling threshold (threshold_window) or retraining on recent "
+                "Look at the incidents; consider a rolling threshold (threshold_window) or retraining on recent "
                 "normal data."]
 
     def metrics(self) -> dict:
@@ -265,16 +221,6 @@ def _row(start: int, i: int, scores: np.ndarray, times: np.ndarray | None, anoma
         row["time"] = str(times[i])
     row |= {"reconstruction_error": _num(scores[i]), "is_anomaly": anomaly}
     return row if threshold is None else row | {"threshold": _num(threshold)}
-
-
-def _segment_report(seg: dict, features: list[str]) -> dict:
-    """A top anomaly as reported: the peak row and the segment's first and last rows, each with its time."""
-    timed = seg["time"] is not None
-    out = {"index": seg["index"], **({"time": seg["time"]} if timed else {}),
-           "reconstruction_error": seg["reconstruction_error"], "first_row": seg["first_row"],
-           **({"first_time": seg["first_time"]} if timed else {}), "last_row": seg["last_row"],
-           **({"last_time": seg["last_time"]} if timed else {})}
-    return out | {"top_features": top_features(seg["errors"], features)}
 
 
 def _num(x) -> float | None:

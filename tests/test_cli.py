@@ -260,7 +260,7 @@ def test_detect_prints_a_readable_summary(cli_model, dataset, tmp_path, capsys):
     stdout = capsys.readouterr().out
     assert code == 0
     assert f"Rows: {len(dataset['test_frame'])}" in stdout
-    assert "Top anomalies" in stdout and "threshold:" in stdout
+    assert "Incidents (strongest first" in stdout and "severity" in stdout and "threshold:" in stdout
     assert "Against labels (label)" in stdout
     body = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
     assert len(body["results"]) == len(dataset["test_frame"])

@@ -127,10 +127,12 @@ def test_detection_shows_the_injected_anomaly_in_chart_and_table(browser, server
     cells = [c.text for c in hit[0].find_elements(By.TAG_NAME, "td")]
     first, last = int(cells[1]), int(cells[2])
     assert cells[3] == server.spike_times[first] and cells[4] == server.spike_times[last]
-    assert int(cells[5]) in SPIKE_ROWS
-    assert cells[7].startswith("sensor_2")
-    peak = float(cells[6])
-    assert all(peak >= float(r.find_elements(By.TAG_NAME, "td")[6].text) for r in rows)  # the strongest segment
+    assert int(cells[6]) in SPIKE_ROWS
+    # the driving feature in the data's units: its value and the range training expected
+    assert cells[10].startswith("sensor_2 ") and ", expected " in cells[10]
+    peak, threshold, severity = float(cells[7]), float(cells[8]), int(cells[9])
+    assert peak > threshold and 0 <= severity <= 100
+    assert all(peak >= float(r.find_elements(By.TAG_NAME, "td")[7].text) for r in rows)  # the strongest incident
     assert "spike.csv" in browser.find_element(By.ID, "detect-summary").text
 
 

@@ -19,13 +19,17 @@ from mcp.server.mcpserver import Context
 from mcp_types import ToolAnnotations
 from pydantic import BaseModel, Field
 
-from .. import fleet
+from .. import fleet, specs
 from ..errors import DataError, NotFound
 from .core import Runtime, clean
 from .mcp_app import _progress_token, _Result
 from .toolbox import Toolbox
 
 MAX_JOBS = 256
+# alert hygiene as DetectSpec declares it (type, bounds, help), one default for every series
+MinDuration = specs.annotated(specs.DetectSpec.model_fields["min_duration"])
+MergeGap = specs.annotated(specs.DetectSpec.model_fields["merge_gap"])
+MIN_DURATION, MERGE_GAP = (specs.DetectSpec.model_fields[n].default for n in ("min_duration", "merge_gap"))
 log = logging.getLogger(__name__)
 MAX_TOP = 100
 
@@ -39,7 +43,8 @@ def output_dir_for(toolbox: Toolbox, folder: Path) -> Path:
 
 def fleet_detection(toolbox: Toolbox, data_dir: str, overwrite: bool = False, jobs: int | None = None,
                         top: int = 10, time_column: str | None = None, threshold_window: int | str | None = None,
-                        device: str | None = None, progress: Callable[[dict], None] | None = None) -> dict:
+                        device: str | None = None, progress: Callable[[dict], None] | None = None,
+                        min_duration: int | str = MIN_DURATION, merge_gap: int | str = MERGE_GAP) -> dict:
     folder = toolbox.policy.data_file(data_dir)  # confined to the data roots, like a single file
     if not folder.is_dir():
         raise NotFound(f"{data_dir} is not a folder" if folder.exists() else f"folder {data_dir} does not exist")
@@ -51,7 +56,7 @@ def fleet_detection(toolbox: Toolbox, data_dir: str, overwrite: bool = False, jo
     out = output_dir_for(toolbox, folder)
     summary = fleet.detect(series=series, model_dir=toolbox.store.root, output_dir=out, overwrite=overwrite,
                            jobs=jobs, progress=progress, time_column=time_column, threshold_window=threshold_window,
-                           device=device or toolbox.device)
+                           min_duration=min_duration, merge_gap=merge_gap, device=device or toolbox.device)
     return fleet.lean(summary, top) | {"summary_file": str(out / fleet.SUMMARY_FILE)}
 
 
@@ -92,6 +97,8 @@ def add_mcp_tool(mcp, runtime: Runtime, call: Callable) -> None:
                                                             "rows or a time span such as '7d'")] = None,
         device: Annotated[str | None, Field(description="auto, cpu, cuda, cuda:N or mps (default: the "
                                                         "server's device)")] = None,
+        min_duration: MinDuration = MIN_DURATION,
+        merge_gap: MergeGap = MERGE_GAP,
     ) -> FleetResult:
         """Score every series file of a folder with its own model version (one version per series, as
         `anomaly fleet train` makes them): counts, the series ranked by anomaly strength, the failed ones with
@@ -108,7 +115,8 @@ def add_mcp_tool(mcp, runtime: Runtime, call: Callable) -> None:
         wanted = progress if _progress_token(ctx) is not None else None
         return await call("run_fleet_detection", fleet_detection, {"file": data_dir}, toolbox=runtime.toolbox,
                           data_dir=data_dir, overwrite=overwrite, jobs=jobs, top=top, time_column=time_column,
-                          threshold_window=threshold_window, device=device, progress=wanted)
+                          threshold_window=threshold_window, device=device, progress=wanted,
+                          min_duration=min_duration, merge_gap=merge_gap)
 
 
 
@@ -123,6 +131,8 @@ class FleetDetectRequest(BaseModel):
     time_column: str | None = None
     threshold_window: int | str | None = None
     device: str | None = None
+    min_duration: MinDuration = MIN_DURATION
+    merge_gap: MergeGap = MERGE_GAP
 
 
 def add_route(router: "APIRouter", runtime: Runtime) -> None:  # noqa: F821 (fastapi: the [server] extra)

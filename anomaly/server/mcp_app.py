@@ -188,8 +188,10 @@ def build_mcp(runtime: Runtime) -> MCPServer:
 
     _register(mcp, run_detection, "run_detection",
               "Score every row of a CSV/TXT file with a trained model. Reply (JSON): status, total_rows, "
-              "anomaly_count, anomaly_ratio, threshold; top_anomalies: the strongest anomalous segments with "
-              "first/last row and time and the features that drove them; results: per-row {index, time, "
+              "anomaly_count, anomaly_ratio, threshold, anomaly_segments; top_anomalies: the strongest incidents "
+              "(runs of anomalous rows), each with its peak (index, time, reconstruction_error, the threshold it "
+              "crossed), severity 0-100, first/last row and time, rows, duration and top_features (the value "
+              "seen and the range expected from training, in the data's units); results: per-row {index, time, "
               "reconstruction_error, is_anomaly, top_features}, anomalous rows first, capped (results_truncated); "
               "output: a CSV with every row.",
               [_arg("file_path", FilePath), CTX, *ARTIFACTS, VERSION], specs.DetectSpec, CallToolResult,
@@ -314,20 +316,27 @@ def model_card(info: dict) -> str:
     ranges = data.get("feature_ranges")
     if ranges:
         lines.append("- training ranges: " + ", ".join(f"{k} {g(v[0])}..{g(v[1])}" for k, v in ranges.items()))
+    expected = info.get("expected_ranges")
+    if expected:
+        lines.append("- expected ranges (1st-99th percentile): " + ", ".join(f"{k} {g(v[0])}..{g(v[1])}"
+                                                                            for k, v in expected.items()))
     return "\n".join(lines) + "\n"
 
 
 INVESTIGATE = """Investigate the anomalies in {file_path}{with_version}.
 
 1. Call run_detection with file_path={file_path!r}{version_arg}. Its reply has the counts, the threshold,
-   top_anomalies (the strongest anomalous segments with their first and last times and the features that
-   drove them), the first anomalous rows, any warnings, and `output`, a CSV with every row's score.
+   top_anomalies (the strongest incidents: first, peak and last row and time, duration, severity 0-100, the
+   threshold crossed, and the driving features with the value seen and the range expected), the first
+   anomalous rows, any warnings, and `output`, a CSV with every row's score.
 2. Read the model's card (resource anomaly://models/<version>, or get_model_info) for the features it knows,
    their training ranges and how its threshold was chosen.
-3. Report: how many rows and segments are anomalous and whether that is plausible (compare anomaly_ratio with
-   expected_ratio; heed warnings), then each important segment: when it started and ended, how strong it was
-   relative to the threshold, and which features drove it. Say what the data cannot tell (a retrained or
-   rolling threshold, threshold_window, may be worth trying when the warnings say the data drifted).
+3. Report: how many rows and incidents are anomalous and whether that is plausible (compare anomaly_ratio with
+   expected_ratio; heed warnings), then each important incident: when it started and ended, how strong it was
+   (severity; its peak against the threshold), and which features drove it, in the data's units (the value
+   seen against the range expected). Say what the data cannot tell. Where short blips crowd the list,
+   min_duration hides them and merge_gap joins incidents that are one; a retrained or rolling threshold
+   (threshold_window) may be worth trying when the warnings say the data drifted.
 """
 
 

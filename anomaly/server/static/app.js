@@ -30,6 +30,10 @@ function fail(err) {
 
 const fmt = (v, digits = 4) => (typeof v === "number" && Number.isFinite(v) ? String(+v.toPrecision(digits)) : "-");
 const features = (list) => (list || []).map((f) => `${f.feature} ${Math.round(f.share * 100)}%`).join(", ");
+// An incident's driving features in the data's own units: `mem 80.2, expected 61.3-63.9 (93%)`.
+const drivers = (list) => (list || []).map((f) => f.feature + (f.value != null ? ` ${fmt(f.value)}` : "") +
+  (f.expected ? `, expected ${fmt(f.expected[0])}-${fmt(f.expected[1])}` : "") +
+  ` (${Math.round(f.share * 100)}%)`).join("; ");
 
 function cell(row, text) {
   const td = document.createElement("td");
@@ -138,17 +142,19 @@ function showDetection(summary, series, name) {
   section.dataset.anomalyCount = summary.anomaly_count;
   section.dataset.segmentCount = series.segment_count;
   $("detect-summary").textContent = `${name}: ${summary.anomaly_count} of ${summary.total_rows} rows anomalous ` +
-    `(${fmt(summary.anomaly_ratio * 100, 3)}%) in ${summary.anomaly_segments} segment(s); ` +
+    `(${fmt(summary.anomaly_ratio * 100, 3)}%) in ${summary.anomaly_segments} incident(s); ` +
     `model ${summary.version} (${summary.model_type}), threshold ${fmt(summary.threshold)}` +
     (summary.warnings?.length ? `. ${summary.warnings.join(" ")}` : "");
 
   const x = series.index;
   const times = series.time;
   const xFormat = times ? (v) => timeAt(x, times, v) : undefined;
+  const severity = new Map(summary.top_anomalies.map((i) => [i.first_row, i.severity]));
   const bands = series.segments.map((s) => ({
     from: s.first_row, to: s.last_row,
     title: `rows ${s.first_row}-${s.last_row}${s.first_time ? ` (${s.first_time} - ${s.last_time})` : ""}, ` +
-      `peak ${fmt(s.reconstruction_error)} at row ${s.index}`,
+      `peak ${fmt(s.reconstruction_error)} at row ${s.index}` +
+      (severity.get(s.first_row) != null ? `, severity ${severity.get(s.first_row)}` : ""),
     data: { first: s.first_row, last: s.last_row },
   }));
   drawChart($("series-chart"), {
@@ -200,13 +206,17 @@ function segmentsTable(summary) {
     cell(row, String(s.last_row));
     cell(row, s.first_time ?? "-");
     cell(row, s.last_time ?? "-");
+    cell(row, s.duration ?? `${s.rows} row${s.rows === 1 ? "" : "s"}`);
     cell(row, String(s.index));
     cell(row, fmt(s.reconstruction_error));
-    cell(row, features(s.top_features));
+    cell(row, fmt(s.threshold));
+    cell(row, s.severity ?? "-").className = "severity";
+    cell(row, drivers(s.top_features));
   });
   $("segments-caption").textContent = segments.length
-    ? `The ${segments.length} strongest of ${summary.anomaly_segments} anomalous segment(s), by position`
-    : "No anomalous segments";
+    ? `The ${segments.length} strongest of ${summary.anomaly_segments} incident(s), by position; severity 0-100 ` +
+      "(how rare the peak is among the training scores); expected: the training data's 1st-99th percentile"
+    : "No incidents";
   table.hidden = false;
 }
 
