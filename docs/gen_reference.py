@@ -61,7 +61,7 @@ def _option_table(parser: argparse.ArgumentParser) -> list[str]:
     lines: list[str] = []
     for group in parser._action_groups:
         actions = [a for a in group._group_actions
-                   if not isinstance(a, (argparse._SubParsersAction, argparse._HelpAction))
+                   if not isinstance(a, argparse._SubParsersAction)
                    and a.help is not argparse.SUPPRESS]
         if not actions:
             continue
