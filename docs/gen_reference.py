@@ -82,7 +82,7 @@ def _option_table(parser: argparse.ArgumentParser) -> list[str]:
 def _help_text(parser: argparse.ArgumentParser) -> str:
     import os
     old = os.environ.get("COLUMNS")
-    os.environ["COLUMNS"] = "110"
+    os.environ["COLUMNS"] = "100"
     try:
         return parser.format_help()
     finally:
@@ -96,8 +96,9 @@ def _command(lines: list[str], parser: argparse.ArgumentParser, name: str, help_
     lines += ["", f"{'#' * depth} `{name}`", ""]
     if help_text:
         lines += [help_text[0].upper() + help_text[1:] + ".", ""]
-    lines += ["```text", _help_text(parser).rstrip(), "```"]
     lines += _option_table(parser)
+    lines += ["", f'??? note "`{name} --help`"', "", "    ```text"]
+    lines += [("    " + s).rstrip() for s in _help_text(parser).rstrip().splitlines()] + ["    ```"]
     helps = _sub_help(parser)
     for sub_name, sub in _subparsers(parser).items():
         _command(lines, sub, f"{name} {sub_name}", helps.get(sub_name, ""), min(depth + 1, 4))
@@ -186,11 +187,12 @@ def mcp_markdown() -> str:
         lines += ["", f"## `{t.name}`", "", " ".join((t.description or "").split()), ""]
         ann = _get(t, "annotations")
         if ann is not None:
-            hints = {k: v for k, v in ann.model_dump(exclude_none=True).items() if k.endswith("hint")}
+            hints = {k: v for k, v in ann.model_dump(exclude_none=True, by_alias=True).items() if k.endswith("Hint")}
             if hints:
                 lines += ["Annotations: " + ", ".join(f"`{k}`: {json.dumps(v)}" for k, v in hints.items()), ""]
         schema = _get(t, "input_schema", "inputSchema") or {}
-        lines += ["### Arguments", ""] + _schema_rows(schema)
+        lines += ["### Arguments", ""]
+        lines += _schema_rows(schema) if schema.get("properties") else ["None."]
         lines += ["", '??? note "Input schema (JSON)"', "", "    ```json"]
         lines += ["    " + s for s in json.dumps(schema, indent=2).splitlines()] + ["    ```"]
         out = _get(t, "output_schema", "outputSchema")
