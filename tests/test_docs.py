@@ -102,6 +102,15 @@ def test_readme_is_short_and_keeps_the_test_command():
     assert "python detect.py --data new.csv --output results.csv" in text
 
 
+def test_readme_links_point_to_files_and_benchmarks_md_is_gone():
+    text = README.read_text(encoding="utf-8")
+    links = [link.split("#")[0] for link in re.findall(r"\]\(([^)]+)\)", text) if "://" not in link]
+    assert links and all((REPO / link).exists() for link in links), [x for x in links if not (REPO / x).exists()]
+    assert not (REPO / "BENCHMARKS.md").exists()  # replaced by docs/benchmarks.md and docs/decisions/
+    for page in [README, REPO / "CHANGELOG.md", *(REPO / "docs").rglob("*.md")]:
+        assert "](BENCHMARKS.md" not in page.read_text(encoding="utf-8").replace("../", ""), page
+
+
 def test_every_readme_command_runs_or_names_its_test(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_data(tmp_path)
