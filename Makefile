@@ -5,12 +5,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench install clean
+.PHONY: demo test lint docs bench install clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
-	$(PY) -c "import torch, pandas, sklearn, mcp, fastapi, pydantic_settings"
+	$(PY) -c "import torch, pandas, sklearn, mcp, fastapi, pydantic_settings, mkdocs"
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
@@ -25,7 +25,12 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 test: lint
-	$(PY) -m pytest -q -n 2 tests  # two workers: the suite is CPU-bound and CI has 2 cores
+	$(PY) -m pytest -q -rs -n 2 tests  # two workers: the suite is CPU-bound and CI has 2 cores; -rs: why each skip
+
+# The documentation site, offline: the CLI and MCP reference pages are generated from the code during the build
+# (docs/hooks.py runs docs/gen_reference.py); --strict turns every warning (a broken link, a missing page) into an error.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
 
 bench: $(STAMP)
 	$(PY) bench/detect_scale.py
@@ -36,4 +41,4 @@ bench: $(STAMP)
 	$(PY) bench/fleet.py --series 200
 
 clean:
-	rm -rf $(VENV) examples/models examples/*.csv
+	rm -rf $(VENV) examples/models examples/*.csv site

@@ -5,7 +5,7 @@ scores of the same model (max relative difference per row, Spearman rank correla
     .venv/bin/python bench/device_speed.py [--rows 5000] [--features 20] [--window 32] [--epochs 1]
                                            [--batch-size 32,512] [--precision fp32,bf16]
 
-Prints a markdown table (BENCHMARKS.md: Devices). Training is the product's loop (`training.fit`: the whole
+Prints a markdown table (docs/benchmarks.md: Devices). Training is the product's loop (`training.fit`: the whole
 matrix on the device, batches sliced there); scoring is `scoring.row_errors` (blocks moved once, errors back
 once per batch). A short warm-up on each device comes first, so CUDA's start-up cost is not counted.
 """

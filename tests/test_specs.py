@@ -139,12 +139,12 @@ def test_versions_get_the_users_umask(trained, tmp_path):
     assert stat.S_IMODE((folder / "note.json").stat().st_mode) == 0o664  # not mkstemp's 0600
 
 
-def test_readme_client_configs_are_valid_json_and_name_the_installed_commands():
+def test_documented_client_configs_are_valid_json_and_name_the_installed_commands():
     import re
 
     from conftest import REPO
 
-    text = (REPO / "README.md").read_text()
+    text = (REPO / "docs" / "guides" / "mcp-clients.md").read_text()  # the MCP clients guide
     blocks = [json.loads(b) for b in re.findall(r"```json\n(.*?)```", text, re.S) if "mcpServers" in b or '"servers"' in b]
     servers = [s for b in blocks for s in (b.get("mcpServers") or b.get("servers")).values()]
     commands = {s.get("command", "").rsplit("/", 1)[-1] for s in servers}
