@@ -29,9 +29,9 @@ from .errors import DataError
 
 SNIFF_BYTES = 64 * 1024
 # Bytes of text per block that detection reads, scores and writes at a time (training reads through the same
-# reader). Small enough that each block's arrays are reused from the heap: with 32 MiB blocks (~176,000 rows of 20
-# columns) every block touched fresh pages, and page faults cost more than parsing. Smaller still, per-block
-# overheads win.
+# reader). Small enough that each block's arrays are reused from the heap: with much larger blocks every block
+# touched fresh pages, and page faults cost more than parsing. Smaller still, per-block overheads win
+# (docs/decisions/0006-4-mib-blocks.md).
 BLOCK_BYTES = 4 << 20
 # Guard columns after the header's names: pandas fills them from a row's surplus fields instead of turning
 # leading fields into an index (which shifted every column). NUL cannot be in a name read from a text header.

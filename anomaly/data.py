@@ -243,8 +243,8 @@ def _drop_unusable(X: np.ndarray, feats: list[str], drop_constant: bool) -> tupl
     report = {"empty_columns": [feats[i] for i in np.flatnonzero(empty)],
               "constant_columns": [feats[i] for i in np.flatnonzero(constant)]}
     # 0/1 columns next to measurements are states (one-hot commands, flags, modes), not what goes wrong: a state
-    # change is not an anomaly in itself, and their errors drowned the measurements (SMAP/MSL VUS-PR 0.33/0.30
-    # with them, 0.58/0.61 without; BENCHMARKS.md). Naming columns with --columns keeps them.
+    # change is not an anomaly in itself, and their errors drowned the measurements on SMAP and MSL
+    # (docs/decisions/0011-state-columns-left-out.md). Naming columns with --columns keeps them.
     if (indicator & ~constant).any() and (~empty & ~indicator).any():
         report["indicator_columns"] = [feats[i] for i in np.flatnonzero(indicator & ~constant)]
         empty = empty | indicator

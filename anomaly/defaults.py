@@ -1,12 +1,15 @@
 """Default settings, in one place: the CLI, the service layer, the MCP tools and the HTTP API all read these."""
 
-MODEL_TYPE = "pca"  # windowed PCA: ahead of TSB-AD's best cheap methods on every suite (BENCHMARKS.md)
-# Rows per sample. 32 beat 1 on mean VUS-PR over the four benchmark suites (0.34 vs 0.20; BENCHMARKS.md);
-# "auto" (one dominant period) scores higher still on strongly periodic data (UCR) but was not measured with
-# the score smoothing on the other suites. 1 = each row on its own, as in the classic tool.
+# windowed PCA: ahead of TSB-AD's best cheap methods on every suite (docs/decisions/0001-windowed-pca-default.md)
+MODEL_TYPE = "pca"
+# Rows per sample. For the neural models 32 beat 1 on mean VUS-PR over the four benchmark suites; "auto" (one
+# dominant period) scores higher still on strongly periodic data (UCR) but was not measured with the score
+# smoothing on the other suites (docs/decisions/0010-neural-window-32-smoothed.md). 1 = each row on its own,
+# as in the classic tool.
 WINDOW = None  # the model type's own: "auto" (one period) for pca, 32 for the neural models
 # Scores are smoothed over a centred span of 2 * window - 1 rows unless --smooth says otherwise
-# (`scoring.smooth_rows`): it lifted mean VUS-PR above IsolationForest and PCA on NAB, SMAP and MSL.
+# (`scoring.smooth_rows`): for the neural models it lifted mean VUS-PR above IsolationForest and PCA on NAB, SMAP
+# and MSL (docs/decisions/0010-neural-window-32-smoothed.md); pca's overlapping windows need none.
 EPOCHS = 100
 BATCH_SIZE = 32
 LEARNING_RATE = 0.001

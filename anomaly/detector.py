@@ -1,9 +1,9 @@
 """`DetectorCore`: scaler + model + threshold: fitting, scoring, saving and loading.
 
 This is what detection, the live stream and the servers load (`anomaly.loader`); it never imports
-scikit-learn (about 1 s of start-up) unless it trains. The public estimator, `anomaly.Detector`
-(`anomaly.estimator`), adds scikit-learn's conventions on top: `get_params`/`clone`/`Pipeline`, DataFrame
-input matched by column name, `score_samples` with higher = more normal.
+scikit-learn (a noticeable share of start-up: docs/decisions/0012-detection-fast-paths.md) unless it trains.
+The public estimator, `anomaly.Detector` (`anomaly.estimator`), adds scikit-learn's conventions on top:
+`get_params`/`clone`/`Pipeline`, DataFrame input matched by column name, `score_samples` with higher = more normal.
 
     core.decision_function(X)  # anomaly score per row, higher = more anomalous (PyOD's convention)
     core.predict(X)            # 1 = anomaly, 0 = normal
@@ -58,7 +58,8 @@ SCALED_BOUND = 1e6  # standard units: far beyond any normal value, yet its squar
 
 
 def make_scaler(name: str):
-    """A scikit-learn scaler (imported only when training: it costs ~1 s of start-up)."""
+    """A scikit-learn scaler (imported only when training: its import is slow,
+    docs/decisions/0012-detection-fast-paths.md)."""
     from sklearn.preprocessing import MinMaxScaler, RobustScaler, StandardScaler
 
     if name not in SCALERS:
@@ -94,8 +95,8 @@ class AffineScaler:
         return cls(one - zero, zero)
 
     def transform(self, X: np.ndarray) -> np.ndarray:
-        # C order first: a frame's numbers come out column-major, and scaling them in that order took 10x longer
-        # (0.2 s per 200,000 x 20 rows against 0.02 s), the largest cost of detection after parsing
+        # C order first: a frame's numbers come out column-major, and scaling them in that order took many times
+        # longer, the largest cost of detection after parsing (docs/decisions/0012-detection-fast-paths.md)
         X = np.ascontiguousarray(X, np.float64)
         with np.errstate(over="ignore", invalid="ignore"):
             Z = X * self.mul + self.add
@@ -202,8 +203,9 @@ class DetectorCore:
         self.decision_scores_ = self._calibration_scores(raw)
         # The threshold comes from every training row, fitted and held out alike. Smoothed scores change
         # slowly, so the held-out tail alone (10% of the rows) held only a handful of independent values and
-        # put the threshold wherever that stretch happened to sit: 20-35% of new normal rows were flagged.
-        # Early stopping keeps fitted rows' errors close to held-out ones (BENCHMARKS.md, "Calibration").
+        # put the threshold wherever that stretch happened to sit: new normal rows were flagged several times
+        # as often as promised. Early stopping keeps fitted rows' errors close to held-out ones
+        # (docs/decisions/0002-out-of-fold-calibration.md).
         n_val = 0 if Z_val is None else len(Z_val)
         if self.calibration_method_ != "in-sample":  # every row was scored by a model fitted without it
             n_val = len(Z)
@@ -327,7 +329,8 @@ class DetectorCore:
         """Write the four artifact files, each atomically (written aside, flushed to disk, renamed into place).
         `atomic=False` writes them plainly, for a caller that makes them durable itself: `ModelStore.save`
         writes into a private temporary folder, fsyncs every file and renames the folder into place (each file
-        fsynced twice and renamed once for nothing cost a fleet ~15 ms a series)."""
+        fsynced twice and renamed once for nothing slowed a fleet of small series down:
+        docs/decisions/0012-detection-fast-paths.md)."""
         buf = io.BytesIO()
         # weights from the CPU: the file loads on any device (map_location moves them where they are needed)
         torch.save({k: v.detach().cpu() for k, v in self.model_.state_dict().items()}, buf)

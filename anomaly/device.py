@@ -40,7 +40,7 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
         if not torch.cuda.is_available():
             why = "this torch is a CPU-only build" if torch.version.cuda is None else "no CUDA device was found"
             raise DeviceError(f"device {name!r} is not available: {why} (torch {torch.__version__}); use "
-                              "--device auto or cpu, or install a CUDA build of torch (README: GPU)")
+                              "--device auto or cpu, or install a CUDA build of torch (docs/guides/gpu.md)")
         index = int(name.split(":")[1]) if ":" in name else None
         if index is not None and index >= torch.cuda.device_count():
             count = torch.cuda.device_count()

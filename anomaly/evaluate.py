@@ -69,7 +69,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold-windows", type=lambda v: [int(x) for x in _list(v)], default=[],
                    help="also report rolling thresholds over these many preceding rows (each compared method)")
     p.add_argument("--smooth", action="store_true", help="also report each detector's scores smoothed by a centred "
-                   "moving mean over 2 x window rows (an experiment: see BENCHMARKS.md)")
+                   "moving mean over 2 x window rows (an experiment: see the documentation's benchmarks page, "
+                   "docs/benchmarks.md)")
     p.add_argument("--baselines", type=_list, default=["iforest", "pca", "zscore"],
                    help="baselines on the same windows (iforest, pca, zscore; 'none' for none)")
     p.add_argument("--series", type=_list, help="only series whose name contains one of these substrings")

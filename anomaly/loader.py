@@ -37,7 +37,8 @@ def load_detector(paths: ArtifactPaths, label: str = "", device: str = "auto", p
         hit = _cache.get(key)
         if hit and hit[0] == stamp:
             return hit[1]
-    # torch: imported only once there is a model to load; the core, not the estimator (scikit-learn: ~1 s)
+    # torch: imported only once there is a model to load; the core, not the estimator (scikit-learn's import is
+    # slow: docs/decisions/0012-detection-fast-paths.md)
     from .detector import DetectorCore
 
     det = DetectorCore.load(paths, label, device, precision)

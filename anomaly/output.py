@@ -3,7 +3,8 @@ JSON and JSON Lines. Files are written to a temporary name and renamed at the en
 leaves a half-written result file.
 
 CSV output appends to the raw input lines instead of re-serialising a DataFrame: the user's timestamps,
-IDs and number formatting survive untouched, and it is ~20x faster than `DataFrame.to_csv` on 1M rows.
+IDs and number formatting survive untouched, and it is far faster than `DataFrame.to_csv`
+(docs/decisions/0012-detection-fast-paths.md).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ _DIGITS = np.frombuffer(b"0123456789", np.uint8)
 
 
 def scientific_digits(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """`%.6e`-style text of non-negative floats, vectorised (Python's formatting costs ~1 s per 1M values), as a
+    """`%.6e`-style text of non-negative floats, vectorised (Python's formatting, value by value, dominated
+    writing a large file: docs/decisions/0012-detection-fast-paths.md), as a
     (n, 12) byte matrix, and the mask of values it holds: NaN, negative, infinite or huge values are not (their
     rows are left unspecified)."""
     v = np.asarray(values, np.float64)
@@ -157,7 +159,7 @@ class ResultWriter:
         suffix = self._suffixes(len(raw_lines), columns)
         out = self._join(raw_lines, suffix)
         # The result columns hold no delimiter, so one count over the block finds out whether a line is short
-        # (numpy counts the one-byte delimiter 4x faster than bytes.count)
+        # (numpy counts the one-byte delimiter faster than bytes.count: docs/decisions/0012-detection-fast-paths.md)
         if self._pads() and (np.count_nonzero(np.frombuffer(out, np.uint8) == self.delim[0])
                              != (len(self.fmt.names) - 1 + len(columns)) * len(raw_lines)):
             out = self._join(self._pad_short_lines(raw_lines), suffix)

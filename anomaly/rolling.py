@@ -115,7 +115,7 @@ class LevelFollower:
     Both numbers are robust: incidents in fewer than 10% of the rows seen barely move them. They are recomputed
     on a grid of row counts anchored at the first row (from `MIN_ROWS` on, then every 10% more rows), over a
     sample thinned deterministically by row index, so chunked and whole-file detection agree and memory stays
-    bounded. Measured on the labelled suites in BENCHMARKS.md."""
+    bounded. Why, and the measurements on the labelled suites: docs/decisions/0003-follow-the-file-level.md."""
 
     MIN_ROWS = 200  # scored rows before the median says anything
     MIN_STEP = 100  # then every 10% more rows: ~30 updates over 10,000 rows, ~80 over 1,000,000

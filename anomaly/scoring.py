@@ -238,8 +238,9 @@ class TrailingMean:
 class CenteredMean:
     """Smoothing of per-row errors over a centred span of `rows` rows (default 2 * window - 1: the rows whose
     windows overlap the row's own). A single noisy window then counts less than an anomaly that lasts, which
-    raised mean VUS-PR on NAB, SMAP and MSL (BENCHMARKS.md). Streaming: a row is final once the `rows // 2` rows
-    after it have arrived; at the ends of a series the span is cut short. Unscored rows stay NaN."""
+    raised mean VUS-PR on NAB, SMAP and MSL (docs/decisions/0010-neural-window-32-smoothed.md). Streaming: a
+    row is final once the `rows // 2` rows after it have arrived; at the ends of a series the span is cut
+    short. Unscored rows stay NaN."""
 
     def __init__(self, rows: int):
         self.rows = max(1, int(rows))
@@ -289,15 +290,17 @@ class SpikeSmoother:
     such excess among the training rows). The sustained part is smoothed over `rows` rows as before (lasting
     anomalies keep their lift, and VUS-PR with them); the spike part is added back at its own row only. The
     split is made on the row score, not per feature: on data with many sparse columns (MSL's command
-    channels) a per-feature split cost 0.05 VUS-PR, the row-level one 0.005 (BENCHMARKS.md).
+    channels) a per-feature split lost far more VUS-PR than the row-level one
+    (docs/decisions/0010-neural-window-32-smoothed.md).
     The per-feature errors returned are the smoothed ones, rescaled so that each row's mean is its score:
     features keep their shares of the error. Without a floor (row-wise models, versions saved before it) this
     is `CenteredMean`. Streaming: the median needs one row ahead, the mean `rows // 2`; NaN rows stay NaN.
 
     The smoothed sustained part never exceeds the largest sustained score within `rows // 4` rows (its
     envelope): a lasting incident lifts the rows around it by at most that reach instead of the whole span
-    (the demo's 40-row incidents were flagged as 130-row segments), while inside an incident, where errors
-    come and go, the mean still fills the gaps. VUS-PR moved by -0.012..+0.013 on the four suites."""
+    (the demo's incidents were flagged as segments several times their length), while inside an incident, where
+    errors come and go, the mean still fills the gaps, at no real cost in VUS-PR on the four suites
+    (docs/decisions/0010-neural-window-32-smoothed.md)."""
 
     def __init__(self, rows: int, spike_floor=None):
         self.mean = CenteredMean(rows)

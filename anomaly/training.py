@@ -115,9 +115,10 @@ def fit(
 
 def out_of_fold_errors(model: torch.nn.Module, X: np.ndarray, folds: int = 5, calibrate: bool = False) -> np.ndarray | None:
     """Per-row errors of a closed-form model, each block of rows scored by a copy fitted without it: the errors a
-    new file gets, not the smaller ones of rows the model was fitted on (in-sample windowed PCA put a threshold
-    for a 0.1% tail at 5%). None when the rows are too few to leave a block out. `calibrate`: set the model's
-    own calibration from these out-of-fold windows first (pca's `calibrate_split`), at fitting time."""
+    new file gets, not the smaller ones of rows the model was fitted on (in-sample windowed PCA put `pot`'s
+    threshold far too low: docs/decisions/0002-out-of-fold-calibration.md). None when the rows are too few to
+    leave a block out. `calibrate`: set the model's own calibration from these out-of-fold windows first (pca's
+    `calibrate_split`), at fitting time."""
     n, span = len(X), model.span
     size = -(-n // folds)
     if not hasattr(model, "fit_folds") or n - size - span < 2 * span:

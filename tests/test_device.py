@@ -16,7 +16,7 @@ from anomaly.detector import Detector
 from anomaly.errors import DeviceError
 from anomaly.store import ModelStore
 
-# bf16 mixed precision against fp32, per-row scores of the same model (README: GPU). Measured on CPU on the
+# bf16 mixed precision against fp32, per-row scores of the same model (docs/guides/gpu.md). Measured on CPU on the
 # synthetic sensor data: max relative difference 0.6% at the default window 32, 1.8% row-wise unsmoothed;
 # Spearman rank correlation >= 0.9999 for every model type.
 BF16_MAX_REL = 0.05

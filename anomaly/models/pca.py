@@ -8,18 +8,20 @@ window unlike every training window (a spike, a level shift, a changed shape or 
 directions where normal windows hardly vary, however small it is in absolute terms.
 
 Windows start every `stride` rows: a sixteenth of the window (each row is still seen by 16 windows, VUS-PR as
-with stride 1 on the suites; a quarter window lost 0.03-0.07 on UCR), more for wide windows of many columns,
-so that scoring costs at most about ROW_BUDGET multiply-adds per row whatever the width. A row's error is split
-over the features in proportion to their share of the distance, so the strongest features are named.
+with stride 1 on the suites, where wider strides lost on UCR: docs/decisions/0001-windowed-pca-default.md), more
+for wide windows of many columns, so that scoring costs at most about ROW_BUDGET multiply-adds per row whatever
+the width. A row's error is split over the features in proportion to their share of the distance, so the
+strongest features are named.
 
 One-row spikes stay one row. A window's distance is shared by all its rows, so a spike lifted every row within
-a window of it (10 spikes in 3,000 rows were flagged as 633 rows). Each window's most anomalous rows (up to
-SPLIT_ROWS) are found by their reconstruction-based contribution (how much the distance drops when a row is
+a window of it (a few spikes flagged hundreds of rows). Each window's most anomalous rows (up to SPLIT_ROWS)
+are found by their reconstruction-based contribution (how much the distance drops when a row is
 replaced by its best guess from the others: g' P_ii^-1 g, g = (P c)_i, P the regularised precision; Alcala &
 Qin 2009). When those rows alone explain the window (each beyond `spike_rbc`, and what is left no more than
 `spike_rest`, both set from out-of-fold training windows by `calibrate_split`), their contributions go to them
 alone and only the rest is shared. Windows of a lasting anomaly keep their distance when a few rows are
-removed, so they are shared as before (VUS-PR within 0.01 on the four suites, BENCHMARKS.md).
+removed, so they are shared as before (VUS-PR as before on the four suites:
+docs/decisions/0005-one-row-spikes.md).
 """
 
 from __future__ import annotations
@@ -38,9 +40,11 @@ from ..scoring import single_thread
 DEFAULT_WINDOW = "auto"  # one period: the window that lets a window's shape be compared
 # A constant training series keeps its window: the variance floor makes any departure from the constant far
 # (neural models go to window 1 there), and the window's neighbourhood is what a labelled range rewards
-# (MSL S-2 VUS-PR 0.32 -> 0.92).
+# (measured on MSL: docs/decisions/0001-windowed-pca-default.md).
 FLAT_WINDOW = 0
-DEFAULT_SMOOTH = 1  # the overlapping windows already average a row's score; more smoothing blurs (BENCHMARKS.md)
+# The overlapping windows already average a row's score; more smoothing blurs
+# (docs/decisions/0001-windowed-pca-default.md).
+DEFAULT_SMOOTH = 1
 # Beyond this many values per window the covariance (width^2) grows large for little gain: the window shrinks.
 MAX_WIDTH = 1024
 FIT_WINDOWS = 20_000  # windows the components are fitted on (evenly spaced over the training rows)
@@ -150,7 +154,7 @@ class Model(nn.Module):
         symmetric = (covariance + covariance.T) / 2
         if width < NARROW:  # torch's, on the caller's threads (numpy's BLAS threads spin on after each call)
             variance, vectors = torch.linalg.eigh(symmetric)
-        else:  # numpy's LAPACK: torch's float64 eigh took 2.3 s for a 1000-wide window here, numpy's 0.4 s
+        else:  # numpy's LAPACK: several times faster than torch's float64 eigh here (decision record 0012)
             variance, vectors = (torch.from_numpy(a) for a in np.linalg.eigh(symmetric.cpu().numpy()))
         variance = variance.flip(0).clamp_min(0).to(gram.device)
         vectors = vectors.flip(1).contiguous().to(gram.device)

@@ -10,9 +10,10 @@ nothing: the model learns the training mean and the error becomes a squared z-sc
 
 Groups interleave in runs of `run` steps (step t is in group (t // run) % segments), so each hidden run sits
 between visible ones. Hiding a quarter of the window at once made the model extrapolate the middle of every
-ramp, and errors on normal slopes outranked a 13-row burst of jitter (UCR InternalBleeding16, window 64:
-ROC-AUC 0.82-0.94 over seeds); runs of one step are interpolated so easily that a smooth change of frequency
-is reconstructed too; runs of two catch both. Configs saved before `run` existed keep contiguous groups (run 0).
+ramp, and errors on normal slopes outranked a short burst of jitter on a UCR series; runs of one step are
+interpolated so easily that a smooth change of frequency is reconstructed too; runs of two catch both
+(docs/decisions/0013-transformer-interleaved-masking.md). Configs saved before `run` existed keep contiguous
+groups (run 0).
 """
 
 from __future__ import annotations
