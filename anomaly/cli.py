@@ -151,6 +151,12 @@ def cmd_train(args) -> int:
         print(f"  epochs: {result['epochs_run']} (best {result['best_epoch']}"
               f"{', stopped early' if result['stopped_early'] else ''}), loss {result['final_loss']:.5g}, "
               f"{result['train_seconds']:.1f}s on {result['device']} ({result['precision']})")
+    choice = result.get("window_choice") or {}
+    if choice.get("reason"):
+        span = f" = {choice['window_span']}" if choice.get("window_span") else ""
+        print(f"  window {choice['window']} rows{span}: {choice['reason']}")
+        if choice.get("suggestion"):
+            print(f"  note: {choice['suggestion']}")
     print(f"  threshold: {result['threshold']:.6g} ({result['threshold_method']} {result['threshold_params']}, "
           f"from {result['threshold_source']} rows)")
     print(f"  saved to {result['paths']['model'].rsplit('/', 1)[0]}")

@@ -99,7 +99,11 @@ def train(
     except FloatingPointError as exc:
         raise DataError(str(exc)) from None
     seconds = time.perf_counter() - started
-    metadata = {"data": {"file": str(Path(data_file).resolve()), "rows": int(len(table.X)),
+    from .window_choice import explain
+
+    times = data.parse_times(table.frame[table.time_column]) if table.time_column else None
+    window_choice = explain(det.model_type, table.X, det.window_, bool(getattr(det, "window_auto_", False)), times)
+    metadata = {"window_choice": window_choice, "data": {"file": str(Path(data_file).resolve()), "rows": int(len(table.X)),
                          "fingerprint": fingerprint(table.X), "report": table.report,
                          "feature_ranges": {f: [float(lo), float(hi)] for f, lo, hi in
                                             zip(table.features, table.X.min(0), table.X.max(0))}}}
@@ -124,6 +128,7 @@ def train(
         "model_type": det.model_type,
         "features": det.feature_names_,
         "window": det.window_,
+        "window_choice": window_choice,
         "rows": int(len(table.X)),
         "threshold": det.threshold_,
         "threshold_method": det.threshold_method,
