@@ -12,7 +12,8 @@ import sys
 import threading
 import warnings
 
-from . import __version__, jsonsafe, logs, memory, specs
+from . import jsonsafe, logs, memory, specs
+from ._version import __version__
 from .errors import AnomalyError
 
 # Subcommands that live in their own module: `add_arguments(parser)` and `run(args) -> int`.

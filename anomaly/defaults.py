@@ -6,7 +6,7 @@ MODEL_TYPE = "pca"  # windowed PCA: ahead of TSB-AD's best cheap methods on ever
 # the score smoothing on the other suites. 1 = each row on its own, as in the classic tool.
 WINDOW = None  # the model type's own: "auto" (one period) for pca, 32 for the neural models
 # Scores are smoothed over a centred span of 2 * window - 1 rows unless --smooth says otherwise
-# (`scoring.smooth_rows`): it lifted mean VUS-PR above IsolationForest and PCA on NAB, SMAP and MSL.
+# (`smoothing.smooth_rows`): it lifted mean VUS-PR above IsolationForest and PCA on NAB, SMAP and MSL.
 EPOCHS = 100
 BATCH_SIZE = 32
 LEARNING_RATE = 0.001

@@ -9,7 +9,6 @@ one-line message. The work itself lives in small modules: `loader` (artifacts an
 from __future__ import annotations
 
 import hashlib
-import inspect
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -23,24 +22,12 @@ from .loader import artifact_paths, load_detector
 from .pipeline import iter_detect, summary_of
 from .specs import DetectSpec, TrainSpec, parse
 from .store import DEFAULT_ROOT, ArtifactPaths, ModelStore
+from .thresholds import threshold_params  # noqa: F401  (service.threshold_params: the CLI's and tools' name for it)
 
 DEFAULT_MAX_RESULTS = defaults.MAX_RESULTS
 
 
 # --- training ----------------------------------------------------------------------------------------------
-
-
-def threshold_params(method: str, percentile: float | None = None, k: float | None = None, **options) -> dict:
-    """The options that the threshold method takes (others are not stored with it)."""
-    fn = thresholds.METHODS.get(method)
-    if fn is None:
-        raise DataError(f"unknown threshold method {method!r}; choose one of {', '.join(thresholds.METHODS)}")
-    accepted = {p.name for p in inspect.signature(fn).parameters.values() if p.kind == p.KEYWORD_ONLY}
-    given = {"percentile": percentile, "k": k, **options}
-    params = {name: value for name, value in given.items() if name in accepted and value is not None}
-    if "percentile" in params and not 0 < params["percentile"] < 100:  # say so before training, not after
-        raise DataError(f"percentile must be between 0 and 100, got {params['percentile']}")
-    return params
 
 
 def train(
