@@ -61,9 +61,8 @@ LAYERS: list[tuple[str, list[str]]] = [
         "anomaly.pipeline", "anomaly.live", "anomaly.service", "anomaly.fleet_series", "anomaly.fleet_run", "anomaly.fleet",
     ]),
     ("cli", [
-        "anomaly.cli", "anomaly.__main__", "anomaly.evaluate", "anomaly.evaluate_outputs", "anomaly.evaluate_report",
-        "anomaly.rethreshold",
-        "anomaly.fleet_cli",
+        "anomaly.cli", "anomaly.cli.commands", "anomaly.cli.fleet", "anomaly.cli.threshold", "anomaly.cli.evaluate",
+        "anomaly.cli.evaluate_outputs", "anomaly.cli.evaluate_report", "anomaly.__main__",
     ]),
     ("server", [
         "anomaly.server", "anomaly.server.security", "anomaly.server.settings", "anomaly.server.core",

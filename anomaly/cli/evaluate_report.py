@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import events
+from .. import events
 from .evaluate_outputs import format_events_table
 
 RANKING = ("roc_auc", "pr_auc", "vus_pr", "best_f1")

@@ -24,13 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from . import defaults, events, metrics, models, thresholds
-from .cli import add_device_arguments
-from .errors import DataError, NotFound
+from .. import defaults, events, metrics, models, thresholds
+from ..errors import DataError, NotFound
+from ..thresholds import Thresholder
+from ..thresholds.rolling import RollingThreshold
+from .commands import add_device_arguments
 from .evaluate_outputs import add_event_arguments
 from .evaluate_report import AT_THRESHOLD, RANKING, format_series, format_summary, summarize  # noqa: F401
-from .thresholds import Thresholder
-from .thresholds.rolling import RollingThreshold
 
 # Evaluation defaults: enough training to converge on these small series, cheap enough for 2 shared cores.
 EVAL_EPOCHS = 30
@@ -94,7 +94,7 @@ def run(args) -> int:
         from . import evaluate_outputs
         return evaluate_outputs.run(args)
     if args.plots:
-        from .plotting import require_matplotlib
+        from ..plotting import require_matplotlib
         require_matplotlib()
     if args.threads:
         import torch
@@ -159,7 +159,7 @@ def _sample(series: list, n: int | None, seed: int) -> list:
 
 
 def _write_json(path: str, report: dict) -> None:
-    from .store import atomic_write_text
+    from ..store import atomic_write_text
     atomic_write_text(Path(path), json.dumps(report, indent=1, default=_json_default, allow_nan=True))
 
 
@@ -187,8 +187,8 @@ def _capped(path: Path, max_rows: int | None, tmp: Path) -> Path:
 
 
 def evaluate_series(series: str, train: Path, test: Path, args, tmp: Path, plot_prefix: str = "") -> dict:
-    from . import data, service
-    from .store import ModelStore
+    from .. import data, service
+    from ..store import ModelStore
 
     store = ModelStore(tmp / "models")
     train_file = _capped(train, args.max_train_rows, tmp)
@@ -296,7 +296,7 @@ def _at_threshold(labels, scores, threshold) -> dict:
 
 
 def _report(labels, scores, threshold, max_buffer, args) -> dict:
-    from .thresholds import flag
+    from ..thresholds import flag
 
     found = events.series_report(labels, flag(scores, threshold), args.event_tolerance, args.event_merge_gap)
     if labels.any():
@@ -307,7 +307,7 @@ def _report(labels, scores, threshold, max_buffer, args) -> dict:
 
 
 def _baseline(name: str, window: int, train_X, test_X, labels, max_buffer, args) -> dict:
-    from .baselines import BASELINES
+    from ..baselines import BASELINES
 
     if name not in BASELINES:
         raise DataError(f"unknown baseline {name!r}; choose from {', '.join(BASELINES)}")
@@ -321,7 +321,7 @@ def _baseline(name: str, window: int, train_X, test_X, labels, max_buffer, args)
     if args.threshold_method in thresholds.NEEDS_LABELS:  # the training files carry no labels
         thr = float(np.nanpercentile(train_scores, defaults.PERCENTILE))
     else:
-        from .thresholds import threshold_params
+        from ..thresholds import threshold_params
         params = threshold_params(args.threshold_method, args.percentile, None,
                                   **({"risk": args.risk} if args.risk is not None else {}))
         thr = thresholds.compute(args.threshold_method, _calibration(train_scores), **params)["threshold"]
@@ -330,7 +330,7 @@ def _baseline(name: str, window: int, train_X, test_X, labels, max_buffer, args)
 
 
 def _plot(path: Path, det, table, scores, labels, title: str) -> None:
-    from .plotting import plot_detection
+    from ..plotting import plot_detection
 
     row_err = det.row_errors(table.X)
     times = table.frame[table.time_column].to_numpy() if table.time_column else None
