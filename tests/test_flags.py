@@ -88,7 +88,7 @@ def test_one_row_spikes_are_flagged_as_a_few_rows(flags_data):
     # it (whose windows still hold it) adds at most 6 flags per spike to what the rows without spikes get
     import torch
 
-    from anomaly.live import newest_row_errors
+    from anomaly.service.live import newest_row_errors
     from anomaly.scoring import gather
 
     def live_flags(frame):

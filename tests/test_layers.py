@@ -58,7 +58,8 @@ LAYERS: list[tuple[str, list[str]]] = [
         "anomaly.loader",
     ]),
     ("service", [
-        "anomaly.pipeline", "anomaly.live", "anomaly.service", "anomaly.fleet_series", "anomaly.fleet_run", "anomaly.fleet",
+        "anomaly.service", "anomaly.service.operations", "anomaly.service.pipeline", "anomaly.service.live",
+        "anomaly.fleet_series", "anomaly.fleet_run", "anomaly.fleet",
     ]),
     ("cli", [
         "anomaly.cli", "anomaly.cli.commands", "anomaly.cli.fleet", "anomaly.cli.threshold", "anomaly.cli.evaluate",

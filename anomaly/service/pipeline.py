@@ -10,15 +10,15 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from . import data
-from .attribution import contributions, top_features_rows
-from .errors import AnomalyError, DataError
-from .incidents import AlertHygiene
-from .loader import artifact_paths, load_detector
-from .specs import DetectSpec, parse
-from .store import ArtifactPaths, ModelStore
-from .summary import Summary, expected_rate
-from .thresholds import Thresholder, flag, rolling
+from .. import data
+from ..attribution import contributions, top_features_rows
+from ..errors import AnomalyError, DataError
+from ..incidents import AlertHygiene
+from ..loader import artifact_paths, load_detector
+from ..specs import DetectSpec, parse
+from ..store import ArtifactPaths, ModelStore
+from ..summary import Summary, expected_rate
+from ..thresholds import Thresholder, flag, rolling
 
 
 class _Pending:
@@ -132,7 +132,7 @@ def _detect(p, fmt, numeric: list[str] | None, spec: DetectSpec, paths: Artifact
     headers_skipped = 0
     try:
         if output:  # inside the try: an interruption from here on removes the temporary file
-            from .output import ResultWriter
+            from ..output import ResultWriter
             writer = ResultWriter(output, fmt, fmt.header_line, result_cols, source=p)
         plan = _read_plan(spec, used, label_col, time_col)
         if reader is None or reader.plan != plan:  # the model's columns are not the ones the config named
@@ -261,7 +261,7 @@ def _plotter(plot: str | None, det, fmt, used: list[str], label_col: str | None)
         return None
     import pandas as pd
 
-    from .plotting import PlotCollector
+    from ..plotting import PlotCollector
     time_col = data.guess_time_column(pd.DataFrame(columns=list(fmt.names)), used)
     return PlotCollector(det.feature_names_, det.threshold_, columns=used, label_column=label_col, time_column=time_col)
 
