@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, list[str]]] = [
         "anomaly.attribution",
     ]),
     ("data", [
-        "anomaly.rawfile", "anomaly.csvread", "anomaly.sniffing", "anomaly.data",
+        "anomaly.data", "anomaly.data.rawfile", "anomaly.data.csvread", "anomaly.data.sniffing", "anomaly.data.table",
     ]),
     ("thresholds", [
         "anomaly.thresholds", "anomaly.thresholds.methods", "anomaly.thresholds.policy",

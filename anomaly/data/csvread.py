@@ -22,8 +22,8 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-from . import limits
-from .errors import DataError
+from .. import limits
+from ..errors import DataError
 from .rawfile import SNIFF_BYTES, _read_chunk, compression_of, line_too_long, open_bytes, read_head  # noqa: F401
 
 # Bytes of text per block that detection reads, scores and writes at a time (training reads through the same

@@ -8,8 +8,8 @@ import gzip
 import zlib
 from pathlib import Path
 
-from . import limits
-from .errors import DataError
+from .. import limits
+from ..errors import DataError
 
 SNIFF_BYTES = 64 * 1024
 

@@ -1,11 +1,5 @@
-"""Reading users' CSV/TXT files: one loader for training, detection, evaluation and the server.
-
-Delimiter (comma, tab, semicolon, whitespace), header row and BOM are sniffed from the first lines; `.gz` is
-read transparently. Numeric columns are features, read as float64 (a value beyond float32's range is a huge value,
-never a missing one); other columns (timestamps, IDs, text) are carried along untouched. A `label` column is never
-a feature. Training and detection read files through the same block reader (`csvread.iter_blocks`), so a file one
-of them accepts the other accepts too, within the same limits (`anomaly.limits`).
-"""
+"""The table of a data file: its feature, label and time columns, read whole for training (`read_table`), and
+its missing values (`handle_missing`, `MissingFiller` for detection block by block)."""
 
 from __future__ import annotations
 
@@ -18,14 +12,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import limits
-from .csvread import BLOCK_BYTES, SNIFF_BYTES, Block, CsvFormat, LineTexts, iter_blocks
-from .errors import DataError
-from .prefetch import Prefetch
+from .. import limits
+from ..errors import DataError
+from .csvread import CsvFormat, iter_blocks
 from .sniffing import check_file, sniff
-
-__all__ = ["BLOCK_BYTES", "SNIFF_BYTES", "Block", "CsvFormat", "LineTexts", "Prefetch", "Table", "iter_blocks",
-           "sniff", "read_table", "numeric_columns", "handle_missing", "match_features", "check_file", "MissingFiller"]
 
 MISSING_POLICIES = ("interpolate", "drop", "error")
 LABEL_NAMES = ("label", "is_anomaly_label", "anomaly_label")
@@ -348,7 +338,7 @@ class MissingFiller:
     def warnings(self, rows: int) -> list[str]:
         """Columns mostly missing in this file (over limits.MAX_MISSING_SHARE, where training leaves a column
         out): their filled-in values say little, and neither do their scores."""
-        from .limits import MAX_MISSING_SHARE
+        from ..limits import MAX_MISSING_SHARE
 
         share = self.per_column / max(rows, 1)
         return [f"column {self.features[i]} is {100 * share[i]:.1f}% missing in this file (more than "
