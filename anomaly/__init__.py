@@ -6,12 +6,12 @@ Heavy modules (torch, scikit-learn) are imported only where needed; `import anom
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 
 def __getattr__(name: str):
     if name == "Detector":
-        from .estimator import Detector
+        from .detector.estimator import Detector
 
         return Detector
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,7 +8,7 @@ MODEL_TYPE = "pca"
 # as in the classic tool.
 WINDOW = None  # the model type's own: "auto" (one period) for pca, 32 for the neural models
 # Scores are smoothed over a centred span of 2 * window - 1 rows unless --smooth says otherwise
-# (`scoring.smooth_rows`): for the neural models it lifted mean VUS-PR above IsolationForest and PCA on NAB, SMAP
+# (`smoothing.smooth_rows`): for the neural models it lifted mean VUS-PR above IsolationForest and PCA on NAB, SMAP
 # and MSL (docs/decisions/0010-neural-window-32-smoothed.md); pca's overlapping windows need none.
 EPOCHS = 100
 BATCH_SIZE = 32

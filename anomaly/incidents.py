@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
+from .attribution import EXPECTED_PERCENTILES, _g, expected_ranges  # noqa: F401  (the incident's expected ranges)
 from .errors import DataError
 
 TOP_INCIDENTS = 10
 MIN_SHARE = 0.05  # a driving feature after the first holds at least this share of the peak row's error
-EXPECTED_PERCENTILES = (1, 99)  # a training column's expected range: its 1st to 99th percentile
 
 
 # --- options -------------------------------------------------------------------------------------------------
@@ -97,22 +97,6 @@ def severity(score: float, stats: dict | None) -> int | None:
     if p <= 0:
         return 100
     return int(round(min(100.0, max(0.0, -10 * math.log10(p)))))
-
-
-# --- expected ranges -----------------------------------------------------------------------------------------
-
-
-def expected_ranges(X: np.ndarray, features: list[str]) -> dict[str, list[float]]:
-    """{feature: [low, high]}: each raw training column's 1st and 99th percentile (stored with the version)."""
-    if not len(X):
-        return {}
-    lo, hi = np.percentile(np.asarray(X, np.float64), EXPECTED_PERCENTILES, axis=0)
-    return {f: [_g(a), _g(b)] for f, a, b in zip(features, lo, hi)}
-
-
-def _g(x: float, digits: int = 6) -> float | None:
-    x = float(x)
-    return float(f"{x:.{digits}g}") if math.isfinite(x) else None
 
 
 # --- alert hygiene -------------------------------------------------------------------------------------------
@@ -311,7 +295,7 @@ def incident_report(inc: dict, features: list[str], threshold: float, stats: dic
     at least `MIN_SHARE` of it), each with the
     value seen (the incident's value farthest outside the expected range, else the peak row's) and the range
     `expected` from training (versions saved before ranges were stored: none)."""
-    from .summary import top_features
+    from .attribution import top_features
 
     timed = inc["time"] is not None
     out: dict[str, Any] = {"index": int(inc["index"]), **({"time": inc["time"]} if timed else {}),

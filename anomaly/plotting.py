@@ -275,7 +275,7 @@ def plot_detection(path: str | Path, X: np.ndarray, features: list[str], scores:
                    labels: np.ndarray | None = None, times=None, row_errors: np.ndarray | None = None,
                    title: str = "", target: int = TARGET_BUCKETS, time_column: str = "timestamp") -> Path:
     """Plot in-memory arrays (the evaluate command); streaming callers use PlotCollector directly."""
-    from .detector import flag
+    from .thresholds import flag
 
     pc = PlotCollector(features, threshold, target=target, time_column=time_column if times is not None else None)
     flags = flag(np.asarray(scores, np.float64), threshold)

@@ -146,7 +146,7 @@ class TrainSpec(Spec):
 
     def threshold_params(self) -> dict:
         """The options the threshold method takes (others are not stored with it)."""
-        from .service import threshold_params
+        from .thresholds import threshold_params
 
         return threshold_params(self.threshold_method, self.percentile, self.k,
                                 **({"risk": self.risk} if self.risk is not None else {}))

@@ -10,10 +10,10 @@ import math
 import numpy as np
 
 from . import defaults
+from .attribution import TOP_FEATURES, contributions, top_features, top_features_rows  # noqa: F401
 from .errors import DataError
 from .incidents import Incidents
 
-TOP_FEATURES = 3
 WARN_FACTOR = 3  # flagged ratio over this many times the expected one gets a warning
 MIN_WARN_RATIO = 0.01  # ... and over 1% of rows (a strict threshold expects almost none)
 
@@ -25,29 +25,6 @@ def expected_rate(info: dict) -> float | None:
     if info.get("method") == "percentile":
         return (100 - float((info.get("params") or {}).get("percentile", defaults.PERCENTILE))) / 100
     return None
-
-
-
-def contributions(row_err: np.ndarray) -> np.ndarray:
-    """Each feature's share of a row's error (rows sum to 1)."""
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return row_err / row_err.sum(axis=1, keepdims=True)
-
-
-def top_features(err: np.ndarray, names: list[str], k: int = TOP_FEATURES) -> list[dict]:
-    """The features with the largest share of one row's error."""
-    return top_features_rows(err[None, :], names, k)[0]
-
-
-def top_features_rows(errs: np.ndarray, names: list[str], k: int = TOP_FEATURES) -> list[list[dict]]:
-    """`top_features` for many rows at once (vectorised: detection can flag tens of thousands of rows)."""
-    if len(errs) == 0:
-        return []
-    share = np.nan_to_num(contributions(errs), nan=0.0)
-    order = np.argsort(-share, axis=1)[:, :k]
-    picked = np.round(np.take_along_axis(share, order, axis=1).astype(np.float64), 4)
-    return [[{"feature": names[j], "share": float(v)} for j, v in zip(o, sh) if v > 0]
-            for o, sh in zip(order.tolist(), picked.tolist())]
 
 
 class Summary:

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from anomaly import data, thresholds  # noqa: E402
 from anomaly.detector import DetectorCore  # noqa: E402
 from anomaly.metrics import best_f1, prf  # noqa: E402
-from anomaly.rolling import LevelFollower  # noqa: E402
+from anomaly.thresholds.rolling import LevelFollower  # noqa: E402
 
 
 def finite(x: np.ndarray) -> np.ndarray:

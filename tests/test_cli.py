@@ -359,7 +359,7 @@ def test_detect_as_a_program_turns_collection_back_on(cli_model, dataset, tmp_pa
     from anomaly import memory
 
     registered = []
-    monkeypatch.setattr(anomaly_cli.atexit, "register", registered.append)  # this test process keeps its exit
+    monkeypatch.setattr(anomaly_cli.commands.atexit, "register", registered.append)  # this test process keeps its exit
     out = tmp_path / "res.csv"
     args = ["detect", "--data", str(dataset["test"]), "--model-dir", str(cli_model["root"]), "--output", str(out)]
     assert anomaly_cli.main(args, program=True) == 0

@@ -107,7 +107,7 @@ def test_detect_label_column_prints_the_same_metrics(trained, dataset):
     det = service.load_detector(ModelStore(trained["root"]).paths("v1"))
     X = dataset["test_frame"][dataset["features"]].to_numpy(np.float32)
     labels = dataset["test_frame"]["label"].to_numpy()
-    from anomaly.pipeline import Thresholder
+    from anomaly.service.pipeline import Thresholder
     scores = det.decision_function(X)
     ref = metrics.threshold_report(labels, scores, Thresholder(det, None)(scores, None),
                                    max_buffer=metrics.max_buffer_for(X[:, 0]))

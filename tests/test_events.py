@@ -14,7 +14,7 @@ import pytest
 
 from anomaly import events, synthetic
 from anomaly.cli import main as cli_main
-from anomaly.evaluate_outputs import score_outputs
+from anomaly.cli.evaluate_outputs import score_outputs
 
 from conftest import assert_user_error, run_cli
 

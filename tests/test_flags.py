@@ -11,7 +11,7 @@ import pytest
 
 from anomaly import service
 from anomaly.detector import Detector
-from anomaly.rolling import RollingThreshold
+from anomaly.thresholds.rolling import RollingThreshold
 from anomaly.store import ModelStore
 
 PERIOD = 48
@@ -88,7 +88,7 @@ def test_one_row_spikes_are_flagged_as_a_few_rows(flags_data):
     # it (whose windows still hold it) adds at most 6 flags per spike to what the rows without spikes get
     import torch
 
-    from anomaly.live import newest_row_errors
+    from anomaly.service.live import newest_row_errors
     from anomaly.scoring import gather
 
     def live_flags(frame):
@@ -182,7 +182,7 @@ def test_a_file_that_scores_higher_all_over_gets_its_peaks_flagged(flags_data, t
 
 
 def test_level_follower_mechanics():
-    from anomaly.rolling import LevelFollower
+    from anomaly.thresholds.rolling import LevelFollower
 
     rng = np.random.default_rng(0)
     scores = np.r_[rng.normal(10, 1, 2000), rng.normal(30, 1, 40000)]
@@ -372,7 +372,7 @@ def test_threshold_plot_shows_the_histogram_and_every_method(flags_data, tmp_pat
 
 
 def test_drift_baseline_is_causal_and_the_same_in_any_chunks():
-    from anomaly.rolling import DriftBaseline
+    from anomaly.thresholds.rolling import DriftBaseline
 
     rng = np.random.default_rng(3)
     t = np.arange(4000)

@@ -277,7 +277,7 @@ def test_huge_values_give_one_error_line_and_no_numpy_warning(tmp_path):
 def test_python_warnings_go_to_the_debug_log(capsys):
     import warnings
 
-    with anomaly_cli._warnings_to_log("detect"):
+    with anomaly_cli.commands._warnings_to_log("detect"):
         warnings.warn("overflow somewhere", RuntimeWarning, stacklevel=1)
     assert "overflow" not in capsys.readouterr().err
 

@@ -106,7 +106,7 @@ def test_explicit_files_killed_midway_are_refused_as_a_mixed_set(tmp_path, datas
     # retrain with --overwrite, killed after the first file was replaced (weights new, the rest old)
     proc = run_python(f"""
         import os
-        import anomaly.detector as d
+        import anomaly.detector.core as d
         real, calls = d.atomic_write_bytes, []
         def write(path, data):
             real(path, data); calls.append(path)

@@ -13,7 +13,7 @@ import pytest
 
 from anomaly import fleet, service
 from anomaly.incidents import AlertHygiene, severity, tail_probability
-from anomaly.pipeline import iter_detect, summary_of
+from anomaly.service.pipeline import iter_detect, summary_of
 from anomaly.store import ModelStore
 from anomaly.summary import round_floats
 

@@ -16,7 +16,7 @@ from anomaly import cli as anomaly_cli
 from anomaly import detector as detector_module
 from anomaly import logs, service, specs
 from anomaly.errors import DataError
-from anomaly.settings import Settings
+from anomaly.server.settings import Settings
 from anomaly.store import ModelStore
 
 
@@ -101,7 +101,7 @@ def test_settings_come_from_the_environment_and_flags_override(tmp_path, monkeyp
     assert "t0ken" not in repr(s)
     args = anomaly_cli.build_parser().parse_args(["serve", "--model-dir", "other", "--port", "4000"])
     from anomaly.server.serve import FLAGS
-    from anomaly.settings import from_args
+    from anomaly.server.settings import from_args
     s = from_args(args, FLAGS)
     assert s.model_dir == "other" and s.port == 4000 and s.data_roots == [str(a), str(b)]
     monkeypatch.setenv("ANOMALY_DATA_ROOTS", str(tmp_path / "nope"))

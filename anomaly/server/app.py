@@ -15,13 +15,13 @@ from fastapi import FastAPI
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .. import __version__
-from ..settings import Settings
+from .._version import __version__
 from .core import Runtime
 from .http_api import add_error_handlers, build_router
 from .live import LiveHub
 from .mcp_app import build_mcp
 from .security import MCP_MAX_BODY, MCP_PATHS, Guard
+from .settings import Settings
 from .web import add_web
 
 log = logging.getLogger("anomaly.server")

@@ -1,5 +1,5 @@
 """What the MCP tools and the HTTP routes share: the toolbox, worker threads and JSON cleaning (the settings
-are `anomaly.settings.Settings`).
+are `anomaly.server.settings.Settings`).
 
 Torch work never runs on the event loop: it goes to worker threads through capacity limiters (one for
 training, one for scoring), so while a model trains, other clients' detections, `/health` and SSE streams
@@ -23,9 +23,9 @@ import anyio.from_thread
 import anyio.to_thread
 import numpy as np
 
-from .. import __version__
+from .._version import __version__
 from ..files import OUTPUT_TEMP_RE, remove_stale_files
-from ..settings import Settings
+from .settings import Settings
 from .toolbox import Toolbox
 
 log = logging.getLogger("anomaly.server")

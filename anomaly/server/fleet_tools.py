@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 from .. import fleet, specs
 from ..errors import DataError, NotFound
 from .core import Runtime, clean
-from .mcp_app import _progress_token, _Result
+from .mcp_common import _progress_token, _Result
 from .toolbox import Toolbox
 
 MAX_JOBS = 256

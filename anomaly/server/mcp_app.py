@@ -25,12 +25,14 @@ import anyio.from_thread
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
 from mcp_types import CallToolResult, Resource, TextContent, ToolAnnotations
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
-from .. import __version__, defaults, specs, summary
+from .. import defaults, specs, summary
+from .._version import __version__
 from ..errors import AnomalyError, message
 from ..logs import log_call
 from .core import Runtime, to_json
+from .mcp_common import _progress_token, _Result
 from .toolbox import Toolbox
 
 log = logging.getLogger("anomaly.server")
@@ -42,10 +44,6 @@ run_detection's reply is capped (anomalies first); its `output` CSV has every ro
 
 
 # --- structured results ------------------------------------------------------------------------------------
-
-
-class _Result(BaseModel):
-    model_config = ConfigDict(extra="allow")  # the service may add fields; clients see them all
 
 
 class _ModelFacts(_Result):
@@ -93,11 +91,6 @@ def lean_detection(toolbox: Toolbox, file_path: str, max_results: int | None = N
 
 def _unexpected(exc: Exception) -> str:
     return message(f"internal error: {type(exc).__name__}: {exc}", 500)
-
-
-def _progress_token(ctx: Context):
-    meta = ctx.request_context.meta or {}
-    return meta.get("progress_token")
 
 
 # --- argument types ----------------------------------------------------------------------------------------

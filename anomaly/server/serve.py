@@ -1,6 +1,6 @@
 """`anomaly serve` (and `python server.py`): the MCP server over SSE and Streamable HTTP plus the HTTP API.
 
-Settings come from the environment (`anomaly.settings`), flags override them. FastAPI and uvicorn are
+Settings come from the environment (`anomaly.server.settings`), flags override them. FastAPI and uvicorn are
 imported only once the settings are good, so `anomaly serve --help` and a bad flag are instant.
 """
 
@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 from .. import memory
-from .. import settings as cfg
 from ..errors import AnomalyError
+from . import settings as cfg
 
 log = logging.getLogger("anomaly.server")
 FLAGS = cfg.COMMON_FLAGS + cfg.SERVE_FLAGS

@@ -1,6 +1,6 @@
 """`anomaly mcp` / `anomaly-mcp`: the MCP server over stdio, for clients that launch it themselves (Claude
 Desktop, Claude Code, Cursor, VS Code...). The same tools as `anomaly serve` offers over SSE and Streamable
-HTTP, configured the way MCP clients configure servers: `command`, `args` and `env` (`anomaly.settings`).
+HTTP, configured the way MCP clients configure servers: `command`, `args` and `env` (`anomaly.server.settings`).
 
 stdout carries the protocol; logs go to stderr. No token: only the client that started the process talks to it.
 """
@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from .. import memory
-from .. import settings as cfg
+from . import settings as cfg
 
 FLAGS = cfg.COMMON_FLAGS
 

@@ -1,46 +1,26 @@
-"""The public service API: train, detect, model info, list and delete models.
-
-The CLI, the MCP server, the HTTP API and `mcp_tool` all call these functions and get plain JSON-able
-dicts back; none of them re-implements any of this. Failures raise `anomaly.errors.AnomalyError` with a
-one-line message. The work itself lives in small modules: `loader` (artifacts and the detector cache),
-`pipeline` (block-by-block detection), `summary` (what a detection reports) and `live` (point-by-point scoring).
-"""
+"""The operations behind `anomaly.service`: train, detect, model info, list and delete models."""
 
 from __future__ import annotations
 
 import hashlib
-import inspect
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from . import data, defaults, thresholds
-from .errors import DataError
+from .. import data, defaults, thresholds
+from ..errors import DataError
+from ..loader import artifact_paths, load_detector
+from ..specs import DetectSpec, TrainSpec, parse
+from ..store import DEFAULT_ROOT, ArtifactPaths, ModelStore
 from .live import LiveScorer
-from .loader import artifact_paths, load_detector
 from .pipeline import iter_detect, summary_of
-from .specs import DetectSpec, TrainSpec, parse
-from .store import DEFAULT_ROOT, ArtifactPaths, ModelStore
 
 DEFAULT_MAX_RESULTS = defaults.MAX_RESULTS
 
 
 # --- training ----------------------------------------------------------------------------------------------
-
-
-def threshold_params(method: str, percentile: float | None = None, k: float | None = None, **options) -> dict:
-    """The options that the threshold method takes (others are not stored with it)."""
-    fn = thresholds.METHODS.get(method)
-    if fn is None:
-        raise DataError(f"unknown threshold method {method!r}; choose one of {', '.join(thresholds.METHODS)}")
-    accepted = {p.name for p in inspect.signature(fn).parameters.values() if p.kind == p.KEYWORD_ONLY}
-    given = {"percentile": percentile, "k": k, **options}
-    params = {name: value for name, value in given.items() if name in accepted and value is not None}
-    if "percentile" in params and not 0 < params["percentile"] < 100:  # say so before training, not after
-        raise DataError(f"percentile must be between 0 and 100, got {params['percentile']}")
-    return params
 
 
 def train(
@@ -68,13 +48,13 @@ def train(
     elif not overwrite:  # explicit files: an existing model is replaced only when asked, as a version is
         existing = [str(p) for _, p in paths.items() if p.exists()]
         if existing:
-            from .errors import VersionExists
+            from ..errors import VersionExists
             raise VersionExists(f"{', '.join(existing)} already exist(s); pass --overwrite to replace the model")
     if version is not None and paths is None:
-        from .store import validate_version_name
+        from ..store import validate_version_name
         validate_version_name(version)
         if (store.root / version).exists() and not overwrite:
-            from .errors import VersionExists
+            from ..errors import VersionExists
             raise VersionExists(f"version {version!r} already exists in {store.root}; choose another or pass overwrite")
     table = data.read_table(data_file, columns=spec.columns, label_column=spec.label_column, missing=spec.missing,
                             drop_constant=not spec.keep_constant)
@@ -85,7 +65,7 @@ def train(
         raise DataError(f"threshold_method {spec.threshold_method!r} needs labels: a label column in {data_file} "
                         "(label_column) or labels_file")
     _refuse_infinite(table, data_file)
-    from .detector import (
+    from ..detector import (
         DetectorCore,  # torch: imported after the cheap checks, so bad input fails fast
     )
 
@@ -99,7 +79,7 @@ def train(
     except FloatingPointError as exc:
         raise DataError(str(exc)) from None
     seconds = time.perf_counter() - started
-    from .window_choice import explain
+    from ..window_choice import explain
 
     times = data.parse_times(table.frame[table.time_column]) if table.time_column else None
     window_choice = explain(det.model_type, table.X, det.window_, bool(getattr(det, "window_auto_", False)), times)
@@ -117,7 +97,7 @@ def train(
     hist = det.history_
     extra = {}
     if spec.plot:
-        from .plotting import plot_threshold_choice
+        from ..plotting import plot_threshold_choice
         extra["plot"] = str(plot_threshold_choice(spec.plot, det.decision_scores_, det.threshold_info_,
                                                   f"version {name}: calibration errors of {Path(data_file).name}"))
     return {

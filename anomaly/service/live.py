@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import rolling
-from .errors import DataError
-from .loader import artifact_paths, load_detector
-from .pipeline import Thresholder
-from .store import ArtifactPaths, ModelStore
-from .summary import top_features
+from ..attribution import top_features
+from ..errors import DataError
+from ..loader import artifact_paths, load_detector
+from ..store import ArtifactPaths, ModelStore
+from ..thresholds import Thresholder, flag, rolling
 
 
 def newest_row_errors(model, windows):
@@ -44,7 +43,7 @@ class LiveScorer:
         self.history = np.empty((0, len(self.features)), np.float32)  # scaled rows, at most span - 1
         # Batch detection smooths over a centred span; live, the rows after a point are not there yet, so a
         # point gets what batch detection gives the last row of a file: the mean over itself and the rows before.
-        from .scoring import CenteredMean, LiveSpikeSmoother
+        from ..smoothing import CenteredMean, LiveSpikeSmoother
         self.smoother = LiveSpikeSmoother(CenteredMean(self.detector.smooth_).back + 1, self.detector.spike_floor_)
         window = rolling.parse_window(threshold_window)
         if window is not None and not isinstance(window, int):
@@ -81,8 +80,7 @@ class LiveScorer:
         """Score new points (lists of values in feature order, or dicts keyed by feature name)."""
         import torch
 
-        from .detector import flag
-        from .scoring import gather
+        from ..scoring import gather
 
         X = self._matrix(points)
         Z = self.detector.transform(X if self.baseline is None else self.baseline.push(X))

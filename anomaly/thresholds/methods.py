@@ -11,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import DataError
+from ..errors import DataError
 
 
 def percentile(scores: np.ndarray, labels=None, *, percentile: float = 95.0, **_) -> float:
@@ -116,7 +116,7 @@ def dynamic(scores: np.ndarray, labels=None, *, z_min: float = 2.5, z_max: float
 
 def best_f1(scores: np.ndarray, labels=None, **_) -> float:
     """The threshold that maximises F1 on labelled rows (between the best-separated scores)."""
-    from .metrics import best_f1 as _best
+    from ..metrics import best_f1 as _best
 
     return _best(labels, scores)[1]
 
@@ -144,7 +144,7 @@ NEEDS_LABELS: set[str] = {"best-f1", "midpoint"}
 def load_labels(path: str, n_rows: int, column: str | None = None) -> np.ndarray:
     """0/1 labels, one per data row, from a file: its label column (`label`, or `column`), or its only column.
     Must have exactly `n_rows` rows."""
-    from . import data
+    from .. import data
 
     p = data.check_file(path)
     fmt = data.sniff(p)

@@ -16,8 +16,8 @@ import re
 
 import numpy as np
 
-from . import thresholds
-from .errors import DataError
+from ..errors import DataError
+from . import methods
 
 STEPS_PER_WINDOW = 20  # the threshold moves every N/20 rows: smooth enough, and 20x cheaper than every row
 TIME_STEP_ROWS = 64  # with a time span the window's row count is unknown: recompute every 64 rows
@@ -51,10 +51,10 @@ class RollingThreshold:
         self.window, self.label = window, label or str(window)
         self.by_time = not isinstance(window, int)
         self.method, self.params = method, dict(params)
-        if method in thresholds.NEEDS_LABELS:
+        if method in methods.NEEDS_LABELS:
             raise DataError(f"threshold method {method!r} needs labels; a rolling threshold needs a label-free "
                             "method (percentile, meanstd, iqr, pot, dynamic)")
-        self.fn = thresholds.METHODS[method]
+        self.fn = methods.METHODS[method]
         self.step = TIME_STEP_ROWS if self.by_time else max(1, window // STEPS_PER_WINDOW)
         self.current = float(start)
         self.row = 0

@@ -12,16 +12,17 @@ import sys
 import threading
 import warnings
 
-from . import __version__, jsonsafe, logs, memory, specs
-from .errors import AnomalyError
+from .. import jsonsafe, logs, memory, specs
+from .._version import __version__
+from ..errors import AnomalyError
 
 # Subcommands that live in their own module: `add_arguments(parser)` and `run(args) -> int`.
 PLUGIN_COMMANDS = {
-    "evaluate": ("anomaly.evaluate", "measure detection quality on a labelled suite"),
-    "threshold": ("anomaly.rethreshold", "set a new threshold on an existing version (writes a new version)"),
+    "evaluate": ("anomaly.cli.evaluate", "measure detection quality on a labelled suite"),
+    "threshold": ("anomaly.cli.threshold", "set a new threshold on an existing version (writes a new version)"),
     "serve": ("anomaly.server.serve", "run the MCP server (SSE and Streamable HTTP) and the HTTP API"),
     "mcp": ("anomaly.server.stdio", "run the MCP server over stdio (for Claude Desktop and other local clients)"),
-    "fleet": ("anomaly.fleet_cli", "train or score many series at once, on all cores or a Dask cluster"),
+    "fleet": ("anomaly.cli.fleet", "train or score many series at once, on all cores or a Dask cluster"),
 }
 
 
@@ -78,12 +79,12 @@ def add_logging_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _store(args):
-    from .store import ModelStore
+    from ..store import ModelStore
     return ModelStore(args.model_dir)
 
 
 def _explicit_paths(args, training: bool):
-    from .store import ArtifactPaths
+    from ..store import ArtifactPaths
     scaler_path = args.scaler if args.scaler and args.scaler not in specs.SCALERS else None
     if training and scaler_path and not scaler_path.endswith((".pkl", ".joblib")) and "/" not in scaler_path:
         # a mistyped scaler type must not become a file name (and put the whole model in the current folder)
@@ -97,7 +98,7 @@ def _explicit_paths(args, training: bool):
 
 
 def cmd_train(args) -> int:
-    from . import service
+    from .. import service
 
     # every training parameter is checked here, before the data is read or a bar is drawn
     spec = specs.parse(specs.TrainSpec, **_spec_args(args, specs.TrainSpec),
@@ -139,7 +140,7 @@ def cmd_train(args) -> int:
         print(f"  ignored columns: {', '.join(rep.get('ignored_columns', [])) or '-'}; constant (dropped): "
               f"{', '.join(rep.get('constant_columns', [])) or '-'}; empty: {', '.join(rep.get('empty_columns', [])) or '-'}")
     if rep.get("mostly_empty_columns"):
-        from .limits import MAX_MISSING_SHARE
+        from ..limits import MAX_MISSING_SHARE
         cols = ", ".join(f"{n} ({100 * s:.1f}% missing)" for n, s in rep["mostly_empty_columns"].items())
         print(f"  warning: column(s) more than {100 * MAX_MISSING_SHARE:g}% empty left out: {cols}")
     if rep.get("missing_values"):
@@ -179,7 +180,7 @@ def _progress_bar(total: int):
 
 
 def cmd_detect(args) -> int:
-    from . import service
+    from .. import service
 
     spec = specs.parse(specs.DetectSpec, **_spec_args(args, specs.DetectSpec), return_details=args.json)
     paths = _explicit_paths(args, training=False)
@@ -210,7 +211,7 @@ def print_summary(result: dict, top: int = 10) -> None:
     if miss.get("missing_values"):
         print(f"  missing values: {miss['missing_values']} (filled {miss['values_filled']}, rows dropped {miss['rows_dropped']})")
     if result["top_anomalies"][:top]:
-        from .incidents import describe
+        from ..incidents import describe
         print("Incidents (strongest first; the peak row's driving features, expected: training's 1st-99th percentile):")
         for incident in result["top_anomalies"][:top]:
             print(f"  {describe(incident)}")
@@ -227,7 +228,7 @@ def print_summary(result: dict, top: int = 10) -> None:
 
 
 def cmd_models(args) -> int:
-    from . import service
+    from .. import service
 
     store = _store(args)
     if args.action == "list":

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import argparse
 
-from . import defaults, jsonsafe, thresholds
-from .errors import DataError
+from .. import defaults, jsonsafe, thresholds
+from ..errors import DataError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -52,12 +52,12 @@ def rethreshold(version: str, method: str, *, model_dir: str = "models", new_ver
                 data_file: str | None = None, labels_file: str | None = None, label_column: str | None = None,
                 percentile: float | None = None, k: float | None = None, risk: float | None = None,
                 plot: str | None = None) -> dict:
-    from . import data, service
-    from .detector import Detector
-    from .store import ModelStore
+    from .. import data, service
+    from ..detector import Detector
+    from ..store import ModelStore
 
     if plot:
-        from .plotting import require_matplotlib
+        from ..plotting import require_matplotlib
         require_matplotlib()
     store = ModelStore(model_dir)
     name = store.resolve(version)
@@ -101,7 +101,7 @@ def rethreshold(version: str, method: str, *, model_dir: str = "models", new_ver
     saved = store.save(lambda p: det.save(p, metadata, atomic=False), version=new_version)
     extra = {}
     if plot:
-        from .plotting import plot_threshold_choice
+        from ..plotting import plot_threshold_choice
         extra["plot"] = str(plot_threshold_choice(plot, calib, info, f"version {saved}: calibration errors ({source})"))
     return {"status": "success", "version": saved, **extra, "source_version": name, "threshold": det.threshold_,
             "threshold_method": method, "threshold_params": params, "threshold_source": source,

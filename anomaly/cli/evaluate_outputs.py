@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import events
-from .errors import DataError, NotFound
+from .. import events
+from ..errors import DataError, NotFound
 
 LABEL_COLUMN = "label"
 FLAG_COLUMN = "is_anomaly"
@@ -129,7 +129,7 @@ def run(args) -> int:
         print(format_outputs(result, args.event_tolerance, args.event_merge_gap, per_series=not args.quiet),
               flush=True)
     if args.json_path:
-        from .store import atomic_write_text
+        from ..store import atomic_write_text
 
         atomic_write_text(Path(args.json_path), json.dumps(report, indent=1))
     return 0

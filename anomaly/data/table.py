@@ -1,11 +1,5 @@
-"""Reading users' CSV/TXT files: one loader for training, detection, evaluation and the server.
-
-Delimiter (comma, tab, semicolon, whitespace), header row and BOM are sniffed from the first lines; `.gz` is
-read transparently. Numeric columns are features, read as float64 (a value beyond float32's range is a huge value,
-never a missing one); other columns (timestamps, IDs, text) are carried along untouched. A `label` column is never
-a feature. Training and detection read files through the same block reader (`csvread.iter_blocks`), so a file one
-of them accepts the other accepts too, within the same limits (`anomaly.limits`).
-"""
+"""The table of a data file: its feature, label and time columns, read whole for training (`read_table`), and
+its missing values (`handle_missing`, `MissingFiller` for detection block by block)."""
 
 from __future__ import annotations
 
@@ -18,14 +12,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import limits
-from .csvread import BLOCK_BYTES, SNIFF_BYTES, Block, CsvFormat, LineTexts, iter_blocks
-from .errors import DataError
-from .prefetch import Prefetch
+from .. import limits
+from ..errors import DataError
+from .csvread import CsvFormat, iter_blocks
 from .sniffing import check_file, sniff
-
-__all__ = ["BLOCK_BYTES", "SNIFF_BYTES", "Block", "CsvFormat", "LineTexts", "Prefetch", "Table", "iter_blocks",
-           "sniff", "read_table", "numeric_columns", "handle_missing", "match_features", "check_file"]
 
 MISSING_POLICIES = ("interpolate", "drop", "error")
 LABEL_NAMES = ("label", "is_anomaly_label", "anomaly_label")
@@ -300,3 +290,69 @@ def match_features(fmt: CsvFormat, numeric: list[str], expected: list[str], labe
     missing = [c for c in expected if c not in names]
     raise DataError(f"the model expects {len(expected)} feature column(s) [{', '.join(expected)}] but the file has "
                     f"[{', '.join(names)}] (missing: {', '.join(missing)})")
+
+
+class MissingFiller:
+    """Per-block missing-value handling that gives the same values as filling the whole file at once: rows
+    whose gap is still open at the end of a block wait for the next block (interpolation needs the value
+    after the gap); the last row handed on anchors the next interpolation."""
+
+    def __init__(self, features: list[str], policy: str, report: dict):
+        self.features, self.policy, self.report = features, policy, report
+        self.per_column = np.zeros(len(features), np.int64)  # missing values of each column
+        self.anchor: np.ndarray | None = None  # last row handed on (finite)
+        self.held = np.empty((0, len(features)), np.float64)  # raw rows waiting for a gap to close
+
+    def push(self, X: np.ndarray, start: int) -> tuple[np.ndarray, np.ndarray]:
+        """(rows ready for scoring, this block's kept-row mask)."""
+        bad = np.isnan(X)  # only an empty or unparsable cell is missing; inf is the strongest anomaly
+        if bad.any():
+            if self.policy == "error":
+                handle_missing(X, self.features, "error", where=f"rows {start}..{start + len(X) - 1}: ",
+                                    first_row=start)
+            self.report["missing_values"] += int(bad.sum())
+            self.per_column += bad.sum(axis=0)
+            if self.policy == "drop":
+                keep = ~bad.any(axis=1)
+                self.report["rows_dropped"] += int((~keep).sum())
+                return X[keep], keep
+            handle_missing(X[:0], self.features, self.policy)  # rejects an unknown policy
+            self.report["values_filled"] += int(bad.sum())
+        mask = np.ones(len(X), bool)
+        rows = np.concatenate([self.held, X]) if len(self.held) else X
+        finite = ~np.isnan(rows)
+        if finite.all():
+            self.held = rows[:0]
+            self.anchor = rows[-1] if len(rows) else self.anchor
+            return rows, mask
+        # Rows up to each column's last value can be filled now; the ones after wait for the next block.
+        last = np.where(finite.any(axis=0), len(rows) - 1 - np.argmax(finite[::-1], axis=0), -1)
+        cut = int(last.min()) + 1
+        if cut == 0:
+            self.held = rows
+            return rows[:0], mask
+        ready = self._fill(rows)[:cut]
+        self.held, self.anchor = rows[cut:], ready[-1]
+        return ready, mask
+
+    def warnings(self, rows: int) -> list[str]:
+        """Columns mostly missing in this file (over limits.MAX_MISSING_SHARE, where training leaves a column
+        out): their filled-in values say little, and neither do their scores."""
+        from ..limits import MAX_MISSING_SHARE
+
+        share = self.per_column / max(rows, 1)
+        return [f"column {self.features[i]} is {100 * share[i]:.1f}% missing in this file (more than "
+                f"{100 * MAX_MISSING_SHARE:g}%); its values were {'filled in' if self.policy == 'interpolate' else 'dropped'}"
+                ", so the scores say little about it" for i in np.flatnonzero(share > MAX_MISSING_SHARE)]
+
+    def finish(self) -> np.ndarray:
+        """The rows still waiting at the end of the file: their gaps are filled from the last value."""
+        if not len(self.held):
+            return self.held
+        rows, self.held = self._fill(self.held), self.held[:0]
+        return rows
+
+    def _fill(self, rows: np.ndarray) -> np.ndarray:
+        if self.anchor is None:
+            return handle_missing(rows, self.features, "interpolate")[0]
+        return handle_missing(np.vstack([self.anchor, rows]), self.features, "interpolate")[0][1:]

@@ -9,9 +9,9 @@ import os
 import stat
 from pathlib import Path
 
-from . import limits
+from .. import limits
+from ..errors import DataError, NotFound
 from .csvread import CsvFormat, read_head
-from .errors import DataError, NotFound
 
 DELIMITERS = (",", "\t", ";")
 

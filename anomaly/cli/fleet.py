@@ -10,8 +10,9 @@ import argparse
 import sys
 from typing import Callable
 
-from . import cli, fleet, jsonsafe, specs
-from .errors import AnomalyError
+from .. import fleet, jsonsafe, specs
+from ..errors import AnomalyError
+from . import commands as cli
 
 # `train` options that name one series' file, version, artifacts or plot: the fleet names those itself.
 NOT_FOR_FLEET_TRAIN = {"help", "data", "version", "model_path", "threshold_path", "config_path", "labels_file",

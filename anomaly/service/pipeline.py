@@ -10,13 +10,15 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from . import data, rolling
-from .errors import AnomalyError, DataError
-from .incidents import AlertHygiene
-from .loader import artifact_paths, load_detector
-from .specs import DetectSpec, parse
-from .store import ArtifactPaths, ModelStore
-from .summary import Summary, contributions, expected_rate, top_features_rows
+from .. import data
+from ..attribution import contributions, top_features_rows
+from ..errors import AnomalyError, DataError
+from ..incidents import AlertHygiene
+from ..loader import artifact_paths, load_detector
+from ..specs import DetectSpec, parse
+from ..store import ArtifactPaths, ModelStore
+from ..summary import Summary, expected_rate
+from ..thresholds import Thresholder, flag, rolling
 
 
 class _Pending:
@@ -66,7 +68,7 @@ def iter_detect(
     its block is scored) and finally `summary` (the same dict `detect` returns).
     What is detected is a `DetectSpec` (or its fields as keyword arguments, checked before anything is read):
     `time_column` (default: a column named timestamp/time/date/datetime) gives every reported anomaly its time;
-    `threshold_window` (rows, or a time span such as `7d`) makes the threshold follow the data (`anomaly.rolling`);
+    `threshold_window` (rows, or a time span such as `7d`) makes the threshold follow the data (`anomaly.thresholds.rolling`);
     `min_duration` and `merge_gap` shape the incidents and their rows' flags alike (`anomaly.incidents`).
     `row_features`: each anomalous row in `results` also names its strongest features (the MCP reply)."""
     spec = parse(DetectSpec, spec, **params)
@@ -125,12 +127,12 @@ def _detect(p, fmt, numeric: list[str] | None, spec: DetectSpec, paths: Artifact
                    expected_ranges=getattr(det, "expected_ranges_", None))
     missing_report = {"missing_values": 0, "values_filled": 0, "rows_dropped": 0}
     plotter = _plotter(plot, det, fmt, used, label_col)
-    filler = _MissingFiller(features, missing, missing_report)
+    filler = data.MissingFiller(features, missing, missing_report)
     writer = None
     headers_skipped = 0
     try:
         if output:  # inside the try: an interruption from here on removes the temporary file
-            from .output import ResultWriter
+            from ..output import ResultWriter
             writer = ResultWriter(output, fmt, fmt.header_line, result_cols, source=p)
         plan = _read_plan(spec, used, label_col, time_col)
         if reader is None or reader.plan != plan:  # the model's columns are not the ones the config named
@@ -244,72 +246,6 @@ def _early_reader(p: Path, fmt: data.CsvFormat, numeric: list[str], paths: Artif
         return None
 
 
-class _MissingFiller:
-    """Per-block missing-value handling that gives the same values as filling the whole file at once: rows
-    whose gap is still open at the end of a block wait for the next block (interpolation needs the value
-    after the gap); the last row handed on anchors the next interpolation."""
-
-    def __init__(self, features: list[str], policy: str, report: dict):
-        self.features, self.policy, self.report = features, policy, report
-        self.per_column = np.zeros(len(features), np.int64)  # missing values of each column
-        self.anchor: np.ndarray | None = None  # last row handed on (finite)
-        self.held = np.empty((0, len(features)), np.float64)  # raw rows waiting for a gap to close
-
-    def push(self, X: np.ndarray, start: int) -> tuple[np.ndarray, np.ndarray]:
-        """(rows ready for scoring, this block's kept-row mask)."""
-        bad = np.isnan(X)  # only an empty or unparsable cell is missing; inf is the strongest anomaly
-        if bad.any():
-            if self.policy == "error":
-                data.handle_missing(X, self.features, "error", where=f"rows {start}..{start + len(X) - 1}: ",
-                                    first_row=start)
-            self.report["missing_values"] += int(bad.sum())
-            self.per_column += bad.sum(axis=0)
-            if self.policy == "drop":
-                keep = ~bad.any(axis=1)
-                self.report["rows_dropped"] += int((~keep).sum())
-                return X[keep], keep
-            data.handle_missing(X[:0], self.features, self.policy)  # rejects an unknown policy
-            self.report["values_filled"] += int(bad.sum())
-        mask = np.ones(len(X), bool)
-        rows = np.concatenate([self.held, X]) if len(self.held) else X
-        finite = ~np.isnan(rows)
-        if finite.all():
-            self.held = rows[:0]
-            self.anchor = rows[-1] if len(rows) else self.anchor
-            return rows, mask
-        # Rows up to each column's last value can be filled now; the ones after wait for the next block.
-        last = np.where(finite.any(axis=0), len(rows) - 1 - np.argmax(finite[::-1], axis=0), -1)
-        cut = int(last.min()) + 1
-        if cut == 0:
-            self.held = rows
-            return rows[:0], mask
-        ready = self._fill(rows)[:cut]
-        self.held, self.anchor = rows[cut:], ready[-1]
-        return ready, mask
-
-    def warnings(self, rows: int) -> list[str]:
-        """Columns mostly missing in this file (over limits.MAX_MISSING_SHARE, where training leaves a column
-        out): their filled-in values say little, and neither do their scores."""
-        from .limits import MAX_MISSING_SHARE
-
-        share = self.per_column / max(rows, 1)
-        return [f"column {self.features[i]} is {100 * share[i]:.1f}% missing in this file (more than "
-                f"{100 * MAX_MISSING_SHARE:g}%); its values were {'filled in' if self.policy == 'interpolate' else 'dropped'}"
-                ", so the scores say little about it" for i in np.flatnonzero(share > MAX_MISSING_SHARE)]
-
-    def finish(self) -> np.ndarray:
-        """The rows still waiting at the end of the file: their gaps are filled from the last value."""
-        if not len(self.held):
-            return self.held
-        rows, self.held = self._fill(self.held), self.held[:0]
-        return rows
-
-    def _fill(self, rows: np.ndarray) -> np.ndarray:
-        if self.anchor is None:
-            return data.handle_missing(rows, self.features, "interpolate")[0]
-        return data.handle_missing(np.vstack([self.anchor, rows]), self.features, "interpolate")[0][1:]
-
-
 def _nothing_scored(p: Path, det, rows: int, missing: dict) -> str:
     """Why a file gave no score at all."""
     if missing.get("rows_dropped", 0) >= rows:
@@ -325,7 +261,7 @@ def _plotter(plot: str | None, det, fmt, used: list[str], label_col: str | None)
         return None
     import pandas as pd
 
-    from .plotting import PlotCollector
+    from ..plotting import PlotCollector
     time_col = data.guess_time_column(pd.DataFrame(columns=list(fmt.names)), used)
     return PlotCollector(det.feature_names_, det.threshold_, columns=used, label_column=label_col, time_column=time_col)
 
@@ -357,49 +293,9 @@ class _Baseline:
         return None if self.inner is None else self.inner.describe()
 
 
-class Thresholder:
-    """Per-row thresholds: a rolling one (`anomaly.rolling`) when a threshold window is given, else the stored
-    threshold, raised by the scored rows' level when `follow_level` (`rolling.LevelFollower`)."""
-
-    def __init__(self, det, window, label: str | None = None, follow_level: bool = True):
-        from .rolling import LevelFollower, RollingThreshold
-
-        info = det.threshold_info_
-        self.static = det.threshold_
-        self.rolling = None if window is None else RollingThreshold(
-            window, info.get("method", "percentile"), info.get("params") or {}, det.threshold_,
-            label=label)
-        stats = info.get("stats") or {}
-        train_median = stats.get("p50")
-        self.level = LevelFollower(det.threshold_, train_median, stats.get("p90")) if (
-            follow_level and window is None and train_median is not None and np.isfinite(det.threshold_)) else None
-        self.by_time = self.rolling is not None and self.rolling.by_time
-
-    @property
-    def moving(self) -> bool:
-        return self.rolling is not None or self.level is not None
-
-    def __call__(self, scores: np.ndarray, times: np.ndarray | None) -> np.ndarray | float:
-        if self.rolling is not None:
-            return self.rolling.push(scores, times)
-        return self.static if self.level is None else self.level.push(scores)
-
-    def report(self) -> dict:
-        """Summary fields that say how the threshold moved, and a warning when following the level hid a drift."""
-        if self.rolling is not None:
-            return {"threshold_window": self.rolling.describe()}
-        described = None if self.level is None else self.level.describe()
-        return {} if described is None else {"threshold_level": described}
-
-    def warnings(self) -> list[str]:
-        warning = None if self.level is None else self.level.warning()
-        return [warning] if warning else []
-
-
 def _emit(pending: _Pending, final: bool, det, acc: "Summary", writer, per_feature: bool,
           events: bool, plot, thresholder: Thresholder, time_col: str | None, hygiene: AlertHygiene) -> Iterator[dict]:
     """Flag the blocks whose rows are all scored; hand on those whose flags are final (`AlertHygiene`)."""
-    from .detector import flag
 
     for block, mask, errs, values in pending.ready(final):
         n = len(block.raw_lines)

@@ -2,7 +2,7 @@
 
 This is what detection, the live stream and the servers load (`anomaly.loader`); it never imports
 scikit-learn (a noticeable share of start-up: docs/decisions/0012-detection-fast-paths.md) unless it trains.
-The public estimator, `anomaly.Detector` (`anomaly.estimator`), adds scikit-learn's conventions on top:
+The public estimator, `anomaly.Detector` (`anomaly.detector.estimator`), adds scikit-learn's conventions on top:
 `get_params`/`clone`/`Pipeline`, DataFrame input matched by column name, `score_samples` with higher = more normal.
 
     core.decision_function(X)  # anomaly score per row, higher = more anomalous (PyOD's convention)
@@ -11,11 +11,9 @@ The public estimator, `anomaly.Detector` (`anomaly.estimator`), adds scikit-lear
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import pickle
-import platform
 import struct
 import time
 import warnings
@@ -25,22 +23,14 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import __version__, defaults, models, period, thresholds, training
-from .device import check_precision, device_name, resolve_device
-from .errors import ArtifactError, DataError
-from .incidents import expected_ranges
-from .loadchecks import check_scaling, check_weights
-from .scoring import (
-    SCORE_BATCH,
-    RowScorer,
-    SpikeSmoother,
-    row_errors,
-    row_scores,
-    smooth_errors,
-    smooth_rows,
-    spike_floor,
-)
-from .store import (
+from .. import defaults, models, period, thresholds, training
+from ..attribution import expected_ranges
+from ..device import check_precision, device_name, resolve_device
+from ..errors import ArtifactError, DataError
+from ..loadchecks import check_scaling, check_weights
+from ..scoring import SCORE_BATCH, row_errors, row_scores
+from ..smoothing import smooth_errors, smooth_rows, spike_floor
+from ..store import (
     ArtifactPaths,
     atomic_write_bytes,
     check_complete,
@@ -49,62 +39,14 @@ from .store import (
     remove_stale_files,
     validate_artifacts,
 )
+from ..thresholds import flag  # noqa: F401  (anomaly.detector.flag: where callers found it first)
+from .artifacts import SET_KEY, _check_set, _json_default, _sha256, _write_bytes, library_versions
+from .scaling import SCALED_BOUND, SCALERS, AffineScaler, _checked_scaling, make_scaler  # noqa: F401
+from .stream import StreamScorer
 
-SCALERS = ("standard", "minmax", "robust")
 CONFIG_FORMAT = 1
 TRAINED_ON = ("device", "device_name", "precision", "train_seconds")  # model card: where and how long it trained
 PERIOD_ROWS = 20_000  # the dominant period is estimated from at most this many of the last training rows
-SCALED_BOUND = 1e6  # standard units: far beyond any normal value, yet its squared error stays finite in float32
-
-
-def make_scaler(name: str):
-    """A scikit-learn scaler (imported only when training: its import is slow,
-    docs/decisions/0012-detection-fast-paths.md)."""
-    from sklearn.preprocessing import MinMaxScaler, RobustScaler, StandardScaler
-
-    if name not in SCALERS:
-        raise DataError(f"unknown scaler {name!r}; choose one of {', '.join(SCALERS)}")
-    return {"standard": StandardScaler, "minmax": MinMaxScaler, "robust": RobustScaler}[name]()
-
-
-class AffineScaler:
-    """Every supported scaler is per-feature affine, z = x * mul + add. model_config.json stores mul and add, so
-    detection needs neither scikit-learn nor unpickling scaler.pkl (which is kept for users and classic paths).
-
-    Scaling runs in float64 and scaled values are clipped to +-SCALED_BOUND standard units before the model's
-    float32: a value beyond float32's range (or inf) is a huge but finite input, so it gets the largest error of
-    the file instead of becoming inf, NaN or a "missing" value."""
-
-    def __init__(self, mul, add):
-        self.mul = np.asarray(mul, np.float64)
-        self.add = np.asarray(add, np.float64)
-
-    @classmethod
-    def from_sklearn(cls, scaler, n_features: int) -> "AffineScaler":
-        # From the fitted parameters where they are known: transform(1) - transform(0) cancels to 0 for a column
-        # of ~1e30 (its mean dwarfs the 1), which silently gave that column no weight at all.
-        scale = getattr(scaler, "scale_", None)
-        if scale is not None and hasattr(scaler, "min_"):  # MinMaxScaler: x * scale_ + min_
-            return cls(scale, scaler.min_)
-        if scale is not None:  # StandardScaler (mean_), RobustScaler (center_): (x - center) / scale
-            center = getattr(scaler, "mean_", getattr(scaler, "center_", None))
-            center = np.zeros(n_features) if center is None else np.asarray(center, np.float64)
-            return cls(1.0 / np.asarray(scale, np.float64), -center / np.asarray(scale, np.float64))
-        zero = scaler.transform(np.zeros((1, n_features), np.float64))[0]
-        one = scaler.transform(np.ones((1, n_features), np.float64))[0]
-        return cls(one - zero, zero)
-
-    def transform(self, X: np.ndarray) -> np.ndarray:
-        # C order first: a frame's numbers come out column-major, and scaling them in that order took many times
-        # longer, the largest cost of detection after parsing (docs/decisions/0012-detection-fast-paths.md)
-        X = np.ascontiguousarray(X, np.float64)
-        with np.errstate(over="ignore", invalid="ignore"):
-            Z = X * self.mul + self.add
-        np.clip(Z, -SCALED_BOUND, SCALED_BOUND, out=Z)  # NaN stays NaN: only a missing value is missing
-        return Z.astype(np.float32)
-
-    def to_dict(self) -> dict:
-        return {"mul": self.mul.tolist(), "add": self.add.tolist()}
 
 
 class DetectorCore:
@@ -426,28 +368,6 @@ class DetectorCore:
         return det
 
 
-class StreamScorer:
-    """Scores consecutive chunks of raw rows; each `push` returns (errors, scores) of the rows now final."""
-
-    def __init__(self, detector: DetectorCore, batch_size: int = SCORE_BATCH):
-        self.detector = detector
-        self.rows = RowScorer(detector.model_, len(detector.feature_names_), batch_size, detector.precision)
-        self.smoother = SpikeSmoother(detector.smooth_, detector.spike_floor_)
-
-    def push(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if len(X) == 0:
-            return np.empty((0, len(self.detector.feature_names_)), np.float32), np.empty(0, np.float32)
-        errors = self.smoother.push(self.rows.push(self.detector.transform(X)))
-        return errors, row_scores(errors)
-
-    def finish(self) -> tuple[np.ndarray, np.ndarray]:
-        errors = self.smoother.push(self.rows.finish())
-        tail = self.smoother.finish()
-        if len(tail):
-            errors = np.concatenate([errors, tail])
-        return errors, row_scores(errors)
-
-
 def _check_shape(det: DetectorCore, config: dict) -> None:
     """The built model must be the one the config describes (a hand-edited window or span would misalign rows)."""
     mc = det.model_config_
@@ -458,92 +378,10 @@ def _check_shape(det: DetectorCore, config: dict) -> None:
         raise ValueError(f"span {config['span']} does not match the model's span {det.model_.span}")
 
 
-def _checked_scaling(affine: AffineScaler, X: np.ndarray, names: list[str]) -> np.ndarray:
-    """The scaled training rows, or a clear refusal when a column cannot be scaled: values so large that their
-    variance overflows (the column would silently get weight 0), or so small (denormal) that they all scale to
-    the same float32 (the column would carry nothing)."""
-    broken = ~np.isfinite(affine.mul) | (affine.mul == 0) | ~np.isfinite(affine.add)
-    if broken.any():
-        cols = [names[i] for i in np.flatnonzero(broken)]
-        top = float(np.abs(X[:, broken]).max())
-        raise DataError(f"column(s) {', '.join(cols)} hold values too large to scale (up to {top:.3g}); "
-                        "divide them down before training")
-    Z = affine.transform(X)
-    lost = (np.ptp(X, axis=0) > 0) & (np.ptp(Z, axis=0) == 0)
-    if lost.any():
-        cols = [names[i] for i in np.flatnonzero(lost)]
-        top = float(np.abs(X[:, lost]).max())
-        raise DataError(f"column(s) {', '.join(cols)} vary too little to learn from (values up to {top:.3g}, "
-                        "below floating-point precision); multiply them up before training")
-    return Z
-
-
-def flag(scores: np.ndarray, threshold: float) -> np.ndarray:
-    """1 where the score is above the threshold; unscored rows (NaN) are never anomalies."""
-    with np.errstate(invalid="ignore"):
-        return (scores > threshold).astype(np.int8)
-
-
 def _check_training_args(det: DetectorCore) -> None:
     """The same bounds as the service's `TrainSpec` (one definition); messages name the parameter."""
-    from .specs import TrainSpec, parse
+    from ..specs import TrainSpec, parse
 
     names = ("model_type", "window", "smooth", "epochs", "batch_size", "learning_rate", "validation_split",
              "patience", "seed", "scaler", "threshold_method", "precision", *models.MODEL_PARAMS)
     parse(TrainSpec, strict=False, **{n: getattr(det, n) for n in names if getattr(det, n) is not None})
-
-
-def library_versions() -> dict:
-    import pandas
-    import sklearn
-    return {"anomaly": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "numpy": np.__version__, "pandas": pandas.__version__, "scikit-learn": sklearn.__version__}
-
-
-SET_KEY = "artifact_sha256"  # in model_config.json of explicit files: the checksums of the other three
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _check_set(paths: ArtifactPaths, config: dict, label: str) -> None:
-    """Explicit files saved together must still be the set the config was saved with (see `save`)."""
-    sums = config.get(SET_KEY)
-    if sums is None:  # a store version (renamed into place whole) or files from before the checksums
-        return
-    if not isinstance(sums, dict):
-        raise ArtifactError(f"model {label} is corrupt: {SET_KEY} must be an object")
-    for kind, expected in sums.items():
-        path = getattr(paths, kind, None) if kind in ("model", "threshold", "scaler") else None
-        if path is None:
-            continue
-        try:
-            actual = _sha256(path.read_bytes())
-        except OSError as exc:
-            raise ArtifactError(f"model {label}: cannot read {path}: {exc.strerror or exc}") from None
-        if actual != expected:
-            raise ArtifactError(f"model {label} is a mixed set: {path.name} is not the file its "
-                                f"{paths.config.name} was saved with (a save was interrupted?); train it again")
-
-
-def _write_bytes(path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def __getattr__(name: str):
-    """`anomaly.detector.Detector` is the scikit-learn estimator, imported (with scikit-learn) on first use."""
-    if name == "Detector":
-        from .estimator import Detector
-
-        return Detector
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
