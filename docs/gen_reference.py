@@ -130,7 +130,7 @@ def mcp_tools() -> tuple[list, list, list, list]:
 
     from anomaly.server.core import Runtime
     from anomaly.server.mcp_app import build_mcp
-    from anomaly.settings import Settings
+    from anomaly.server.settings import Settings
 
     with tempfile.TemporaryDirectory() as tmp:
         mcp = build_mcp(Runtime(Settings(data_roots=[tmp], model_dir=str(Path(tmp) / "models"),
