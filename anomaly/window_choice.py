@@ -36,13 +36,14 @@ def explain(model_type: str, X: np.ndarray, window: int, auto: bool, times: np.n
     wanted = found or fallback
     cut = [name for name, bound in limits.items() if bound == window] if window < wanted else []
     out["cut_by"] = cut[0] if cut else None
+    # a slow cycle (the day of 1-minute data) is beyond the lags searched, or hides under a short one (noise)
+    longer = period.dominant_period(X[:, :1]) if len(X) > 8 else None
+    longer_span = _as(_span(longer * step) if longer and step is not None else None)
     if not found:
-        longer = period.dominant_period(X[:, :1]) if len(X) > 8 else None
-        if longer and longer > window:  # e.g. the day of 1-minute data, beyond the lags searched
+        if longer and longer > window:
             out["long_period_rows"] = int(longer)
-            span = _as(_span(longer * step) if step is not None else None)
-            out["reason"] = (f"the first column's cycle of {longer} rows{span} is longer than the windows searched: "
-                             f"the fallback window of {window} rows")
+            out["reason"] = (f"the first column's cycle of {longer} rows{longer_span} is longer than the windows "
+                             f"searched: the fallback window of {window} rows")
             out["suggestion"] = (f"short incidents are caught with a short window (--window "
                                  f"{max(4, longer // SHORT_WINDOW_PARTS)}); to compare whole cycles, resample to "
                                  "coarser steps first")
@@ -58,11 +59,9 @@ def explain(model_type: str, X: np.ndarray, window: int, auto: bool, times: np.n
                              "columns or more training rows")
     else:
         out["reason"] = f"one period of the first column: {found} rows{_as(out.get('period_span'))}"
-        longer = period.dominant_period(X[:, :1]) if len(X) > 8 else None
-        if longer and longer > 2 * window:  # a slow cycle (a day) under a short one (often noise): say so
+        if longer and longer > 2 * window:
             out["long_period_rows"] = int(longer)
-            span = _as(_span(longer * step) if step is not None else None)
-            out["reason"] += f"; the column also cycles every {longer} rows{span}, which no window compares whole"
+            out["reason"] += f"; the column also cycles every {longer} rows{longer_span}, which no window compares whole"
             out["suggestion"] = (f"to compare whole cycles give --window {longer} (or resample to coarser steps "
                                  "first); the short window still catches short incidents")
     return out
