@@ -96,6 +96,7 @@ def main() -> None:
     ap.add_argument("--models", default="default" if pairs.QUICK else "default,dense,lstm,transformer,vae",
                     help="variants at 20 columns: default (every default) and model types (their default window)")
     pairs.add_arguments(ap)
+    ap.add_argument("--repeat", dest="pairs", type=int, help="the old name of --pairs")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     models = OUT / "models"

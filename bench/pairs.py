@@ -4,13 +4,14 @@ candidate / baseline with the load average at start and end.
 
 A side is either a command (a list of arguments: run as a fresh process, wall time and the peak RSS of the
 process and the children it waited for, from `os.wait4`) or a Python callable (run in this process: wall time
-and this process's peak RSS so far, from `resource`).
+only; `peak_rss_so_far` gives this process's peak from `resource`).
 
 `BENCH_QUICK=1` in the environment asks every benchmark for its quick sizes (what `make bench` runs).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import resource
 import statistics
@@ -48,11 +49,16 @@ def run_command(cmd: Sequence[str], env: dict | None = None, cwd: str | os.PathL
 
 
 def run_callable(fn: Callable[[], object]) -> tuple[float, float]:
-    """Wall seconds of `fn()` and this process's peak RSS (GiB) so far."""
+    """Wall seconds of `fn()`, and NaN for its peak RSS: both sides share this process, whose peak so far
+    (`peak_rss_so_far`) says nothing about either."""
     start = time.perf_counter()
     fn()
-    wall = time.perf_counter() - start
-    return wall, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return time.perf_counter() - start, float("nan")
+
+
+def peak_rss_so_far() -> float:
+    """This process's peak RSS (GiB) so far."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def run_side(side: Side, env: dict | None = None, cwd=None) -> tuple[float, float]:
@@ -80,7 +86,7 @@ class Pairs:
         of rates when the sides are rates), peak RSS when measured, load average at start and end."""
         r = self.ratios
         rss = ""
-        if self.candidate_rss and self.baseline_rss:
+        if self.candidate_rss and self.baseline_rss and not any(map(math.isnan, self.candidate_rss + self.baseline_rss)):
             rss = f"; peak RSS {max(self.candidate_rss):.2f} vs {max(self.baseline_rss):.2f} GiB"
         return (f"{self.label}: {fmt(statistics.median(self.candidate))} vs {fmt(statistics.median(self.baseline))} {unit} "
                 f"(median); ratio min / median / max {min(r):.2f} / {statistics.median(r):.2f} / {max(r):.2f} "
