@@ -72,9 +72,10 @@ def trained(models: Path, version: str, train: Path, extra: list[str]) -> str:
 
 
 def ensure(path: Path, rows: int, seed: int = 0, cols: int = 20) -> Path:
+    """Write the file in a subprocess: this process's peak RSS would otherwise floor every child's figure."""
     if not path.exists():
         print(f"writing {path} ...", file=sys.stderr, flush=True)
-        write_csv(path, rows, seed, cols)
+        pairs.run_command([PY, __file__, "--write", str(path), str(rows), str(seed), str(cols)])
     return path
 
 
@@ -86,6 +87,9 @@ def compare(label: str, data: Path, models: Path, version: str, n_pairs: int) ->
 
 
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--write":
+        write_csv(Path(sys.argv[2]), *map(int, sys.argv[3:6]))
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=200_000 if pairs.QUICK else 1_000_000, help="rows at 20 columns")
     ap.add_argument("--widths", default="500,1000", help="wide files' float columns, comma-separated ('' for none)")

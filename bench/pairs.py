@@ -36,7 +36,9 @@ def loadavg() -> float:
 
 
 def run_command(cmd: Sequence[str], env: dict | None = None, cwd: str | os.PathLike | None = None) -> tuple[float, float]:
-    """Wall seconds and peak RSS (GiB) of a fresh process (its own, or a child's it waited for if larger)."""
+    """Wall seconds and peak RSS (GiB) of a fresh process (its own, or a child's it waited for if larger).
+    Linux carries the peak RSS across fork and exec, so a child's figure is at least this process's peak at the
+    time: keep the benchmark process small (write big input files in a subprocess)."""
     start = time.perf_counter()
     proc = subprocess.Popen(list(cmd), cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
