@@ -32,13 +32,18 @@ test: lint
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
 
+# Every benchmark runs candidate and baseline alternately and prints min / median / max of the ratio with the load
+# average (bench/pairs.py). BENCH_QUICK=1 make bench: the quick sizes (3 pairs, smaller files, no 10M-row file),
+# about a quarter of an hour on 2 cores. Needs the benchmark-only packages: .venv/bin/python -m pip install -r
+# bench/requirements.txt
 bench: $(STAMP)
-	$(PY) bench/detect_scale.py
+	$(PY) -c "import pyod" || $(PY) -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
 	$(PY) bench/train_speed.py
+	$(PY) bench/detect_scale.py
+	$(PY) bench/fleet.py --jobs 2 $(if $(filter-out 0,$(BENCH_QUICK)),,--series 200)
 	$(PY) bench/server_load.py
 	$(PY) bench/server_memory.py
 	$(PY) bench/device_speed.py
-	$(PY) bench/fleet.py --series 200
 
 clean:
 	rm -rf $(VENV) examples/models examples/*.csv site

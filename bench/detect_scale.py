@@ -1,108 +1,131 @@
-"""End-to-end `detect.py` on 1,000,000 rows x 20 float columns + a timestamp, against the floor measured in the same
-run: a Python process that imports pandas and torch and only reads the same CSV. Also peak RSS, and peak RSS on a
-10,000,000-row file to show memory does not grow with rows.
+"""End-to-end `detect.py` against the CSV floor, each detection run alternately with its floor in one run
+(bench/pairs.py): the floor is a Python process that imports pandas and torch and only reads the same CSV
+(`pandas.read_csv`). Rows:
 
-    .venv/bin/python bench/detect_scale.py [--rows 1000000] [--repeat 3] [--skip-10m]
+- 1,000,000 rows x 20 float columns + a timestamp, for each model variant (`--models`; the default model first);
+- 100,000 rows at 500 and 1,000 float columns + a timestamp (`--widths`, `--wide-rows`; default model);
+- 10,000,000 rows x 20 (the 1M file ten times over; default model), with peak RSS to show memory does not grow
+  with rows (`--skip-10m` to leave it out).
+
+    .venv/bin/python bench/detect_scale.py [--rows 1000000] [--pairs 5] [--widths 500,1000] [--wide-rows 100000]
+                                           [--models default,dense,...] [--skip-10m]
+
+BENCH_QUICK=1: 3 pairs, 200,000 rows at 20 columns, 20,000 rows at the wide widths, default model only, no 10M.
+Generated files are kept in bench/out/ (git-ignored) for the next run.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import pairs  # noqa: E402
+
 OUT = ROOT / "bench" / "out"
 PY = sys.executable
 
 
-def write_csv(path: Path, rows: int, seed: int = 0) -> None:
-    """20 correlated float columns + timestamp, written in blocks (fast, bounded memory)."""
+def write_csv(path: Path, rows: int, seed: int = 0, cols: int = 20) -> None:
+    """`cols` correlated float columns + timestamp, written in blocks (fast, bounded memory). Wide files (over 20
+    columns) repeat a block of 2,000 distinct rows under fresh timestamps: formatting 100M numbers one by one
+    would take longer than the benchmark."""
     rng = np.random.default_rng(seed)
+    t0 = np.datetime64("2026-01-01T00:00:00")
+
+    def block(start: int, n: int) -> list[str]:
+        t = np.arange(start, start + n)
+        base = np.sin(2 * np.pi * t / 500)[:, None]
+        X = base * np.linspace(0.5, 2, cols) + 0.1 * rng.normal(size=(n, cols))
+        return [",".join(f"{v:.5f}" for v in row) for row in X.tolist()]
+
     with open(path, "w") as f:
-        f.write("timestamp," + ",".join(f"f{i}" for i in range(20)) + "\n")
-        t0 = np.datetime64("2026-01-01T00:00:00")
+        f.write("timestamp," + ",".join(f"f{i}" for i in range(cols)) + "\n")
+        fixed = block(0, 2000) if cols > 20 else None
         for start in range(0, rows, 100_000):
             n = min(100_000, rows - start)
             t = np.arange(start, start + n)
-            base = np.sin(2 * np.pi * t / 500)[:, None]
-            X = base * np.linspace(0.5, 2, 20) + 0.1 * rng.normal(size=(n, 20))
-            stamps = (t0 + t.astype("timedelta64[s]")).astype(str)
-            body = np.char.add(stamps, ",")
-            lines = [s + ",".join(f"{v:.5f}" for v in row) for s, row in zip(body.tolist(), X.tolist())]
-            f.write("\n".join(lines) + "\n")
+            stamps = (t0 + t.astype("timedelta64[s]")).astype(str).tolist()
+            lines = fixed[:] * (n // 2000 + 1) if fixed else block(start, n)
+            f.write("\n".join(s + "," + line for s, line in zip(stamps, lines)) + "\n")
 
 
-def run(cmd: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (GiB) of a child process."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"failed: {' '.join(cmd)}\n{proc.stderr.read().decode()}")
-    return wall, usage.ru_maxrss / 2**20
+def floor_cmd(data: Path) -> list[str]:
+    return [PY, "-c", f"import pandas, torch; pandas.read_csv({str(data)!r})"]
+
+
+def detect_cmd(data: Path, models: Path, version: str, out: Path) -> list[str]:
+    return [PY, "detect.py", "--data", str(data), "--model-dir", str(models), "--version", version, "--output",
+            str(out)]
+
+
+def trained(models: Path, version: str, train: Path, extra: list[str]) -> str:
+    if not (models / version).exists():
+        pairs.run_command([PY, "train.py", "--data", str(train), "--model-dir", str(models), "--version", version,
+                           "--epochs", "5", "--batch-size", "256", "--quiet", *extra], cwd=ROOT)
+    return version
+
+
+def ensure(path: Path, rows: int, seed: int = 0, cols: int = 20) -> Path:
+    """Write the file in a subprocess: this process's peak RSS would otherwise floor every child's figure."""
+    if not path.exists():
+        print(f"writing {path} ...", file=sys.stderr, flush=True)
+        pairs.run_command([PY, __file__, "--write", str(path), str(rows), str(seed), str(cols)])
+    return path
+
+
+def compare(label: str, data: Path, models: Path, version: str, n_pairs: int) -> None:
+    out = OUT / "scale_results.csv"
+    result = pairs.alternate(label, detect_cmd(data, models, version, out), floor_cmd(data), n_pairs, cwd=ROOT)
+    print(result.line() + " (candidate: detect.py --output; baseline: the floor)", flush=True)
+    out.unlink(missing_ok=True)
 
 
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--write":
+        write_csv(Path(sys.argv[2]), *map(int, sys.argv[3:6]))
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", type=int, default=1_000_000)
-    ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--skip-10m", action="store_true", help="skip the 10M-row memory check")
-    ap.add_argument("--models", default="default,dense,lstm,transformer,vae",
-                    help="variants to time: default (every default) and model types (their default window)")
+    ap.add_argument("--rows", type=int, default=200_000 if pairs.QUICK else 1_000_000, help="rows at 20 columns")
+    ap.add_argument("--widths", default="500,1000", help="wide files' float columns, comma-separated ('' for none)")
+    ap.add_argument("--wide-rows", type=int, default=20_000 if pairs.QUICK else 100_000)
+    ap.add_argument("--skip-10m", action="store_true", default=pairs.QUICK,
+                    help="leave out the 10M-row row (the default with BENCH_QUICK=1)")
+    ap.add_argument("--with-10m", dest="skip_10m", action="store_false", help="run the 10M-row row even when quick")
+    ap.add_argument("--models", default="default" if pairs.QUICK else "default,dense,lstm,transformer,vae",
+                    help="variants at 20 columns: default (every default) and model types (their default window)")
+    pairs.add_arguments(ap)
+    ap.add_argument("--repeat", dest="pairs", type=int, help="the old name of --pairs")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
-    data = OUT / f"scale_{args.rows}.csv"
-    if not data.exists():
-        print(f"writing {data} ...", flush=True)
-        write_csv(data, args.rows)
-    train = OUT / "scale_train.csv"
-    if not train.exists():
-        write_csv(train, 20_000, seed=1)
     models = OUT / "models"
-    variants = {name: ([] if name == "default" else ["--model-type", name]) for name in args.models.split(",")}
-    for name, extra in variants.items():
-        if not (models / f"scale-{name}").exists():
-            run([PY, "train.py", "--data", str(train), "--model-dir", str(models), "--version", f"scale-{name}",
-                 "--epochs", "5", "--batch-size", "256", "--quiet", *extra])
-    floor_cmd = [PY, "-c", f"import pandas, torch; pandas.read_csv({str(data)!r})"]
-    detect_cmds = [[PY, "detect.py", "--data", str(data), "--model-dir", str(models), "--version", f"scale-{name}",
-                    "--output", str(OUT / "scale_results.csv")] for name in variants]
-    floors, detects = [], [[] for _ in variants]
-    for _ in range(args.repeat):  # interleaved, so load changes hit all alike
-        floors.append(run(floor_cmd))
-        for i, cmd in enumerate(detect_cmds):
-            detects[i].append(run(cmd))
-    f_wall = statistics.median(w for w, _ in floors)
-    print(f"rows: {args.rows:,} x 20 floats + timestamp ({data.stat().st_size / 2**20:.0f} MiB), "
-          f"median of {args.repeat}")
-    print(f"floor (import pandas+torch, read_csv):  {f_wall:6.2f} s, peak RSS {max(r for _, r in floors):.2f} GiB")
-    for name, runs in zip(variants, detects):
-        d_wall = statistics.median(w for w, _ in runs)
-        print(f"detect.py --output, {name:<12} {d_wall:6.2f} s, peak RSS {max(r for _, r in runs):.2f} GiB, "
-              f"ratio to floor {d_wall / f_wall:.2f} (target <= 1.5)")
-        if args.repeat > 1:  # each run against the floor measured just before it
-            print("    run by run: " + ", ".join(f"{d / f:.2f}" for (d, _), (f, _) in zip(runs, floors)))
+    train = ensure(OUT / "scale_train.csv", 20_000, seed=1)
+    data = ensure(OUT / f"scale_{args.rows}.csv", args.rows)
+    for name in args.models.split(","):
+        version = trained(models, f"scale-{name}", train, [] if name == "default" else ["--model-type", name])
+        compare(f"detection, {args.rows:,} x 20, {name} vs the CSV floor", data, models, version, args.pairs)
+    for cols in (int(c) for c in args.widths.split(",") if c):
+        wide_train = ensure(OUT / f"scale_train_{cols}c.csv", 5_000, seed=1, cols=cols)
+        version = trained(models, f"scale-default-{cols}c", wide_train, [])
+        wide = ensure(OUT / f"scale_{args.wide_rows}x{cols}.csv", args.wide_rows, cols=cols)
+        compare(f"detection, {args.wide_rows:,} x {cols}, default vs the CSV floor", wide, models, version, args.pairs)
     if not args.skip_10m:
+        base = ensure(OUT / "scale_1000000.csv", 1_000_000)
         big = OUT / "scale_10x.csv"
         if not big.exists():
-            with open(big, "wb") as out, open(data, "rb") as src:
+            with open(big, "wb") as out, open(base, "rb") as src:
                 header = src.readline()
                 body = src.read()
                 out.write(header)
                 for _ in range(10):
                     out.write(body)
-        wall, rss = run([PY, "detect.py", "--data", str(big), "--model-dir", str(models), "--version", f"scale-{next(iter(variants))}",
-                         "--output", str(OUT / "scale_10x_results.csv")])
-        print(f"10x rows ({10 * args.rows:,}), {next(iter(variants))}: detect {wall:.1f} s, peak RSS {rss:.2f} GiB")
-        (OUT / "scale_10x_results.csv").unlink(missing_ok=True)
+        version = trained(models, "scale-default", train, [])
+        compare("detection, 10,000,000 x 20, default vs the CSV floor", big, models, version, args.pairs)
 
 
 if __name__ == "__main__":

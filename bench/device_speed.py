@@ -8,13 +8,20 @@ scores of the same model (max relative difference per row, Spearman rank correla
 Prints a markdown table (docs/benchmarks.md: Devices). Training is the product's loop (`training.fit`: the whole
 matrix on the device, batches sliced there); scoring is `scoring.row_errors` (blocks moved once, errors back
 once per batch). A short warm-up on each device comes first, so CUDA's start-up cost is not counted.
+Then, per model type, training on each accelerator and on the CPU alternately (bench/pairs.py: --pairs pairs,
+first batch size, fp32), as min / median / max of the ratio of seconds with the load average.
+
+Without an accelerator (CUDA or MPS) it prints that it skipped and exits 0 (`--cpu` runs the CPU rows anyway).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import platform
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,6 +30,9 @@ from scipy.stats import spearmanr
 from anomaly import models, scoring, training
 from anomaly.device import PRECISIONS, _mps_available, check_precision, device_name
 from anomaly.errors import DeviceError
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pairs  # noqa: E402
 
 MODEL_TYPES = ("dense", "lstm", "transformer", "vae")
 
@@ -86,7 +96,12 @@ def main() -> None:
     ap.add_argument("--precision", default="fp32,bf16", help=f"of {', '.join(PRECISIONS)}, comma-separated")
     ap.add_argument("--model-type", default=",".join(MODEL_TYPES))
     ap.add_argument("--repeat", type=int, default=3, help="runs per measurement; the best counts")
+    ap.add_argument("--cpu", action="store_true", help="run even without an accelerator (CPU rows only)")
+    pairs.add_arguments(ap)
     args = ap.parse_args()
+    if len(devices()) == 1 and not args.cpu:
+        print("device_speed: no CUDA or MPS device on this machine, skipped (--cpu runs the CPU rows)")
+        return
     X = make_data(args.rows, args.features)
     precisions = args.precision.split(",")
     print(f"{args.rows:,} rows x {args.features} features, window {args.window}, {args.epochs} epoch(s), best of "
@@ -116,6 +131,18 @@ def main() -> None:
                     print(f"| {model_type} | {batch_size} | {device} | {precision} | {r['train_per_s']:,.0f} | "
                           f"{r['train_per_s'] / cpu['train_per_s']:.2f} | {r['score_per_s']:,.0f} | "
                           f"{r['score_per_s'] / cpu['score_per_s']:.2f} | {gap} |", flush=True)
+    batch_size = int(args.batch_size.split(",")[0])
+    for model_type in args.model_type.split(","):
+        for device in devices()[1:]:
+            def fit(device=device, model_type=model_type):
+                model = build(model_type, X.shape[1], args.window, device)
+                training.fit(model, X, None, epochs=args.epochs, batch_size=batch_size, precision="fp32")
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+            cpu_fit = functools.partial(fit, torch.device("cpu"), model_type)
+            result = pairs.alternate(f"{model_type} training, batch {batch_size}, {device} vs cpu", fit, cpu_fit,
+                                     args.pairs, warmup=True)
+            print(result.line(), flush=True)
 
 if __name__ == "__main__":
     main()

@@ -3,13 +3,23 @@ the same call made directly in-process in the same run (same file, same model, s
 the same reply: `mcp_app.lean_detection`, which is what the MCP tool runs; the same malloc settings as the
 server's).
 
-    python bench/server_load.py [--clients 8] [--calls 5] [--rows 10000] [--transport sse http]
+    python bench/server_load.py [--clients 4] [--calls 5] [--rows 10000] [--transport sse http]
                                 [--max-results N]   # default: the tool's default reply
+                                [--load-pairs 5] [--live-points 500] [--skip-live]
 
 Reports requests/s and p50/p99 latency for: the call made directly (one caller, then N threads) and the
 MCP server (one client, then N concurrent clients, each with its own session), for each transport. The
 overhead figure is MCP p50 / direct p50 with one caller, where the only difference is the MCP round trip;
-those direct and MCP calls are interleaved so that both see the same load on a shared machine.
+those direct and MCP calls are interleaved so that both see the same load on a shared machine. The throughput
+figure (N MCP clients against the direct call on --workers threads, the same number of requests) is measured
+--load-pairs times, MCP and direct alternately, and printed as min / median / max of the ratio of throughputs
+with the load average (bench/pairs.py).
+
+Live stream: the same server's `POST /api/live/{channel}` with one point per request (one keep-alive HTTP
+client, points sent one after another), against `LiveScorer.push` of one point at a time in this process, in
+points/s, alternately (--load-pairs pairs, --live-points points each, a fresh channel and scorer each time).
+
+BENCH_QUICK=1: 3 pairs, http transport only, 200 live points.
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ import argparse
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,6 +42,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+import pairs  # noqa: E402
 
 from anomaly import memory, service, synthetic  # noqa: E402
 from anomaly.server.core import to_json  # noqa: E402
@@ -114,6 +128,32 @@ async def mcp_load(url: str, transport: str, clients: int, calls: int) -> dict:
     return stats(latencies, time.perf_counter() - t0)
 
 
+def live_http(url: str, points: list[list[float]], channel: str) -> tuple[float, list[float]]:
+    """Points/s of one point per POST (after one unrecorded point that creates the channel's scorer)."""
+    latencies = []
+    with httpx.Client(base_url=url, timeout=60) as http:
+        http.post(f"/api/live/{channel}", json={"points": [points[0]]}).raise_for_status()
+        t0 = time.perf_counter()
+        for point in points:
+            t = time.perf_counter()
+            r = http.post(f"/api/live/{channel}", json={"points": [point]})
+            latencies.append(time.perf_counter() - t)
+            r.raise_for_status()
+    return len(points) / (time.perf_counter() - t0), latencies
+
+
+def live_direct(store: ModelStore, points: list[list[float]]) -> float:
+    """Points/s of `LiveScorer.push` with one point at a time, in this process."""
+    from anomaly.live import LiveScorer
+
+    scorer = LiveScorer("bench", store)
+    scorer.push([points[0]])
+    t0 = time.perf_counter()
+    for point in points:
+        scorer.push([point])
+    return len(points) / (time.perf_counter() - t0)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -122,11 +162,16 @@ def free_port() -> int:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--clients", type=int, default=8)
+    p.add_argument("--clients", type=int, default=4)
     p.add_argument("--calls", type=int, default=5, help="calls per client")
     p.add_argument("--pairs", type=int, default=20, help="interleaved direct/MCP call pairs with one caller")
     p.add_argument("--rows", type=int, default=10_000)
-    p.add_argument("--transport", choices=("sse", "http"), nargs="+", default=["sse", "http"])
+    p.add_argument("--transport", choices=("sse", "http"), nargs="+",
+                   default=["http"] if pairs.QUICK else ["sse", "http"])
+    p.add_argument("--load-pairs", type=int, default=pairs.DEFAULT_PAIRS,
+                   help="alternated MCP/direct throughput pairs and live-stream pairs")
+    p.add_argument("--live-points", type=int, default=200 if pairs.QUICK else 500, help="points per live run")
+    p.add_argument("--skip-live", action="store_true")
     p.add_argument("--workers", type=int, default=2, help="server scoring threads (and direct threads)")
     p.add_argument("--max-results", type=int, help="per-row results per reply (default: the tool's default)")
     p.add_argument("--json", help="also write the figures to this file")
@@ -168,19 +213,39 @@ def main() -> None:
             for transport in args.transport:
                 single = anyio.run(one_caller, url, transport, tmp / "load.csv", toolbox, args.pairs)
                 f = {"direct_1": single["direct_1"], "mcp_1": single["mcp_1"], "reply_chars": single["reply_chars"]}
-                if args.clients:
-                    f[f"direct_{args.workers}t"] = direct(tmp / "load.csv", toolbox, args.workers,
-                                                          args.clients * args.calls // args.workers)
-                    f[f"mcp_{args.clients}c"] = anyio.run(mcp_load, url, transport, args.clients, args.calls)
+                if args.clients:  # alternately, so both see the same load
+                    load_start, mcp_runs, direct_runs = pairs.loadavg(), [], []
+                    for _ in range(args.load_pairs):
+                        mcp_runs.append(anyio.run(mcp_load, url, transport, args.clients, args.calls))
+                        direct_runs.append(direct(tmp / "load.csv", toolbox, args.workers,
+                                                  args.clients * args.calls // args.workers))
+                    f[f"direct_{args.workers}t"] = min(direct_runs, key=lambda r: r["req_per_s"])
+                    f[f"mcp_{args.clients}c"] = min(mcp_runs, key=lambda r: r["req_per_s"])
+                    f["throughput_pairs"] = pairs.record(
+                        f"{transport}: {args.clients} MCP clients vs {args.workers} direct threads, throughput",
+                        [r["req_per_s"] for r in mcp_runs], [r["req_per_s"] for r in direct_runs], load_start)
                 f["overhead_p50"] = round(f["mcp_1"]["p50_ms"] / f["direct_1"]["p50_ms"] - 1, 3)
                 if args.clients:
-                    f["throughput_ratio"] = round(f[f"mcp_{args.clients}c"]["req_per_s"]
-                                                  / f[f"direct_{args.workers}t"]["req_per_s"], 3)
+                    f["throughput_ratio"] = round(statistics.median(f["throughput_pairs"].ratios), 3)
                 figures[transport] = f
+            if not args.skip_live:
+                frame = synthetic.make_series(args.live_points + 1, seed=5)
+                points = frame.drop(columns="timestamp").to_numpy().tolist()
+                store = ModelStore(tmp / "models")
+                load_start, http_rates, direct_rates, lat = pairs.loadavg(), [], [], []
+                for i in range(args.load_pairs):
+                    rate, latencies = live_http(url, points, f"bench-{i}")
+                    http_rates.append(rate)
+                    lat += latencies
+                    direct_rates.append(live_direct(store, points))
+                figures["live"] = {"pairs": pairs.record("live stream, one point per POST vs in-process push",
+                                                         http_rates, direct_rates, load_start),
+                                   "p50_ms": round(float(np.percentile(np.asarray(lat) * 1000, 50)), 1)}
             figures["setup"]["load_avg_end"] = os.getloadavg()[0]
         finally:
             server.terminate()
             server.wait(15)
+    lines = []
     print(f"rows {args.rows}, max_results {args.max_results or 'default'}, load average "
           f"{figures['setup']['load_avg_start']:.1f} -> {figures['setup']['load_avg_end']:.1f}")
     for transport in args.transport:
@@ -191,9 +256,12 @@ def main() -> None:
             s = f[name]
             print(f"{name:<12} {s['requests']:>8} {s['req_per_s']:>8} {s['p50_ms']:>8} {s['p99_ms']:>8}")
         print(f"MCP overhead at p50 (one caller): {100 * f['overhead_p50']:+.1f}%  (target <= +20%)")
-        if "throughput_ratio" in f:
-            print(f"MCP throughput with {args.clients} clients / direct with {args.workers} threads: "
-                  f"{f['throughput_ratio']:.2f}x")
+        if "throughput_ratio" in f:  # the slowest of the alternated runs are in the table above
+            lines.append(f.pop("throughput_pairs").line("req/s"))
+    if "live" in figures:
+        live = figures["live"]
+        lines.append(live.pop("pairs").line("points/s") + f"; HTTP p50 {live['p50_ms']} ms per point")
+    print("\n" + "\n".join(lines))
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
 

@@ -6,7 +6,8 @@ real `server.py` (and any process it starts) while each request is answered, sam
 Cases: a 30 MiB upload that is one line, a 59 MiB JSON body to /api/live (declared, then chunked), the
 largest JSON body a route takes (8 MiB, parsed; once, then 4 at once), a ~600 KB gzip holding 400 MB of rows,
 and an ordinary 10,000-row upload. Prints one table row per case (status, seconds, peak RSS, growth over the idle server) and
-exits 1 when any peak is over the limit (default 1 GiB).
+exits 1 when any peak is over the limit (default 1 GiB); with the load average at start and end. (A memory check,
+not a timing: nothing to alternate against.)
 """
 
 from __future__ import annotations
@@ -105,6 +106,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--limit-gib", type=float, default=1.0)
     args = ap.parse_args()
+    load_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="server-memory-") as tmp:
         folder = Path(tmp)
         synthetic.make_series(2000, seed=0).to_csv(folder / "train.csv", index=False, float_format="%.5f")
@@ -149,7 +151,8 @@ def main() -> int:
     for name, status, seconds, peak in rows:
         print(f"{name:<40} {status:>8} {seconds:>8.2f} {peak / (1 << 20):>13.0f} {(peak - idle) / (1 << 20):>14.0f}")
     over = [name for name, _, _, peak in rows if peak > limit]
-    print(f"limit {args.limit_gib:g} GiB: " + ("all under" if not over else "OVER in " + ", ".join(over)))
+    print(f"limit {args.limit_gib:g} GiB: " + ("all under" if not over else "OVER in " + ", ".join(over))
+          + f"; load average {load_start:.2f} -> {os.getloadavg()[0]:.2f}")
     return 1 if over else 0
 
 
