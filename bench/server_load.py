@@ -144,7 +144,7 @@ def live_http(url: str, points: list[list[float]], channel: str) -> tuple[float,
 
 def live_direct(store: ModelStore, points: list[list[float]]) -> float:
     """Points/s of `LiveScorer.push` with one point at a time, in this process."""
-    from anomaly.live import LiveScorer
+    from anomaly.service.live import LiveScorer
 
     scorer = LiveScorer("bench", store)
     scorer.push([points[0]])
