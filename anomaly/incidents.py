@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import heapq
 import math
-import re
 from typing import Any
 
 import numpy as np
 
 from .attribution import EXPECTED_PERCENTILES, _g, expected_ranges  # noqa: F401  (the incident's expected ranges)
 from .errors import DataError
+from .thresholds import rolling
 
 TOP_INCIDENTS = 10
 MIN_SHARE = 0.05  # a driving feature after the first holds at least this share of the peak row's error
@@ -29,16 +29,10 @@ MIN_SHARE = 0.05  # a driving feature after the first holds at least this share 
 
 def parse_span(value: int | str, name: str) -> int | np.timedelta64:
     """`min_duration` / `merge_gap` as rows (a whole number) or a time span (`10min`, `2h`, `1d`)."""
-    if isinstance(value, (int, np.integer)) or (isinstance(value, str) and value.strip().isdigit()):
-        return int(value)
-    import pandas as pd
-    try:  # "7d" is how people write a week; pandas deprecates the lower-case unit
-        span = pd.Timedelta(re.sub(r"(?<=\d)\s*d(?![a-z])", "D", str(value).strip()))
-    except (ValueError, TypeError):
-        raise DataError(f"{name} takes a number of rows or a time span such as 10min, got {value!r}") from None
-    if span < pd.Timedelta(0) or pd.isna(span):
+    span = rolling.rows_or_span(value, name, "10min")
+    if not isinstance(span, int) and not span >= np.timedelta64(0, "ns"):  # negative or NaT
         raise DataError(f"{name} must be a time span of zero or more, got {value!r}")
-    return span.to_timedelta64()
+    return span
 
 
 def check_span(value: int | str, name: str) -> int | str:

@@ -21,6 +21,13 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
+def numpy_default(obj: Any) -> Any:
+    """`json.dumps`'s `default` for numpy scalars and arrays (plain Python values); anything else is not JSON."""
+    if hasattr(obj, "tolist") and type(obj).__module__ == "numpy":
+        return obj.tolist()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
 def dumps(obj: Any, **kwargs) -> str:
     """`json.dumps` that never writes NaN/Infinity and never fails on a non-finite number."""
     return json.dumps(json_safe(obj), allow_nan=False, default=str, **kwargs)

@@ -26,6 +26,7 @@ import numpy as np
 
 from .. import defaults, events, metrics, models, thresholds
 from ..errors import DataError, NotFound
+from ..jsonsafe import numpy_default
 from ..thresholds import Thresholder
 from ..thresholds.rolling import RollingThreshold
 from .commands import add_device_arguments
@@ -161,13 +162,9 @@ def _sample(series: list, n: int | None, seed: int) -> list:
 
 def _write_json(path: str, report: dict) -> None:
     from ..store import atomic_write_text
-    atomic_write_text(Path(path), json.dumps(report, indent=1, default=_json_default, allow_nan=True))
+    atomic_write_text(Path(path), json.dumps(report, indent=1, default=numpy_default, allow_nan=True))
 
 
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    raise TypeError(type(o).__name__)
 
 
 def _capped(path: Path, max_rows: int | None, tmp: Path) -> Path:

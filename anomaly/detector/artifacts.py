@@ -53,9 +53,3 @@ def _write_bytes(path, data: bytes) -> None:
         f.write(data)
 
 
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

@@ -27,6 +27,7 @@ from .. import defaults, models, period, thresholds, training
 from ..attribution import expected_ranges
 from ..device import check_precision, device_name, resolve_device
 from ..errors import ArtifactError, DataError
+from ..jsonsafe import numpy_default
 from ..loadchecks import check_scaling, check_weights
 from ..scoring import SCORE_BATCH, row_errors, row_scores
 from ..smoothing import smooth_errors, smooth_rows, spike_floor
@@ -40,7 +41,7 @@ from ..store import (
     validate_artifacts,
 )
 from ..thresholds import flag  # noqa: F401  (anomaly.detector.flag: where callers found it first)
-from .artifacts import SET_KEY, _check_set, _json_default, _sha256, _write_bytes, library_versions
+from .artifacts import SET_KEY, _check_set, _sha256, _write_bytes, library_versions
 from .scaling import SCALED_BOUND, SCALERS, AffineScaler, _checked_scaling, make_scaler  # noqa: F401
 from .stream import StreamScorer
 
@@ -277,7 +278,7 @@ class DetectorCore:
         # weights from the CPU: the file loads on any device (map_location moves them where they are needed)
         torch.save({k: v.detach().cpu() for k, v in self.model_.state_dict().items()}, buf)
         files = {"model": buf.getvalue(),
-                 "threshold": json.dumps(self.threshold_info_, indent=2, default=_json_default).encode()}
+                 "threshold": json.dumps(self.threshold_info_, indent=2, default=numpy_default).encode()}
         if hasattr(self, "scaler_"):
             import joblib
 
@@ -290,7 +291,7 @@ class DetectorCore:
         if not atomic:
             for kind, data in files.items():
                 _write_bytes(getattr(paths, kind), data)
-            _write_bytes(paths.config, json.dumps(config, indent=2, default=_json_default).encode())
+            _write_bytes(paths.config, json.dumps(config, indent=2, default=numpy_default).encode())
             return
         # Explicit files are replaced one by one, so a kill between two leaves a mixed set: the config, written
         # last, names the checksum of each file it belongs with, and a set that does not match is refused on load.
@@ -299,7 +300,7 @@ class DetectorCore:
             remove_stale_files(folder)  # what an earlier, killed save left beside these files
         for kind, data in files.items():
             atomic_write_bytes(getattr(paths, kind), data)
-        atomic_write_bytes(paths.config, json.dumps(config, indent=2, default=_json_default).encode())
+        atomic_write_bytes(paths.config, json.dumps(config, indent=2, default=numpy_default).encode())
 
     @classmethod
     def load(cls, paths: ArtifactPaths, label: str = "", device: str = "auto", precision: str = "fp32") -> DetectorCore:

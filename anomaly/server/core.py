@@ -21,10 +21,10 @@ from typing import Any, Awaitable, Callable
 import anyio
 import anyio.from_thread
 import anyio.to_thread
-import numpy as np
 
 from .._version import __version__
 from ..files import OUTPUT_TEMP_RE, remove_stale_files
+from ..jsonsafe import numpy_default
 from .settings import Settings
 from .toolbox import Toolbox
 
@@ -101,8 +101,7 @@ def clean(obj: Any) -> Any:
 
 
 def _default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
+    try:
+        return numpy_default(o)
+    except TypeError:  # a path or another object: its text
+        return str(o)

@@ -24,24 +24,32 @@ TIME_STEP_ROWS = 64  # with a time span the window's row count is unknown: recom
 MIN_ROWS = 50  # fewer scores than this say too little about the distribution
 
 
-def parse_window(value) -> int | np.timedelta64 | None:
-    """`None`/empty: off; a whole number: rows; else a time span understood by pandas (`7d`, `12h`, `30min`)."""
-    if value is None or value == "" or value == 0:
-        return None
+def rows_or_span(value, name: str, examples: str) -> int | np.timedelta64:
+    """A whole number of rows, or a time span pandas understands (`7d`, `12h`, `10min`); the caller checks its
+    range. Shared by `threshold_window` and the incident options."""
     if isinstance(value, (int, np.integer)) or (isinstance(value, str) and value.strip().isdigit()):
-        rows = int(value)
-        if rows < MIN_ROWS:
-            raise DataError(f"threshold_window must be at least {MIN_ROWS} rows, got {rows}")
-        return rows
+        return int(value)
     import pandas as pd
     try:
         # pandas deprecates the unit "d"; "7d" is how people write a week, so it means "7D"
         span = pd.Timedelta(re.sub(r"(?<=\d)\s*d(?![a-z])", "D", str(value).strip()))
     except (ValueError, TypeError):
-        raise DataError(f"threshold_window takes a number of rows or a time span such as 7d or 12h, got {value!r}") from None
-    if span <= pd.Timedelta(0):
-        raise DataError(f"threshold_window must be a positive time span, got {value!r}")
+        raise DataError(f"{name} takes a number of rows or a time span such as {examples}, got {value!r}") from None
     return span.to_timedelta64()
+
+
+def parse_window(value) -> int | np.timedelta64 | None:
+    """`None`/empty: off; a whole number: rows; else a time span understood by pandas (`7d`, `12h`, `30min`)."""
+    if value is None or value == "" or value == 0:
+        return None
+    window = rows_or_span(value, "threshold_window", "7d or 12h")
+    if isinstance(window, int):
+        if window < MIN_ROWS:
+            raise DataError(f"threshold_window must be at least {MIN_ROWS} rows, got {window}")
+        return window
+    if not window > np.timedelta64(0, "ns"):
+        raise DataError(f"threshold_window must be a positive time span, got {value!r}")
+    return window
 
 
 class RollingThreshold:
